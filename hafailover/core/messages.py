@@ -1,0 +1,125 @@
+"""Protocol messages exchanged between nodes (the payloads; the wire codec adds the envelope).
+
+Every message carries the sender's current term. Sender identity is not part of the payload:
+the codec authenticates it and hands it to the core alongside the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class MessageType(IntEnum):
+    """Stable wire numbers; never renumber, only append."""
+
+    HEARTBEAT = 1
+    HEARTBEAT_ACK = 2
+    VOTE_REQUEST = 3
+    VOTE_RESPONSE = 4
+    TIMEOUT_NOW = 5
+    TRANSFER_REQUEST = 6
+    MAINTENANCE_REQUEST = 7
+
+
+@dataclass(frozen=True)
+class PeerSummary:
+    """The leader's view of one node, shared with followers so any node can show the cluster."""
+
+    name: str
+    healthy: bool
+    maintenance: bool
+    reachable: bool
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Leader -> follower. `round` identifies the send time the acknowledgement renews."""
+
+    term: int
+    round: int
+    peers: tuple[PeerSummary, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeartbeatAck:
+    """Follower -> leader. `success` is false when the follower is in a higher term."""
+
+    term: int
+    round: int
+    success: bool
+    healthy: bool
+    maintenance: bool
+
+
+@dataclass(frozen=True)
+class VoteRequest:
+    """Candidate -> voter, for a PreVote (`pre`, term not yet raised) or a real vote.
+
+    `term` is the term the candidate will have (pre-vote) or has (vote). `transfer_from` names
+    the leader that handed over leadership and released the VIP first: voters may then ignore
+    their promise to that leader for exactly the next term.
+    """
+
+    term: int
+    pre: bool
+    healthy: bool
+    maintenance: bool
+    transfer_from: str = ""
+
+
+@dataclass(frozen=True)
+class VoteResponse:
+    """Voter -> candidate. `retry_after` (seconds) is how long the voter's promise still runs
+    when it refused for that reason, so the candidate can retry exactly then."""
+
+    term: int
+    pre: bool
+    granted: bool
+    healthy: bool
+    maintenance: bool
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class TimeoutNow:
+    """Leader -> transfer target: stand for election now, in term `term` + 1."""
+
+    term: int
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Any node -> leader: an operator asked for a switchover. Empty target: best other node."""
+
+    term: int
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class MaintenanceRequest:
+    """Any node -> a node: an operator set that node's maintenance mode."""
+
+    term: int
+    on: bool
+
+
+Message = (
+    Heartbeat
+    | HeartbeatAck
+    | VoteRequest
+    | VoteResponse
+    | TimeoutNow
+    | TransferRequest
+    | MaintenanceRequest
+)
+
+MESSAGE_TYPES: dict[type[Message], MessageType] = {
+    Heartbeat: MessageType.HEARTBEAT,
+    HeartbeatAck: MessageType.HEARTBEAT_ACK,
+    VoteRequest: MessageType.VOTE_REQUEST,
+    VoteResponse: MessageType.VOTE_RESPONSE,
+    TimeoutNow: MessageType.TIMEOUT_NOW,
+    TransferRequest: MessageType.TRANSFER_REQUEST,
+    MaintenanceRequest: MessageType.MAINTENANCE_REQUEST,
+}
