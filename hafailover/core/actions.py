@@ -12,7 +12,7 @@ Ordering guarantees within one returned list (the runtime must execute in order)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from hafailover.core.messages import Message
 from hafailover.core.reasons import Reason, Role
@@ -55,7 +55,7 @@ class Announce:
     reason: Reason
 
 
-class NotifyKind(str, Enum):
+class NotifyKind(StrEnum):
     LEADER = "leader"
     FOLLOWER = "follower"
     UNHEALTHY = "unhealthy"

@@ -6,17 +6,17 @@ Values are stable short identifiers (they appear in logs, the event history and 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     FOLLOWER = "follower"
     PRE_CANDIDATE = "pre-candidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     # start-up and restart
     STARTED = "started"
     # a follower stopped hearing from its leader (or never had one) and stands for election

@@ -1,0 +1,127 @@
+"""What a node knows about the other nodes, and the leader's lease arithmetic.
+
+Kept apart from `node.py` so the state machine reads as transitions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hafailover.core.messages import PeerSummary
+from hafailover.core.spec import ClusterSpec, NodeSpec
+
+NEVER = float("-inf")
+
+
+@dataclass
+class PeerInfo:
+    """Last known facts about one peer. Health is `None` until the peer has told us."""
+
+    spec: NodeSpec
+    last_heard: float = NEVER
+    healthy: bool | None = None
+    maintenance: bool | None = None
+    # Leader only: the send time of the newest heartbeat round this peer acknowledged in the
+    # current term. Acknowledgements from earlier terms never count towards a lease.
+    acked_sent_at: float = NEVER
+    # Leader only: since when the peer has been continuously eligible and reachable (preemption).
+    eligible_since: float | None = None
+    # Follower only: the leader's view of this peer, from the last heartbeat.
+    reported_reachable: bool | None = None
+
+    def reachable(self, now: float, window: float) -> bool:
+        return now - self.last_heard <= window
+
+    def eligible(self) -> bool:
+        """Could stand for election, as far as we know (unknown health counts as eligible)."""
+        return (
+            not self.spec.witness and self.healthy is not False and self.maintenance is not True
+        )
+
+
+class PeerTable:
+    def __init__(self, spec: ClusterSpec, me: str) -> None:
+        self._spec = spec
+        self.me = me
+        self.peers: dict[str, PeerInfo] = {n.name: PeerInfo(n) for n in spec.nodes if n.name != me}
+
+    def get(self, name: str) -> PeerInfo | None:
+        return self.peers.get(name)
+
+    def heard(self, name: str, now: float, healthy: bool, maintenance: bool) -> PeerInfo | None:
+        info = self.peers.get(name)
+        if info is None:
+            return None
+        info.last_heard = now
+        info.healthy = healthy
+        info.maintenance = maintenance
+        return info
+
+    def reset_acks(self) -> None:
+        for info in self.peers.values():
+            info.acked_sent_at = NEVER
+            info.eligible_since = None
+
+    def lease_base(self, own_sent_at: float) -> float:
+        """The send time that a majority (counting this node at `own_sent_at`) has acknowledged.
+
+        The lease runs from the quorum-th newest acknowledged send time: every node in that
+        majority received a heartbeat sent at or after it, so each promised at least that long.
+        """
+        times = sorted([own_sent_at, *(p.acked_sent_at for p in self.peers.values())], reverse=True)
+        return times[self._spec.quorum - 1]
+
+    def best_target(self, now: float, window: float, exclude: str = "") -> str:
+        """The highest-priority peer that is eligible and reachable; '' if none."""
+        ranked = sorted(
+            (
+                p
+                for p in self.peers.values()
+                if p.spec.name != exclude
+                and p.eligible()
+                and p.healthy is True
+                and p.reachable(now, window)
+            ),
+            key=lambda p: _rank_key(p.spec),
+        )
+        return ranked[0].spec.name if ranked else ""
+
+    def better_ranked(self, me: NodeSpec, exclude: str) -> int:
+        """How many peers that may be eligible outrank `me` (priority, then name)."""
+        return sum(
+            1
+            for p in self.peers.values()
+            if p.spec.name != exclude
+            and p.eligible()
+            and _rank_key(p.spec) < _rank_key(me)
+        )
+
+    def summaries(
+        self, now: float, window: float, own: PeerSummary
+    ) -> tuple[PeerSummary, ...]:
+        out = [own]
+        for p in self.peers.values():
+            out.append(
+                PeerSummary(
+                    name=p.spec.name,
+                    healthy=p.healthy is True,
+                    maintenance=p.maintenance is True,
+                    reachable=p.reachable(now, window),
+                )
+            )
+        return tuple(out)
+
+    def apply_summaries(self, summaries: tuple[PeerSummary, ...]) -> None:
+        """A follower learns the cluster from its leader's heartbeat."""
+        for s in summaries:
+            info = self.peers.get(s.name)
+            if info is None:
+                continue
+            info.healthy = s.healthy
+            info.maintenance = s.maintenance
+            info.reported_reachable = s.reachable
+
+
+def _rank_key(n: NodeSpec) -> tuple[int, str]:
+    # Higher priority first; ties go to the alphabetically first name, the same on every node.
+    return (-n.priority, n.name)
