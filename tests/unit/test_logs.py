@@ -1,0 +1,168 @@
+"""Logging: journal detection, structured decision fields, rate limiting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hafailover.core.actions import Decision
+from hafailover.core.reasons import Reason, Role
+from hafailover.runtime.logs import (
+    CompactFormatter,
+    RateLimitedLogger,
+    journal_stream_matches,
+    log_decision,
+    setup_logging,
+)
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+
+
+def stderr_journal_stream() -> str:
+    st = os.fstat(2)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def test_journal_stream_matching(tmp_path: Path) -> None:
+    with open(tmp_path / "f", "w") as f:
+        st = os.fstat(f.fileno())
+        assert journal_stream_matches(f.fileno(), {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        # Inherited variable but our fd points elsewhere: not the journal.
+        assert not journal_stream_matches(
+            f.fileno(), {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}
+        )
+        assert not journal_stream_matches(f.fileno(), {"JOURNAL_STREAM": "junk"})
+        assert not journal_stream_matches(f.fileno(), {})
+
+
+def test_journal_handler_with_structured_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    from systemd.journal import JournalHandler
+
+    monkeypatch.setenv("JOURNAL_STREAM", stderr_journal_stream())
+    handler = setup_logging("debug", "n1")
+    assert isinstance(handler, JournalHandler)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(message: str, /, **fields: Any) -> None:
+        sent.append((message, fields))
+
+    handler.send = send
+    decision = Decision(Reason.ELECTED, Role.LEADER, 7, "n1", {"votes": 2})
+    log_decision(logging.getLogger("hafailover.core"), decision)
+    [(message, fields)] = sent
+    assert "CODE_ARGS" not in fields
+    assert message == "elected: role=leader term=7 leader=n1 votes=2"
+    assert fields["REASON"] == "elected" and fields["ROLE"] == "leader"
+    assert fields["TERM"] == 7 and fields["LEADER"] == "n1" and fields["DETAIL_VOTES"] == 2
+    assert fields["NODE"] == "n1" and fields["SYSLOG_IDENTIFIER"] == "hafailover"
+    assert logging.getLogger().level == logging.DEBUG
+
+
+def test_stderr_when_not_under_journald(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    handler = setup_logging("info", "n2")
+    assert type(handler) is logging.StreamHandler
+    log_decision(
+        logging.getLogger("hafailover.core"),
+        {"reason": "lease-expired", "role": "follower", "term": 3, "leader": "", "detail": {}},
+    )
+    logging.getLogger("hafailover.runtime.checks").debug("hidden at info level")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert " n2 INFO core: lease-expired: role=follower term=3 leader=-\n" in err
+
+
+def test_stderr_when_systemd_python_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", stderr_journal_stream())
+    monkeypatch.setitem(sys.modules, "systemd.journal", None)  # import now fails
+    assert type(setup_logging("info", "n1")) is logging.StreamHandler
+
+
+def test_setup_twice_replaces_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    first = setup_logging("info", "n1")
+    second = setup_logging("warning", "n1")
+    root = logging.getLogger()
+    assert second in root.handlers and first not in root.handlers
+    assert root.level == logging.WARNING
+
+
+def test_bad_level() -> None:
+    with pytest.raises(ValueError, match="unknown log level"):
+        setup_logging("loud", "n1")
+
+
+def test_compact_format_includes_exceptions() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "hafailover.net", logging.ERROR, __file__, 1, "failed %s", ("x",), sys.exc_info()
+        )
+    text = CompactFormatter("n3").format(record)
+    assert " n3 ERROR net: failed x\nTraceback" in text and "RuntimeError: boom" in text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limited_logger(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    clock = Clock()
+    rl = RateLimitedLogger(logging.getLogger("t"), burst=3, interval=10, clock=clock)
+    emitted = [rl.warning("bad-mac:10.0.0.2", "drop from %s", "10.0.0.2") for _ in range(5)]
+    assert emitted == [True, True, True, False, False]
+    assert rl.suppressed("bad-mac:10.0.0.2") == 2
+    assert rl.info("other", "independent key")  # separate budget
+    clock.now += 10
+    assert rl.warning("bad-mac:10.0.0.2", "drop from %s", "10.0.0.2")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[:3] == ["drop from 10.0.0.2"] * 3
+    assert messages[-1] == (
+        "drop from 10.0.0.2 (2 similar messages suppressed in the previous 10s)"
+    )
+    assert rl.total_suppressed == 2
+
+
+def test_rate_limited_flush_reports_finished_windows(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    rl = RateLimitedLogger(logging.getLogger("t"), burst=1, interval=5, clock=clock)
+    for _ in range(4):
+        rl.warning("k", "drop")
+    rl.flush()  # window still open: nothing yet
+    assert [r.getMessage() for r in caplog.records] == ["drop"]
+    clock.now += 5
+    rl.flush()
+    assert caplog.records[-1].getMessage() == "k: 3 similar messages suppressed in 5s"
+    assert rl.suppressed("k") == 0
+
+
+def test_rate_limited_key_count_is_bounded() -> None:
+    clock = Clock()
+    rl = RateLimitedLogger(logging.getLogger("t"), burst=1, interval=60, clock=clock, max_keys=4)
+    for i in range(100):
+        rl.debug(f"src{i}", "drop")
+    assert len(rl._windows) <= 4
+    assert rl.suppressed("src99") == 0 and not rl.debug("src99", "again")
