@@ -1,0 +1,453 @@
+"""`hafailover`: run the daemon, and inspect or steer it through its control socket.
+
+Heavy modules (pydantic config, the daemon, asyncio) are imported inside the commands that need
+them, so `hafailover --help` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from click.shell_completion import CompletionItem
+
+from hafailover.cli import format as fmt
+from hafailover.control.client import DEFAULT_SOCKET, ControlClient, ControlError, DaemonUnreachable
+
+DEFAULT_CONFIG = Path("/etc/hafailover/hafailover.yaml")
+# How often `switchover` looks at the VIP holder while it waits: fine enough to report the
+# switchover time to within one poll, cheap enough for the daemon (one small request each).
+SWITCHOVER_POLL_S = 0.05
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class Duration(click.ParamType[float]):
+    """`500ms`, `1s`, `2m` or plain seconds, bounded so that a typo cannot mean "spin" or "hang"."""
+
+    name = "duration"
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        from hafailover.config.durations import DurationError, parse_duration
+
+        try:
+            seconds = parse_duration(value)
+        except DurationError as e:
+            self.fail(str(e), param, ctx)
+        if not self.minimum <= seconds <= self.maximum:
+            self.fail(f"{value} is out of range {self.minimum:g}s..{self.maximum:g}s", param, ctx)
+        return seconds
+
+
+@dataclass
+class Settings:
+    socket: Path | None  # --socket or HAFAILOVER_SOCKET
+    config: Path | None  # the group's -c
+
+    def socket_path(self) -> Path:
+        if self.socket is not None:
+            return self.socket
+        # The daemon reads the default config too, so its control_socket is the right guess.
+        path = self.config or DEFAULT_CONFIG
+        if os.access(path, os.R_OK):
+            from hafailover.config import ConfigError, load_config
+
+            try:
+                return load_config(path).config.control_socket
+            except ConfigError:
+                if self.config is not None:
+                    click.echo(f"warning: {path} is invalid; using {DEFAULT_SOCKET}", err=True)
+        return DEFAULT_SOCKET
+
+    def client(self, timeout: float = 5.0) -> ControlClient:
+        return ControlClient(self.socket_path(), timeout=timeout)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"hafailover: {message}", err=True)
+    sys.exit(code)
+
+
+def _call(fn: Callable[[], _T], *, error_exit: int = 1) -> _T:
+    """Run one request: unreachable exits 3, a daemon error exits `error_exit` with its message."""
+    try:
+        return fn()
+    except DaemonUnreachable as e:
+        _fail(str(e), fmt.EXIT_UNREACHABLE)
+    except ControlError as e:
+        _fail(f"the daemon answered {e.code}: {e.message}", error_exit)
+
+
+def _complete_nodes(
+    ctx: click.Context, _: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Node names from the configuration, for `--node` and `--to`."""
+    try:
+        from hafailover.config import load_config
+
+        path = ctx.params.get("config") or ctx.find_root().params.get("config") or DEFAULT_CONFIG
+        nodes = load_config(path).config.nodes
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    return [CompletionItem(n.name) for n in nodes if n.name.startswith(incomplete)]
+
+
+def _node_option(*names: str, help: str) -> Callable[[_F], _F]:
+    return click.option(*names, shell_complete=_complete_nodes, metavar="NODE", help=help)
+
+
+_config_option = click.option(
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Configuration file [default: {DEFAULT_CONFIG}].",
+)
+
+
+@click.group(context_settings=CONTEXT)
+@click.option(
+    "--socket",
+    type=click.Path(path_type=Path),
+    envvar="HAFAILOVER_SOCKET",
+    help="Control socket [env HAFAILOVER_SOCKET; default: control_socket of the config, "
+    f"else {DEFAULT_SOCKET}].",
+)
+@_config_option
+@click.version_option(package_name="hafailover", prog_name="hafailover")
+@click.pass_context
+def cli(ctx: click.Context, socket: Path | None, config: Path | None) -> None:
+    """Quorum-leased floating VIPs with sub-second failover.
+
+    \b
+    Examples:
+      hafailover status               cluster overview (exit 0 healthy, 1 degraded,
+                                      2 no VIP holder, 3 daemon unreachable)
+      hafailover switchover --to node2
+      hafailover check-config -c /etc/hafailover/hafailover.yaml
+    """
+    ctx.obj = Settings(socket=socket, config=config)
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+@cli.command()
+@_config_option
+@_node_option("--node", help="Run as this node (default: by hostname, then by address).")
+@click.pass_obj
+def run(settings: Settings, config: Path | None, node: str | None) -> None:
+    """Run the daemon in the foreground (systemd starts it this way).
+
+    \b
+    Example:
+      hafailover run -c /etc/hafailover/hafailover.yaml --node node1
+    """
+    # Imported by name at call time: the daemon pulls in asyncio and the whole runtime, which no
+    # other command needs (and `hafailover.runtime.daemon` is built separately from the CLI).
+    daemon = importlib.import_module("hafailover.runtime.daemon")
+    run_daemon: Callable[[Path, str | None], int] = daemon.run
+    sys.exit(run_daemon(config or settings.config or DEFAULT_CONFIG, node))
+
+
+# --------------------------------------------------------------------------------------- status
+
+
+@cli.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the raw status object (see docs/cli.md)."
+)
+@click.option("--watch", is_flag=True, help="Redraw until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=Duration(0.1, 60),
+    default="1s",
+    show_default=True,
+    help="Redraw interval for --watch (100ms..60s).",
+)
+@click.pass_obj
+def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> None:
+    """Show the cluster as this node's daemon sees it.
+
+    Exit status: 0 healthy (a node holds the VIP; every node reachable, healthy, out of
+    maintenance), 1 degraded (a node holds the VIP but something is wrong), 2 no node holds the
+    VIP, 3 the daemon is unreachable. With --watch: 0 on Ctrl-C.
+
+    \b
+    Examples:
+      hafailover status
+      hafailover status --json | jq .vip_holder
+      hafailover status --watch --interval 500ms
+    """
+    client = settings.client()
+    if not watch:
+        result = _call(client.status, error_exit=fmt.EXIT_UNREACHABLE)
+        click.echo(json.dumps(result, indent=2) if as_json else fmt.format_status(result))
+        sys.exit(fmt.status_verdict(result)[0])
+    try:
+        while True:
+            try:
+                current: dict[str, object] | None = client.status()
+                error = ""
+            except (DaemonUnreachable, ControlError) as e:
+                current, error = None, str(e)
+            if as_json:  # JSON Lines: one object per refresh, no screen control
+                click.echo(json.dumps(current if current is not None else {"error": error}))
+            else:
+                body = (
+                    fmt.format_status(current)
+                    if current is not None
+                    else click.style(f"daemon unreachable: {error}", fg="red")
+                )
+                click.clear()
+                stamp = time.strftime("%H:%M:%S")
+                click.echo(f"{stamp}  every {interval:g}s, Ctrl-C to stop\n\n{body}")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+# ----------------------------------------------------------------------------------- switchover
+
+
+@cli.command()
+@_node_option(
+    "--to", "target", help="Hand the VIP to this node (default: the best other eligible node)."
+)
+@click.option(
+    "--timeout",
+    type=Duration(0.1, 600),
+    default="5s",
+    show_default=True,
+    help="How long to wait for the VIP to move.",
+)
+@click.pass_obj
+def switchover(settings: Settings, target: str | None, timeout: float) -> None:
+    """Move the VIP to another node and wait until it has moved.
+
+    Exit status: 0 the VIP moved, 1 refused, 2 timed out, 3 daemon unreachable.
+
+    \b
+    Examples:
+      hafailover switchover
+      hafailover switchover --to node2 --timeout 10s
+    """
+    client = settings.client()
+    previous = _call(client.status, error_exit=1).get("vip_holder")
+    start = time.monotonic()
+    result = _call(lambda: client.switchover(target))
+    click.echo(fmt.format_outcome("switchover", result))
+    if not result.get("accepted"):
+        sys.exit(1)
+    while True:
+        holder = _call(client.status, error_exit=1).get("vip_holder")
+        elapsed = time.monotonic() - start
+        if holder and (holder == target if target else holder != previous):
+            click.echo(f"VIP now held by {holder} (switchover took {elapsed * 1000:.0f} ms)")
+            sys.exit(0)
+        if elapsed >= timeout:
+            now = f"still held by {holder}" if holder else "no node holds it"
+            click.echo(f"timed out after {timeout:g}s waiting for the VIP to move: {now}")
+            sys.exit(2)
+        time.sleep(SWITCHOVER_POLL_S)
+
+
+# ---------------------------------------------------------------------------------- maintenance
+
+
+@cli.command()
+@click.argument("state", type=click.Choice(["on", "off"]))
+@_node_option("--node", help="The node to put in or out of maintenance (default: this node).")
+@click.pass_obj
+def maintenance(settings: Settings, state: str, node: str | None) -> None:
+    """Put a node in maintenance (it gives up and never takes the VIP) or take it out.
+
+    Exit status: 0 accepted, 1 refused, 3 daemon unreachable.
+
+    \b
+    Examples:
+      hafailover maintenance on              this node
+      hafailover maintenance off --node node3
+    """
+    client = settings.client()
+    result = _call(lambda: client.maintenance(state == "on", node))
+    click.echo(fmt.format_outcome(f"maintenance {state} for {node or 'this node'}", result))
+    sys.exit(0 if result.get("accepted") else 1)
+
+
+# --------------------------------------------------------------------------------------- events
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="How many recent events to show first.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="JSON: the events result; with --follow one event per line.",
+)
+@click.option(
+    "--interval",
+    type=Duration(0.1, 60),
+    default="500ms",
+    show_default=True,
+    help="Poll interval for --follow (100ms..60s).",
+)
+@click.pass_obj
+def events(settings: Settings, follow: bool, limit: int, as_json: bool, interval: float) -> None:
+    """Show the role-transition history (newest last).
+
+    \b
+    Examples:
+      hafailover events -n 50
+      hafailover events --follow
+    """
+    client = settings.client()
+    if not follow:
+        result = _call(lambda: client.events(limit))
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            for event in fmt.records(result.get("events")):
+                click.echo(fmt.format_event(event))
+        sys.exit(0)
+    seen: set[tuple[object, object]] = set()
+    after: int | None = None
+    lost = False
+    try:
+        while True:
+            try:
+                batch = fmt.records(
+                    client.events(limit if after is None else 10_000, after)["events"]
+                )
+            except (DaemonUnreachable, ControlError) as e:
+                if not lost:
+                    click.echo(f"-- daemon unreachable, retrying: {e}", err=True)
+                # After a restart sequence numbers may start over: re-read the recent history and
+                # rely on `seen` to skip what was already printed.
+                lost, after = True, None
+                batch = []
+            else:
+                lost = False
+            for event in batch:
+                key = (event.get("seq"), event.get("time"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                click.echo(json.dumps(event) if as_json else fmt.format_event(event))
+                seq = event.get("seq")
+                if isinstance(seq, int) and (after is None or seq > after):
+                    after = seq
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+# --------------------------------------------------------------------------------------- genkey
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the key to this file (mode 0600) instead of printing it.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+def genkey(out: Path | None, force: bool) -> None:
+    """Generate a new random cluster key (base64 of 32 bytes).
+
+    Every node needs the same key file (cluster.key_file in the config).
+
+    \b
+    Examples:
+      hafailover genkey --out /etc/hafailover/cluster.key
+      (umask 077; hafailover genkey > cluster.key)
+    """
+    from hafailover.wire.keys import generate_key
+
+    key = generate_key() + "\n"
+    if out is None:
+        click.echo(key, nl=False)
+        return
+    if out.exists() and not force:
+        _fail(f"{out} exists; refusing to overwrite it (pass --force to replace it)", 1)
+    # Write a private temporary file and rename it into place: the key is never readable by
+    # others, not even briefly, and a crash cannot leave a half-written key file.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)  # umask may have removed bits; set exactly 0600
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, out)
+        else:
+            os.link(tmp, out)  # fails if someone created `out` meanwhile
+            os.unlink(tmp)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        _fail(f"cannot write {out}: {e.strerror or e}", 1)
+    click.echo(f"wrote a new cluster key to {out} (mode 0600); copy it to every node")
+
+
+# --------------------------------------------------------------------------------- check-config
+
+
+@cli.command("check-config")
+@_config_option
+@_node_option("--node", help="Check as this node (default: by hostname, then by address).")
+@click.option(
+    "--no-host", is_flag=True, help="Only validate the file; skip the checks of this host."
+)
+@click.pass_obj
+def check_config(settings: Settings, config: Path | None, node: str | None, no_host: bool) -> None:
+    """Validate the configuration and check that this host can run it.
+
+    Host checks: the node this host is, each VIP's interface and subnet, the key file, and the
+    UDP port. Exit status: 0 nothing failed (warnings allowed), 1 something failed.
+
+    \b
+    Examples:
+      hafailover check-config -c /etc/hafailover/hafailover.yaml
+      hafailover check-config -c new.yaml --no-host       (on another machine)
+    """
+    from hafailover.cli.hostcheck import check_host, load_and_report
+
+    path = config or settings.config or DEFAULT_CONFIG
+    report = fmt.Report()
+    loaded = load_and_report(path, report)
+    if loaded is not None and not no_host:
+        check_host(loaded.config, node, settings.socket, report)
+    sys.exit(1 if report.failed else 0)
+
+
+def main() -> None:
+    """Console-script entry point (`hafailover = hafailover.cli:main`)."""
+    # Fixed names: completion works the same whether started as `hafailover` or `python -m`.
+    cli.main(prog_name="hafailover", complete_var="_HAFAILOVER_COMPLETE")

@@ -1,0 +1,132 @@
+"""`check-config`: validate the configuration file, then check that this host can run it.
+
+Each check prints one `OK`/`WARN`/`FAIL` line through `format.Report`; the host is read here
+(hostname, `ip -j addr`, interfaces, a test bind) and judged by the pure functions in
+`hafailover.config.resolve`, so the same rules apply as in the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import json
+import socket
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hafailover.cli.format import Report
+from hafailover.control.client import ControlClient, ControlError, DaemonUnreachable
+
+if TYPE_CHECKING:
+    from hafailover.config import Config, LoadedConfig, NodeConfig
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
+    from hafailover.config import ConfigError, load_config
+
+    try:
+        loaded = load_config(path)
+    except ConfigError as e:
+        for problem in e.problems:  # each already reads `file:line: key: message`
+            report.fail(str(problem))
+        return None
+    c = loaded.config
+    report.ok(
+        f"{loaded.file}: cluster {c.cluster.name}, {len(c.nodes)} nodes, {len(c.vips)} VIPs, "
+        f"{len(c.checks)} checks"
+    )
+    for warning in loaded.warnings:
+        report.warn(str(warning))
+    return loaded
+
+
+def _interface_networks() -> dict[str, list[IPInterface]] | str:
+    """Each interface's addresses (from `ip -j addr`), or why they could not be read."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+        links = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        return f"cannot list this host's addresses with `ip -j addr` ({e})"
+    networks: dict[str, list[IPInterface]] = {}
+    for link in links if isinstance(links, list) else []:
+        addresses = networks.setdefault(str(link.get("ifname", "?")), [])
+        for info in link.get("addr_info", []):
+            with contextlib.suppress(KeyError, ValueError):
+                addresses.append(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
+    return networks
+
+
+def check_host(
+    config: Config, node: str | None, socket_override: Path | None, report: Report
+) -> None:
+    from hafailover.config import NodeResolutionError, resolve_self, vip_subnet_problems
+    from hafailover.wire.keys import KeyFileError, load_key
+
+    networks = _interface_networks()
+    if isinstance(networks, str):
+        report.warn(networks)
+        networks = {}
+    local = [a.ip for addresses in networks.values() for a in addresses]
+    me: NodeConfig | None = None
+    try:
+        me = resolve_self(config, node, socket.gethostname(), local)
+        report.ok(f"this host is node {me.name} ({me.address})")
+    except NodeResolutionError as e:
+        report.fail(str(e))
+    if me is not None and me.witness:
+        report.ok(f"{me.name} is a witness: it never holds the VIPs, VIP checks skipped")
+    else:
+        present = []
+        for vip in config.vips:
+            try:
+                socket.if_nametoindex(vip.interface)
+                present.append(vip)
+                report.ok(f"VIP {vip.address}: interface {vip.interface} exists")
+            except OSError:
+                report.fail(f"VIP {vip.address}: this host has no interface {vip.interface}")
+        if present and networks:
+            # Missing interfaces were reported above; check subnets only where there is one.
+            subset = config.model_copy(update={"vips": tuple(present)})
+            problems = vip_subnet_problems(subset, networks)
+            for problem in problems:
+                report.fail(problem)
+            if not problems:
+                report.ok("every VIP is inside a subnet of its interface")
+    try:
+        load_key(config.cluster.key_file)
+        report.ok(f"key file {config.cluster.key_file} is readable and private")
+    except KeyFileError as e:
+        report.fail(str(e))
+    if me is None:
+        report.warn("UDP port not checked: this host's node is unknown (pass --node NAME)")
+    else:
+        _check_port(config, me, socket_override or config.control_socket, report)
+
+
+def _check_port(config: Config, me: NodeConfig, control: Path, report: Report) -> None:
+    port = config.port_of(me)
+    where = f"UDP {me.address}:{port}" if me.address.version == 4 else f"UDP [{me.address}]:{port}"
+    family = socket.AF_INET6 if me.address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(me.address), port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                report.fail(f"cannot bind {where}: {e.strerror}")
+                return
+        else:
+            report.ok(f"{where} is free")
+            return
+    # Busy is fine if it is our own daemon already running there.
+    try:
+        ControlClient(control, timeout=2.0).ping()
+    except (DaemonUnreachable, ControlError):
+        report.fail(f"{where} is in use by another program (see `ss -ulpn 'sport = :{port}'`)")
+    else:
+        report.ok(f"{where} is held by the running hafailover daemon ({control} answers)")

@@ -1,0 +1,350 @@
+"""The daemon's side of the control socket.
+
+One request per connection: read one newline-terminated JSON line (bounded in size and time),
+authorize it, hand it to the daemon's `ControlHandler`, write one response line, close. Nothing a
+client sends can take the server down: every failure becomes an error response on that one
+connection, and at most `max_connections` connections are served at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+from hafailover.control.protocol import (
+    BAD_REQUEST,
+    BUSY,
+    FORBIDDEN,
+    INTERNAL,
+    MAX_REQUEST_BYTES,
+    READ_TIMEOUT_S,
+    TOO_LARGE,
+    ProtocolError,
+    Request,
+    encode_error,
+    encode_result,
+    is_mutating,
+    op_name,
+    parse_request,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS: Final = 16
+# A client that does not read its response must not hold a slot forever either.
+WRITE_TIMEOUT_S: Final = 2.0
+# Probing a socket file left over from an earlier daemon.
+STALE_PROBE_TIMEOUT_S: Final = 1.0
+_PEERCRED: Final = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+
+
+class ControlHandler(Protocol):
+    """Implemented by the daemon. May raise ProtocolError(REFUSED, ...) (or any other code)."""
+
+    async def handle(self, request: Request) -> dict[str, object]: ...
+
+
+class ControlServerError(Exception):
+    """The control socket cannot be set up; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_may_mutate(peer: PeerCredentials, group_gid: int | None) -> bool:
+    """Root, the daemon's own user, or a member (primary or supplementary) of the socket group.
+
+    The daemon's own user is allowed because it owns the socket file anyway (this matters only
+    for an unprivileged daemon, e.g. in tests). Membership is looked up per request rather than
+    cached so that removing someone from the group takes effect without a restart.
+    """
+    if peer.uid == 0 or peer.uid == os.geteuid():
+        return True
+    if group_gid is None:
+        return False
+    if peer.gid == group_gid:
+        return True
+    try:
+        user = pwd.getpwuid(peer.uid)
+    except KeyError:
+        return False
+    if user.pw_gid == group_gid:
+        return True
+    try:
+        group = grp.getgrgid(group_gid)
+    except KeyError:
+        return False
+    return user.pw_name in group.gr_mem
+
+
+class ControlServer:
+    """Serve `handler` on the Unix socket `path`.
+
+    The socket file gets mode 0660 and group `group` so that operators in that group can use the
+    CLI without root. If `group` is None, unknown, or cannot be assigned, the file stays 0600
+    (root only) and a warning is logged: failing closed is better than opening the socket up.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        group: str | None,
+        handler: ControlHandler,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path)
+        self.group = group
+        self._handler = handler
+        self._max_connections = max_connections
+        self._read_timeout = read_timeout
+        self._server: asyncio.AbstractServer | None = None
+        self._group_gid: int | None = None
+        self._inode: int | None = None
+        self._active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def group_gid(self) -> int | None:
+        """The gid the socket file was given, or None when it is root-only."""
+        return self._group_gid
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise ControlServerError("control server already started")
+        # 0755: the directory only needs to be traversable; the socket's own mode restricts use.
+        try:
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as e:
+            raise ControlServerError(f"cannot create {self.path.parent}: {e}") from e
+        await self._remove_stale_socket()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # On Linux the bound file inherits the socket inode's mode (minus umask): set it
+            # first so the file is never connectable by everyone between bind() and chmod().
+            os.fchmod(sock.fileno(), 0o600)
+            sock.bind(str(self.path))
+            self._inode = os.stat(self.path).st_ino
+            self._apply_permissions()
+            sock.setblocking(False)
+            self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+        except BaseException as e:
+            sock.close()
+            if self._inode is not None:  # bound but not serving: leave no dead socket behind
+                self.path.unlink(missing_ok=True)
+                self._inode = None
+            if isinstance(e, OSError):
+                raise ControlServerError(f"cannot listen on {self.path}: {e}") from e
+            raise
+        log.info(
+            "control socket listening on %s (mode %o, group %s)",
+            self.path,
+            stat.S_IMODE(os.stat(self.path).st_mode),
+            self.group if self._group_gid is not None else "root only",
+        )
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await server.wait_closed()
+        # Only remove the file if it is still ours: a new daemon may already have replaced it.
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _apply_permissions(self) -> None:
+        self._group_gid = None
+        if self.group is None:
+            os.chmod(self.path, 0o600)
+            return
+        try:
+            gid = grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            log.warning(
+                "control group %r does not exist: control socket %s stays root-only (0600); "
+                "create the group (groupadd %s) and restart to let its members use the CLI",
+                self.group,
+                self.path,
+                self.group,
+            )
+            os.chmod(self.path, 0o600)
+            return
+        try:
+            os.chown(self.path, -1, gid)
+        except PermissionError as e:
+            log.warning(
+                "cannot give control socket %s to group %r (%s): it stays 0600",
+                self.path,
+                self.group,
+                e,
+            )
+            os.chmod(self.path, 0o600)
+            return
+        os.chmod(self.path, 0o660)
+        self._group_gid = gid
+
+    async def _remove_stale_socket(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlServerError(
+                f"{self.path} exists and is not a socket: remove it or set another control_socket"
+            )
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path)), STALE_PROBE_TIMEOUT_S
+            )
+        except ConnectionRefusedError:
+            # Nobody listens: a leftover from a daemon that was killed before it could clean up.
+            log.info("removing stale control socket %s", self.path)
+            self.path.unlink(missing_ok=True)
+            return
+        except TimeoutError:
+            raise ControlServerError(
+                f"{self.path} accepts connections but does not answer: another daemon seems to "
+                "be running; stop it first"
+            ) from None
+        except OSError as e:
+            raise ControlServerError(f"cannot probe existing socket {self.path}: {e}") from e
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        raise ControlServerError(
+            f"another hafailover daemon is answering on {self.path}: stop it first "
+            "(systemctl stop hafailover) or configure a different control_socket"
+        )
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # so that stop() can cancel it
+        try:
+            if self._active >= self._max_connections:
+                # Answer at once instead of queueing: a flood must not delay operators who retry.
+                await self._send_and_close(
+                    writer, encode_error(BUSY, "too many concurrent control connections; retry")
+                )
+                return
+            self._active += 1
+            try:
+                response = await self._serve(reader, writer)
+                await self._send_and_close(writer, response)
+            finally:
+                self._active -= 1
+        except asyncio.CancelledError:
+            writer.close()
+            raise
+        except Exception:  # never let one connection's failure reach the event loop
+            log.exception("control connection failed")
+            writer.close()
+        finally:
+            self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        try:
+            request = parse_request(await self._read_request(reader))
+            if is_mutating(request):
+                await self._authorize(writer, request)
+            return encode_result(await self._handler.handle(request))
+        except ProtocolError as e:
+            return encode_error(e.code, e.message)
+        except Exception as e:
+            log.exception("control handler failed")
+            return encode_error(INTERNAL, f"{type(e).__name__}: {e} (details in the daemon log)")
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        buf = bytearray()
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                while True:
+                    chunk = await reader.read(MAX_REQUEST_BYTES)
+                    if not chunk:
+                        raise ProtocolError(
+                            BAD_REQUEST,
+                            "connection closed before the request's terminating newline"
+                            if buf
+                            else "empty request",
+                        )
+                    newline = chunk.find(b"\n")
+                    buf += chunk if newline < 0 else chunk[:newline]
+                    if len(buf) > MAX_REQUEST_BYTES:
+                        raise ProtocolError(TOO_LARGE, f"request exceeds {MAX_REQUEST_BYTES} bytes")
+                    if newline >= 0:
+                        # Anything after the newline is ignored: one request per connection.
+                        return bytes(buf)
+        except TimeoutError:
+            raise ProtocolError(
+                BAD_REQUEST,
+                f"no complete request within {self._read_timeout:g}s "
+                "(a request is one JSON object followed by a newline)",
+            ) from None
+
+    async def _authorize(self, writer: asyncio.StreamWriter, request: Request) -> None:
+        peer = _peer_credentials(writer)
+        if peer is None:
+            raise ProtocolError(FORBIDDEN, "cannot determine the caller's credentials")
+        # pwd/grp may go through NSS (LDAP, sssd) and block: keep it off the event loop.
+        allowed = await asyncio.to_thread(peer_may_mutate, peer, self._group_gid)
+        if not allowed:
+            who = f"uid {peer.uid}"
+            scope = f"a member of group {self.group!r}" if self._group_gid is not None else "root"
+            log.warning("refused %s from %s (pid %d)", op_name(request), who, peer.pid)
+            raise ProtocolError(
+                FORBIDDEN, f"{op_name(request)} needs root or {scope}; {who} is neither"
+            )
+
+    async def _send_and_close(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        try:
+            writer.write(data)
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await writer.drain()
+        except (OSError, TimeoutError):
+            pass  # the client went away or does not read: nothing more to do for it
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await writer.wait_closed()
+
+
+def _peer_credentials(writer: asyncio.StreamWriter) -> PeerCredentials | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError:
+        return None
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
