@@ -31,8 +31,8 @@ as documented in `hafailover.core.actions`.
 
 from __future__ import annotations
 
-import random as random_module  # type-only use: the instance is injected, never created here
 from dataclasses import dataclass
+from typing import Protocol
 
 from hafailover.core.actions import (
     AcquireVip,
@@ -73,6 +73,14 @@ from hafailover.core.reasons import Reason, Role
 from hafailover.core.spec import ClusterSpec
 
 INF = float("inf")
+
+
+class RandomSource(Protocol):
+    """The injected randomness (a seeded `random.Random`); the core never creates its own."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
 # A retry scheduled on a voter's `retry_after` lands this much later, so its promise has ended.
 RETRY_SLACK = 0.002
 
@@ -110,7 +118,7 @@ class Node:
         self,
         spec: ClusterSpec,
         name: str,
-        rng: random_module.Random,
+        rng: RandomSource,
         persisted: PersistentState | None = None,
         healthy: bool = True,
     ) -> None:
@@ -414,7 +422,8 @@ class Node:
             for p in self.peers.peers.values()
             if p.eligible_since is not None
             and p.spec.priority > self.me.priority
-            and now - p.eligible_since >= self._t.preempt_delay
+            # Same expression as in next_deadline(), so the timer that fires for it also passes.
+            and now >= p.eligible_since + self._t.preempt_delay
         ]
         if due:
             target = max(due, key=lambda p: (p.spec.priority, p.spec.name)).spec.name

@@ -1,0 +1,123 @@
+"""Safety and liveness invariants, checked by the simulator after every step.
+
+1. At most one running node holds the VIP (frozen and crashed nodes are not running).
+2. The holder is backed by a majority *in ground truth*: enough nodes (counting itself, crashed
+   nodes and nodes still refusing votes after a restart) whose promise to it has not run out in
+   real time. This is "no node without a valid majority lease holds the VIP", checked from the
+   followers' side rather than trusting the leader's own arithmetic.
+3. At most one leader per term, over the whole run.
+4. A holder that cannot reach a running majority (ignoring random loss) releases the VIP
+   within the failover timeout.
+5. Liveness: when the network is clean, nothing is frozen, and an eligible node is running in a
+   majority, some node holds the VIP within twice the failover timeout of the last disturbance.
+"""
+
+from __future__ import annotations
+
+from hafailover.core.actions import Action, Decision
+from hafailover.core.reasons import Reason
+from tests.sim.harness import SimNode, Simulator
+
+# Float slack for comparing times computed on different clocks.
+EPS = 1e-6
+
+
+class Invariants:
+    def __init__(self, sim: Simulator, liveness: bool = True) -> None:
+        self.sim = sim
+        self.liveness = liveness
+        self.leader_of_term: dict[int, str] = {}
+        self.last_majority: dict[str, float] = dict.fromkeys(sim.nodes, 0.0)
+        self.holderless_since: float | None = None
+        self.checks = 0
+        sim.observers.append(self.check)
+
+    def check(self, sim: Simulator, name: str, actions: list[Action]) -> None:
+        self.checks += 1
+        if name and actions is not None and any(
+            isinstance(a, Decision) and a.reason is Reason.ELECTED for a in actions
+        ):
+            node = sim.nodes[name].node
+            term = node.term if node is not None else -1
+            other = self.leader_of_term.setdefault(term, name)
+            if other != name:
+                sim.fail(f"two leaders in term {term}: {other} and {name}")
+        holders = sim.holders()
+        if len(holders) > 1:
+            sim.fail(f"two running VIP holders: {holders}")
+        self._track_majority(sim)
+        if holders:
+            self._check_backing(sim, holders[0])
+            self._check_isolated_holder(sim, holders[0])
+        if self.liveness:
+            self._check_liveness(sim, holders)
+
+    def _track_majority(self, sim: Simulator) -> None:
+        for name, sn in sim.nodes.items():
+            if not sn.running:
+                continue
+            reach = sum(
+                1
+                for other, on in sim.nodes.items()
+                if on.running
+                and (
+                    other == name
+                    or (
+                        (name, other) not in sim.net.blocked
+                        and (other, name) not in sim.net.blocked
+                    )
+                )
+            )
+            if reach >= sim.spec.quorum:
+                self.last_majority[name] = sim.t
+
+    def _check_backing(self, sim: Simulator, holder: str) -> None:
+        hn = sim.nodes[holder].node
+        assert hn is not None
+        backing = 0
+        for name, sn in sim.nodes.items():
+            if name == holder or sn.node is None:
+                backing += 1
+                continue
+            to, term, until = sn.node.promise
+            alive = sim.t < sn.real(until) - EPS
+            if alive and (to == "" or (to == holder and term == hn.term)):
+                backing += 1
+        if backing < sim.spec.quorum:
+            sim.fail(
+                f"{holder} holds the VIP in term {hn.term} without a majority lease "
+                f"(backed by {backing}, quorum {sim.spec.quorum})"
+            )
+
+    def _check_isolated_holder(self, sim: Simulator, holder: str) -> None:
+        ft = sim.spec.timings.failover_timeout
+        cut_for = sim.t - self.last_majority[holder]
+        if cut_for > ft + EPS:
+            sim.fail(f"{holder} still holds the VIP {cut_for:.3f}s after losing its majority")
+
+    def _check_liveness(self, sim: Simulator, holders: list[str]) -> None:
+        if holders:
+            self.holderless_since = None
+            return
+        if self.holderless_since is None:
+            self.holderless_since = sim.t
+        ft = sim.spec.timings.failover_timeout
+        since = max(sim.last_disturbance, self.holderless_since)
+        if sim.t - since <= 2 * ft or not sim.net.clean():
+            return
+        nodes = sim.nodes.values()
+        if any(sn.frozen for sn in nodes):
+            return
+        running = [sn for sn in nodes if sn.running]
+        if len(running) < sim.spec.quorum or not any(_eligible(sim, sn) for sn in running):
+            return
+        sim.fail(
+            f"no VIP holder for {sim.t - since:.3f}s (since the last disturbance or release) "
+            "with a clean network and an eligible node in a majority"
+        )
+
+
+def _eligible(sim: Simulator, sn: SimNode) -> bool:
+    spec = sim.spec.node(sn.name)
+    assert spec is not None and sn.node is not None
+    return sn.healthy and not sn.node.maintenance and not spec.witness
