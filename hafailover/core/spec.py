@@ -34,7 +34,8 @@ class Timings:
     def validate(self) -> None:
         if self.heartbeat_interval <= 0:
             raise TimingError("heartbeat_interval must be positive")
-        if self.failover_timeout < 3 * self.heartbeat_interval:
+        # The tolerance lets "100ms" and "300ms" (0.1 * 3 > 0.3 in floating point) pass.
+        if self.failover_timeout < 3 * self.heartbeat_interval - 1e-9:
             raise TimingError(
                 f"failover_timeout ({self.failover_timeout:g}s) must be at least 3x "
                 f"heartbeat_interval ({self.heartbeat_interval:g}s): raise failover_timeout or "

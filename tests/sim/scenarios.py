@@ -34,7 +34,8 @@ def random_spec(rng: random.Random) -> ClusterSpec:
         nodes = [NodeSpec("node1", 150), NodeSpec("node2", 100), NodeSpec("witness", 0, True)]
     else:
         count = int(shape)
-        nodes = [NodeSpec(f"node{i + 1}", rng.choice([50, 100, 100, 150, 200])) for i in range(count)]
+        priorities = [50, 100, 100, 150, 200]
+        nodes = [NodeSpec(f"node{i + 1}", rng.choice(priorities)) for i in range(count)]
     timings = rng.choice([DEFAULT, DEFAULT, FAST])
     preempt = rng.random() < 0.3
     if preempt:
