@@ -44,7 +44,7 @@ def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
     return loaded
 
 
-def _interface_networks() -> dict[str, list[IPInterface]] | str:
+def interface_networks() -> dict[str, list[IPInterface]] | str:
     """Each interface's addresses (from `ip -j addr`), or why they could not be read."""
     try:
         out = subprocess.run(
@@ -68,7 +68,7 @@ def check_host(
     from hafailover.config import NodeResolutionError, resolve_self, vip_subnet_problems
     from hafailover.wire.keys import KeyFileError, load_key
 
-    networks = _interface_networks()
+    networks = interface_networks()
     if isinstance(networks, str):
         report.warn(networks)
         networks = {}

@@ -1,0 +1,210 @@
+"""Real hafailover daemons in a `Lab`: configs, key, start/stop, status, check faults.
+
+Every node gets the same cluster configuration; only `state_dir` and `control_socket` differ,
+because all the lab's namespaces share one filesystem. Each node's health check is a script
+that reads a mode file, so a test can make a node's service fail or hang on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hafailover.lab.netns import Lab, LabProcess
+
+VIP = "10.213.0.100"
+VIP_CIDR = f"{VIP}/24"
+PORT = 5405
+
+CHECK_SCRIPT = """#!/bin/sh
+# Lab health check: the node's service is what the mode file says.
+mode=$(cat "$(dirname "$0")/check-mode" 2>/dev/null)
+case "$mode" in
+  fail) echo "service down (lab)"; exit 1 ;;
+  hang) exec sleep 3600 ;;
+esac
+exit 0
+"""
+
+
+@dataclass
+class ClusterOptions:
+    heartbeat: str = "100ms"
+    failover: str = "600ms"
+    preempt: bool = False
+    preempt_delay: str = "30s"
+    witnesses: tuple[str, ...] = ()
+    priorities: dict[str, int] = field(default_factory=dict)
+    check_interval: str = "200ms"
+    check_timeout: str = "300ms"
+    check_fall: int = 2
+    check_rise: int = 2
+    with_check: bool = True
+    log_level: str = "info"
+
+
+class HaCluster:
+    def __init__(self, lab: Lab, options: ClusterOptions | None = None) -> None:
+        self.lab = lab
+        self.opts = options or ClusterOptions()
+        self.root = lab.workdir / "hafailover"
+        self.root.mkdir(exist_ok=True)
+        self.key = self.root / "cluster.key"
+        self.procs: dict[str, LabProcess] = {}
+        self._write_key()
+        for n in lab.nodes:
+            self._write_node(n)
+
+    # ------------------------------------------------------------------ files
+
+    def _write_key(self) -> None:
+        from hafailover.wire import generate_key
+
+        fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_key() + "\n")
+
+    def node_dir(self, node: str) -> Path:
+        return self.root / node
+
+    def config_path(self, node: str) -> Path:
+        return self.node_dir(node) / "hafailover.yaml"
+
+    def socket(self, node: str) -> Path:
+        return self.node_dir(node) / "control.sock"
+
+    def _write_node(self, node: str) -> None:
+        d = self.node_dir(node)
+        d.mkdir(exist_ok=True)
+        o = self.opts
+        lines = [
+            "cluster:",
+            "  name: lab",
+            f"  key_file: {self.key}",
+            f"  port: {PORT}",
+            f"  heartbeat_interval: {o.heartbeat}",
+            f"  failover_timeout: {o.failover}",
+            f"  preempt: {str(o.preempt).lower()}",
+            f"  preempt_delay: {o.preempt_delay}",
+            "nodes:",
+        ]
+        for i, n in enumerate(self.lab.nodes):
+            default = max(10, 150 - 50 * i)
+            witness = n in o.witnesses
+            prio = 0 if witness else o.priorities.get(n, default)
+            extra = ", witness: true" if witness else ""
+            lines.append(
+                f"  - {{name: {n}, address: {self.lab.address(n)}, priority: {prio}{extra}}}"
+            )
+        lines += ["vips:", f"  - {{address: {VIP_CIDR}, interface: eth0}}"]
+        if o.with_check and node not in o.witnesses:
+            script = d / "check.sh"
+            script.write_text(CHECK_SCRIPT)
+            script.chmod(0o755)
+            lines += [
+                "checks:",
+                f"  - {{name: service, script: [{script}], interval: {o.check_interval}, "
+                f"timeout: {o.check_timeout}, fall: {o.check_fall}, rise: {o.check_rise}}}",
+            ]
+        lines += [
+            f"control_socket: {self.socket(node)}",
+            f"state_dir: {d / 'state'}",
+            f"log_level: {o.log_level}",
+        ]
+        self.config_path(node).write_text("\n".join(lines) + "\n")
+
+    def set_check(self, node: str, mode: str) -> float:
+        """'ok', 'fail' or 'hang': what the node's health check finds from now on."""
+        (self.node_dir(node) / "check-mode").write_text(mode)
+        return time.monotonic()
+
+    # ------------------------------------------------------------------ processes
+
+    def start(self, node: str) -> LabProcess:
+        proc = self.lab.spawn_python(
+            node, "hafailover",
+            ["run", "-c", str(self.config_path(node)), "--node", node],
+        )
+        self.procs[node] = proc
+        return proc
+
+    def start_all(self, timeout: float = 15.0) -> None:
+        for n in self.lab.nodes:
+            self.start(n)
+        for n in self.lab.nodes:
+            self.wait_ready(n, timeout)
+
+    def wait_ready(self, node: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[node]
+            if not proc.alive():
+                raise RuntimeError(f"{node} daemon exited:\n{self.log(node)[-3000:]}")
+            if self.try_status(node) is not None:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{node} daemon not ready in {timeout}s:\n{self.log(node)[-3000:]}")
+
+    def log(self, node: str) -> str:
+        """The daemon's stderr (its log when not under systemd)."""
+        proc = self.procs[node]
+        return proc.stderr.read_text(errors="replace") if proc.stderr.exists() else ""
+
+    def try_status(self, node: str) -> dict[str, Any] | None:
+        from hafailover.control.client import ControlClient, DaemonUnreachable
+
+        try:
+            return ControlClient(self.socket(node), timeout=1.0).status()
+        except (DaemonUnreachable, OSError):
+            return None
+
+    def status(self, node: str) -> dict[str, Any]:
+        s = self.try_status(node)
+        if s is None:
+            raise RuntimeError(f"{node} daemon does not answer")
+        return s
+
+    def cli(self, node: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        """Run the `hafailover` CLI against node's daemon (as an operator would on that host)."""
+        return subprocess.run(
+            [sys.executable, "-m", "hafailover", "--socket", str(self.socket(node)), *args],
+            capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+
+    def holders(self) -> list[str]:
+        return self.lab.vip_holders(VIP)
+
+    def wait_for_holder(
+        self, timeout: float = 10.0, exclude: tuple[str, ...] = (), poll: float = 0.01
+    ) -> tuple[str, float]:
+        """Wait until exactly one node other than `exclude` holds the VIP: (node, time)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            held = [h for h in self.holders() if h not in exclude]
+            if len(held) == 1:
+                return held[0], time.monotonic()
+            time.sleep(poll)
+        raise TimeoutError(f"no single VIP holder (other than {exclude}) in {timeout}s; "
+                           f"holders now: {self.holders()}")
+
+    def leader(self) -> str:
+        node, _ = self.wait_for_holder()
+        return node
+
+    def events(self, node: str, limit: int = 20) -> list[dict[str, Any]]:
+        r = self.cli(node, "events", "--json", "-n", str(limit))
+        out: list[dict[str, Any]] = []
+        for line in r.stdout.splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                out.append(json.loads(line))
+            elif line.startswith("["):
+                out.extend(json.loads(line))
+        return out

@@ -1,0 +1,281 @@
+"""`hafailover run`: load the configuration, build the ports, run the engine until stopped.
+
+Exit codes: 0 stopped cleanly, 1 runtime failure, 78 (EX_CONFIG) the configuration, key file,
+state file or environment is unusable; systemd does not restart on 78 (RestartPreventExitStatus)
+because a restart cannot fix it.
+
+Start-up order matters for systemd: READY=1 is sent only once the configuration is valid, the
+UDP socket is bound, leftover VIPs are removed and the ARP frames are built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from hafailover.config import ConfigError, NodeResolutionError, load_config, resolve_self
+from hafailover.config.schema import CheckKind, Config, NodeConfig
+from hafailover.control.server import ControlServer, ControlServerError
+from hafailover.core.events import Stop
+from hafailover.core.node import Node
+from hafailover.net.announce import ConflictWatcher, RawAnnouncer
+from hafailover.net.vip import NetlinkVipManager, Vip, VipError
+from hafailover.runtime.checks import CheckRunner, CheckSpec
+from hafailover.runtime.engine import Engine, Ports, lag_ticker
+from hafailover.runtime.logs import setup_logging
+from hafailover.runtime.notify import Notifier
+from hafailover.runtime.sdnotify import SystemdNotifier
+from hafailover.runtime.status import StatusHandler
+from hafailover.runtime.store import EventLog, StateError, StateStore
+from hafailover.runtime.transport import UdpTransport
+from hafailover.wire import Codec, KeyFileError, load_key, new_incarnation
+
+log = logging.getLogger("hafailover.daemon")
+
+EX_CONFIG = 78
+# How long a stopping leader waits for its TimeoutNow to leave and hooks to finish.
+STOP_GRACE = 0.2
+HOOK_DRAIN = 5.0
+
+
+class StartupError(Exception):
+    """A problem an operator must fix; the message says what."""
+
+
+def run(config_path: Path, node_name: str | None) -> int:
+    try:
+        loaded = load_config(config_path)
+    except ConfigError as e:
+        print(f"hafailover: invalid configuration:\n{e}", file=sys.stderr)
+        return EX_CONFIG
+    config = loaded.config
+    try:
+        me = resolve_self(config, node_name, socket.gethostname(), _local_addresses())
+    except NodeResolutionError as e:
+        print(f"hafailover: {e}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(config.log_level, me.name)
+    for w in loaded.warnings:
+        log.warning("%s", w)
+    try:
+        return asyncio.run(Daemon(config, me, config_path).run())
+    except StartupError as e:
+        log.error("%s", e)
+        print(f"hafailover: {e}", file=sys.stderr)
+        return EX_CONFIG
+
+
+def _local_addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    # Lazy: only read the host's addresses when --node and the hostname did not decide.
+    from hafailover.cli.hostcheck import interface_networks
+
+    networks = interface_networks()
+    if isinstance(networks, dict):
+        for addrs in networks.values():
+            for a in addrs:
+                yield a.ip
+
+
+def check_specs(config: Config) -> list[CheckSpec]:
+    specs = []
+    for c in config.checks:
+        kind = c.kind
+        specs.append(
+            CheckSpec(
+                name=c.name,
+                kind=kind.value,
+                argv=tuple(c.script or ()),
+                shell=c.shell,
+                url=c.http or "",
+                host=c.tcp.host if c.tcp else "",
+                port=c.tcp.port if c.tcp else 0,
+                interval=c.interval,
+                timeout=c.timeout,
+                fall=c.fall,
+                rise=c.rise,
+                critical=c.critical,
+                expect_status=c.expect_status if kind is CheckKind.HTTP else (200, 399),
+                expect_body=c.expect_body or "",
+            )
+        )
+    return specs
+
+
+def notify_hooks(config: Config) -> dict[str, tuple[str, ...]]:
+    n = config.notify
+    hooks = {"leader": n.leader, "follower": n.follower, "unhealthy": n.unhealthy,
+             "maintenance": n.maintenance, "stop": n.stop}
+    return {k: tuple(v) for k, v in hooks.items() if v}
+
+
+class Daemon:
+    def __init__(self, config: Config, me: NodeConfig, config_path: Path) -> None:
+        self.config = config
+        self.me = me
+        self.config_path = config_path
+        self.vips = [Vip(v.address, v.interface) for v in config.vips]
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        config, me = self.config, self.me
+        systemd = SystemdNotifier.from_env(unset=True)
+        interval = systemd.watchdog_interval()
+        timings = config.cluster.timings
+        if interval is not None and interval * 2 > timings.failover_timeout:
+            raise StartupError(
+                f"WatchdogSec ({interval * 2:g}s) is longer than failover_timeout "
+                f"({timings.failover_timeout:g}s): a hung daemon would keep the VIP past its "
+                "lease. Set WatchdogSec below failover_timeout in the unit."
+            )
+        try:
+            key = load_key(config.cluster.key_file)
+        except KeyFileError as e:
+            raise StartupError(str(e)) from e
+        store = StateStore(config.state_dir)
+        try:
+            persisted = store.load()
+        except StateError as e:
+            raise StartupError(str(e)) from e
+        events = EventLog(config.state_dir)
+
+        vip_manager = NetlinkVipManager(self.vips)
+        try:
+            removed = vip_manager.cleanup_stale()
+        except VipError as e:
+            raise StartupError(f"cannot manage the VIPs: {e}") from e
+        for v in removed:
+            log.warning("removed leftover VIP %s (from an earlier run)", v)
+        announcer = RawAnnouncer(
+            self.vips, config.announce.count, config.announce.interval, config.announce.refresh
+        )
+        await announcer.start()
+
+        spec = config.cluster_spec()
+        node = Node(spec, me.name, random.Random(), persisted)
+        codec = Codec(key, config.cluster.name, me.name, spec.names, new_incarnation())
+        peers = {n.name: (str(n.address), config.port_of(n)) for n in config.nodes
+                 if n.name != me.name}
+        notifier = Notifier(notify_hooks(config), config.notify.timeout)
+        engine: Engine | None = None
+
+        def on_message(sender: str, message: object) -> None:
+            if engine is not None:
+                engine.on_message(sender, message)  # type: ignore[arg-type]
+
+        try:
+            transport = await UdpTransport.bind(
+                codec, (str(me.address), config.port_of(me)), peers, on_message
+            )
+        except OSError as e:
+            raise StartupError(
+                f"cannot bind UDP {me.address}:{config.port_of(me)}: {e.strerror}"
+            ) from e
+        macs = {v.interface: vip_manager.interface_mac(v.interface) for v in self.vips}
+        watcher = ConflictWatcher(self.vips, macs, lambda addr: self._conflict(engine, addr))
+        ports = Ports(transport, vip_manager, announcer, notifier, store, events, systemd,
+                      on_holding=watcher.set_holding)
+        engine = Engine(node, ports, [str(v) for v in self.vips],
+                        config.cluster.max_loop_lag_seconds)
+        checks = CheckRunner(check_specs(config),
+                             lambda ok, detail: engine.set_health("checks", ok, detail))
+        handler = StatusHandler(engine, config.cluster.name, checks)
+        control = ControlServer(config.control_socket, config.control_group, handler)
+        try:
+            await control.start()
+        except ControlServerError as e:
+            transport.close()
+            raise StartupError(str(e)) from e
+        self.engine, self.checks, self.handler = engine, checks, handler
+        try:
+            watcher.start()
+        except OSError as e:
+            log.warning("ARP conflict watching disabled: %s", e)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        engine.start()
+        await checks.start()
+        tick = min(interval or 1.0, timings.heartbeat_interval / 2)
+        ticker = asyncio.create_task(lag_ticker(engine, tick))
+        systemd.ready()
+        log.info("ready: node %s, %d peers, VIPs %s", me.name, len(peers),
+                 ", ".join(str(v) for v in self.vips) or "none")
+        try:
+            await self._stop.wait()
+        finally:
+            systemd.stopping()
+            engine.stopping = True
+            engine.feed(Stop())  # a leader releases the VIP and hands over first
+            await asyncio.sleep(STOP_GRACE if node.holds_vip is False else 0)
+            ticker.cancel()
+            await checks.stop()
+            await control.stop()
+            await notifier.drain(HOOK_DRAIN)
+            try:
+                vip_manager.release()  # at exit a node never leaves a VIP behind
+            except VipError as e:
+                log.error("removing VIPs at exit failed: %s", e)
+            watcher.close()
+            announcer.close()
+            transport.close()
+            vip_manager.close()
+            engine.close()
+        return 0
+
+    def _conflict(self, engine: Engine | None, address: str) -> None:
+        from hafailover.core.events import VipConflict
+
+        if engine is not None:
+            engine.feed(VipConflict(address))
+
+    def _reload(self) -> None:
+        """SIGHUP: checks, notify hooks and log level apply live; the rest is refused."""
+        try:
+            new = load_config(self.config_path).config
+        except ConfigError as e:
+            log.error("reload refused, configuration invalid; keeping the old one:\n%s", e)
+            return
+        old = self.config
+        fixed = {
+            "cluster name": (old.cluster.name, new.cluster.name),
+            "membership (nodes)": (old.nodes, new.nodes),
+            "port": (old.cluster.port, new.cluster.port),
+            "key_file": (old.cluster.key_file, new.cluster.key_file),
+            "vips": (old.vips, new.vips),
+            "timings": (old.cluster.timings, new.cluster.timings),
+            "preempt": (old.cluster.preempt, new.cluster.preempt),
+            "control_socket": (old.control_socket, new.control_socket),
+            "state_dir": (old.state_dir, new.state_dir),
+        }
+        changed = [name for name, (a, b) in fixed.items() if a != b]
+        if changed:
+            log.error(
+                "reload refused: %s cannot change while running (restart the daemon); "
+                "the old configuration stays in force", ", ".join(changed)
+            )
+            return
+        setup_logging(new.log_level, self.me.name)
+        engine = self.engine
+        engine.ports.notifier = Notifier(notify_hooks(new), new.notify.timeout)
+        old_checks = self.checks
+        checks = CheckRunner(check_specs(new),
+                             lambda ok, detail: engine.set_health("checks", ok, detail))
+        self.checks = checks
+        self.handler.checks = checks
+
+        async def swap() -> None:
+            await old_checks.stop()
+            await checks.start()
+
+        asyncio.get_running_loop().create_task(swap())
+        self.config = new
+        log.info("reloaded: %d checks, %d notify hooks, log level %s",
+                 len(new.checks), len(notify_hooks(new)), new.log_level)

@@ -1,0 +1,143 @@
+"""UDP transport: authenticated datagrams to and from the configured peers.
+
+One socket bound to this node's address and port. Every received datagram goes through the
+codec (which never raises); anything dropped is counted per reason and logged rate-limited.
+A packet can therefore neither crash nor stall the loop: the work per datagram is bounded by
+the codec's header checks and one HMAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol, cast
+
+from hafailover.core.messages import Message
+from hafailover.runtime.logs import RateLimitedLogger
+from hafailover.wire import Codec, Decoded, Dropped, EncodeError
+
+log = logging.getLogger("hafailover.transport")
+
+Address = tuple[str, int]
+
+
+class TransportPort(Protocol):
+    def send(self, to: str, message: Message) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def drops(self) -> Mapping[str, int]: ...
+
+
+class UdpTransport(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        codec: Codec,
+        peers: Mapping[str, Address],
+        on_message: Callable[[str, Message], None],
+    ) -> None:
+        self._codec = codec
+        self._peers = dict(peers)
+        self._on_message = on_message
+        self._transport: asyncio.DatagramTransport | None = None
+        self._epoch = time.monotonic()
+        self._limited = RateLimitedLogger(log, burst=5, interval=60.0)
+        self.send_errors = 0
+
+    @classmethod
+    async def bind(
+        cls,
+        codec: Codec,
+        local: Address,
+        peers: Mapping[str, Address],
+        on_message: Callable[[str, Message], None],
+    ) -> UdpTransport:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Heartbeats are latency-critical control traffic (DSCP CS6, as VRRP uses).
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)
+            sock.bind(local)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        proto = cls(codec, peers, on_message)
+        await loop.create_datagram_endpoint(lambda: proto, sock=sock)
+        return proto
+
+    # asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport does not subclass DatagramTransport.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        result = self._codec.decode(data)
+        if isinstance(result, Dropped):
+            self._limited.warning(
+                str(result.reason), "dropped packet from %s: %s", addr[0], result.reason
+            )
+            return
+        assert isinstance(result, Decoded)
+        try:
+            self._on_message(result.sender, result.message)
+        except Exception:  # a bug in a handler must not kill the transport
+            log.exception("handling %s from %s failed", type(result.message).__name__,
+                          result.sender)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (peer down, port unreachable) are normal during failures.
+        self._limited.debug("icmp", "socket error: %s", exc)
+
+    # sending -----------------------------------------------------------------------------
+
+    def send(self, to: str, message: Message) -> None:
+        addr = self._peers.get(to)
+        if addr is None or self._transport is None:
+            return
+        try:
+            ms = int((time.monotonic() - self._epoch) * 1000)
+            packet = self._codec.encode(message, ms)
+        except EncodeError as e:
+            log.error("cannot encode %s for %s: %s", type(message).__name__, to, e)
+            return
+        try:
+            self._transport.sendto(packet, addr)
+        except OSError as e:
+            self.send_errors += 1
+            self._limited.debug(f"send:{to}", "send to %s failed: %s", to, e)
+
+    @property
+    def drops(self) -> Mapping[str, int]:
+        return {str(k): v for k, v in self._codec.drops.items()}
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+class FakeTransport:
+    """Records sends; tests deliver messages by calling the engine directly."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Message]] = []
+
+    def send(self, to: str, message: Message) -> None:
+        self.sent.append((to, message))
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def drops(self) -> Mapping[str, int]:
+        return {}
