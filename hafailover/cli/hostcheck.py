@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import json
 import socket
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,20 +43,27 @@ def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
 
 
 def interface_networks() -> dict[str, list[IPInterface]] | str:
-    """Each interface's addresses (from `ip -j addr`), or why they could not be read."""
+    """Each interface's addresses, read over netlink with pyroute2, or why they could not be.
+
+    pyroute2 is used here, at start-up and in `check-config`, and not in the running daemon:
+    its import costs ~13 MB and its synchronous API cannot run inside an asyncio loop (see
+    docs/architecture.md).
+    """
     try:
-        out = subprocess.run(
-            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout
-        links = json.loads(out)
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        return f"cannot list this host's addresses with `ip -j addr` ({e})"
-    networks: dict[str, list[IPInterface]] = {}
-    for link in links if isinstance(links, list) else []:
-        addresses = networks.setdefault(str(link.get("ifname", "?")), [])
-        for info in link.get("addr_info", []):
-            with contextlib.suppress(KeyError, ValueError):
-                addresses.append(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            networks: dict[str, list[IPInterface]] = {str(n): [] for n in names.values()}
+            for addr in ipr.get_addr():
+                name = str(names.get(addr["index"], "?"))
+                with contextlib.suppress(TypeError, ValueError):
+                    local = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
+                    networks.setdefault(name, []).append(
+                        ipaddress.ip_interface(f"{local}/{addr['prefixlen']}")
+                    )
+    except Exception as e:  # netlink refused, pyroute2 missing: report, don't crash the check
+        return f"cannot list this host's addresses over netlink ({e})"
     return networks
 
 

@@ -203,7 +203,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         engine.start()
         await checks.start()
-        tick = min(interval or 1.0, timings.heartbeat_interval / 2)
+        # Lag is judged against ~300 ms; one wake-up per heartbeat interval resolves that.
+        tick = min(interval or 1.0, timings.heartbeat_interval)
         ticker = asyncio.create_task(lag_ticker(engine, tick))
         systemd.ready()
         log.info("ready: node %s, %d peers, VIPs %s", me.name, len(peers),
