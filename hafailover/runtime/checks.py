@@ -418,11 +418,19 @@ class CheckRunner:
         """The current aggregate verdict (True at start, see the module docstring)."""
         return self._healthy
 
-    async def start(self) -> None:
+    async def start(self, *, healthy: bool = True) -> None:
+        """Start every check. ``healthy`` is the verdict to start from, and ``on_health`` is only
+        called when the verdict moves away from it: a fresh daemon starts healthy (see the module
+        docstring); a runner that replaces another on reload starts from the old one's final
+        verdict, which is what the engine holds, so a node made unhealthy by the old checks stays
+        unhealthy until the new ones pass (not for good, and not healthy at once)."""
         if self._tasks:
             return
+        self._healthy = healthy
         for spec in self._specs:
             self._tasks.append(asyncio.create_task(self._loop(spec), name=f"check:{spec.name}"))
+        if not healthy and not any(s.critical for s in self._specs):
+            self._reevaluate("")  # no critical check is left that could clear the old verdict
 
     async def stop(self) -> None:
         """Cancel every check; a running script has its process group killed."""
@@ -485,7 +493,9 @@ class CheckRunner:
             return
         self._healthy = healthy
         if healthy:
-            detail = f"all critical checks passing (check {recovered!r} recovered)"
+            detail = "all critical checks passing" + (
+                f" (check {recovered!r} recovered)" if recovered else ""
+            )
         else:
             detail = "; ".join(_describe_failure(st) for st in failing)
         try:

@@ -274,7 +274,10 @@ class Daemon:
 
         async def swap() -> None:
             await old_checks.stop()
-            await checks.start()
+            # The new runner reports changes from the verdict it starts with, so it must start
+            # from the one the engine holds: started healthy, it would never clear an unhealthy
+            # verdict left by the old checks, and the node would stay unhealthy for good.
+            await checks.start(healthy=old_checks.healthy)
 
         asyncio.get_running_loop().create_task(swap())
         self.config = new

@@ -331,3 +331,32 @@ def test_fake_health_reports_changes_only() -> None:
     port: checks.HealthPort = fake
     run(port.start())
     assert fake.started and port.statuses() == []
+
+
+def test_runner_started_unhealthy_reports_only_when_the_new_checks_clear_it() -> None:
+    # A reload starts the new runner from the old verdict: it must report recovery once its
+    # checks pass, stay silent while they fail, and with no critical check clear it at once.
+    passing, failing = Recorder(), Recorder()
+    nothing_critical = Recorder()
+
+    async def main() -> None:
+        runners = [
+            CheckRunner([script("ok", "exit 0", interval=0.05, rise=1)], passing),
+            CheckRunner([script("bad", "exit 1", interval=0.05, fall=1)], failing),
+            CheckRunner([script("adv", "exit 1", interval=0.05, critical=False)],
+                        nothing_critical),
+        ]
+        for r in runners:
+            await r.start(healthy=False)
+        try:
+            assert await eventually(lambda: bool(passing.calls))
+            await asyncio.sleep(0.2)
+        finally:
+            for r in runners:
+                await r.stop()
+        assert [c[0] for c in passing.calls] == [True]
+        assert runners[0].healthy is True
+        assert failing.calls == [] and runners[1].healthy is False
+        assert [c[:2] for c in nothing_critical.calls] == [(True, "all critical checks passing")]
+
+    run(main())
