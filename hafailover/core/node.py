@@ -31,7 +31,6 @@ as documented in `hafailover.core.actions`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from hafailover.core.actions import (
@@ -71,6 +70,7 @@ from hafailover.core.messages import (
 from hafailover.core.peers import NEVER, PeerTable
 from hafailover.core.reasons import Reason, Role
 from hafailover.core.spec import ClusterSpec
+from hafailover.core.view import NodeView, node_view
 
 INF = float("inf")
 
@@ -83,34 +83,6 @@ class RandomSource(Protocol):
 
 # A retry scheduled on a voter's `retry_after` lands this much later, so its promise has ended.
 RETRY_SLACK = 0.002
-
-
-@dataclass(frozen=True)
-class PeerView:
-    name: str
-    role: str
-    healthy: bool | None
-    maintenance: bool | None
-    priority: int
-    witness: bool
-    reachable: bool
-    last_heard: float | None
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """A read-only snapshot for status output."""
-
-    name: str
-    role: Role
-    term: int
-    leader: str
-    holds_vip: bool
-    healthy: bool
-    maintenance: bool
-    quorum: bool
-    lease_remaining: float | None
-    peers: tuple[PeerView, ...]
 
 
 class Node:
@@ -236,47 +208,13 @@ class Node:
     def persistent_state(self) -> PersistentState:
         return PersistentState(self.term, self.voted_for, self.maintenance)
 
+    @property
+    def leader_contact(self) -> float:
+        """When this follower last heard its leader (monotonic; -inf if never)."""
+        return self._leader_contact
+
     def view(self, now: float) -> NodeView:
-        ft = self._t.failover_timeout
-        leading = self.role is Role.LEADER
-        quorum = now < self._lease_until if leading else now - self._leader_contact <= ft
-        peers = []
-        for p in self.peers.peers.values():
-            if leading:
-                reachable = p.reachable(now, ft)
-            elif p.spec.name == self.leader:
-                reachable = now - self._leader_contact <= ft
-            else:
-                reachable = bool(p.reported_reachable) and quorum
-            heard = p.last_heard if p.last_heard != NEVER else None
-            if p.spec.name == self.leader and self._leader_contact != NEVER:
-                heard = self._leader_contact
-            role = Role.LEADER.value if p.spec.name == self.leader else Role.FOLLOWER.value
-            peers.append(
-                PeerView(
-                    name=p.spec.name,
-                    role=role if reachable else "unreachable",
-                    healthy=p.healthy,
-                    maintenance=p.maintenance,
-                    priority=p.spec.priority,
-                    witness=p.spec.witness,
-                    reachable=reachable,
-                    last_heard=heard,
-                )
-            )
-        remaining = self._lease_until - now if leading and self._lease_until > now else None
-        return NodeView(
-            name=self.name,
-            role=self.role,
-            term=self.term,
-            leader=self.leader,
-            holds_vip=self.holds_vip,
-            healthy=self.healthy,
-            maintenance=self.maintenance,
-            quorum=quorum,
-            lease_remaining=remaining,
-            peers=tuple(peers),
-        )
+        return node_view(self, now)
 
     # ------------------------------------------------------------------ role changes
 
