@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hafailover.core import commands
 from hafailover.core.actions import (
     AcquireVip,
     Action,
@@ -165,15 +166,15 @@ class Node:
             case HealthChanged(healthy=healthy, detail=detail):
                 self._on_health(healthy, detail, now)
             case Switchover(request_id=rid, target=target):
-                self._on_switchover(rid, target, now)
+                commands.on_switchover(self, rid, target, now)
             case SetMaintenance(request_id=rid, on=on, node=node):
-                self._on_set_maintenance(rid, on, node, now)
+                commands.on_set_maintenance(self, rid, on, node, now)
             case VipConflict(address=address):
                 if self.holds_vip:
                     self._decide(Reason.VIP_CONFLICT, address=address)
                     self._out.append(Announce(Reason.VIP_CONFLICT))
             case Stop():
-                self._on_stop(now)
+                commands.on_stop(self, now)
         self._maybe_acquire(now)
         return self._flush()
 
@@ -383,9 +384,9 @@ class Node:
                 self._on_timeout_now(sender, msg, now)
             case TransferRequest(target=target):
                 if self.role is Role.LEADER:
-                    self._switchover_as_leader(None, target, now)
+                    commands.switchover_as_leader(self, None, target, now)
             case MaintenanceRequest(on=on):
-                self._set_own_maintenance(None, on, now)
+                commands.set_own_maintenance(self, None, on, now)
 
     def _on_heartbeat(self, sender: str, hb: Heartbeat, now: float) -> None:
         if hb.term < self.term:
@@ -550,88 +551,6 @@ class Node:
             self._decide(reason, target=target)
             self._send(target, TimeoutNow(self.term))
         self._become_follower(self.term, "", reason, now)
-
-    def _check_target(self, target: str, now: float) -> Reason | None:
-        if target == self.name and self.role is Role.LEADER:
-            return Reason.TARGET_IS_LEADER
-        info = self.peers.get(target)
-        if info is None:
-            return None if target == self.name else Reason.TARGET_UNKNOWN
-        if info.spec.witness:
-            return Reason.TARGET_IS_WITNESS
-        if self.role is not Role.LEADER:
-            return None  # only the leader has fresh facts; it checks again
-        if info.healthy is not True:
-            return Reason.TARGET_UNHEALTHY
-        if info.maintenance:
-            return Reason.TARGET_IN_MAINTENANCE
-        if not info.reachable(now, self._t.failover_timeout):
-            return Reason.TARGET_UNREACHABLE
-        return None
-
-    def _on_switchover(self, rid: int, target: str, now: float) -> None:
-        if self.role is Role.LEADER:
-            self._switchover_as_leader(rid, target, now)
-            return
-        problem = self._check_target(target, now) if target else None
-        if problem is None and target == self.name and self.me.witness:
-            problem = Reason.TARGET_IS_WITNESS
-        if problem is not None:
-            self._result(rid, False, problem, target)
-        elif not self.leader or now - self._leader_contact > self._t.failover_timeout:
-            self._result(rid, False, Reason.NO_LEADER, "no leader is reachable from this node")
-        else:
-            self._send(self.leader, TransferRequest(self.term, target))
-            self._result(rid, True, Reason.FORWARDED, self.leader)
-
-    def _switchover_as_leader(self, rid: int | None, target: str, now: float) -> None:
-        problem = self._check_target(target, now) if target else None
-        if problem is None and not target:
-            target = self.peers.best_target(now, self._t.failover_timeout)
-            if not target:
-                problem = Reason.NO_ELIGIBLE_TARGET
-        if problem is not None:
-            self._decide(problem, target=target, refused="switchover")
-            if rid is not None:
-                self._result(rid, False, problem, target)
-            return
-        self._hand_over(Reason.SWITCHOVER, target, now)
-        if rid is not None:
-            self._result(rid, True, Reason.ACCEPTED, target)
-
-    def _on_set_maintenance(self, rid: int, on: bool, node: str, now: float) -> None:
-        if node in ("", self.name):
-            self._set_own_maintenance(rid, on, now)
-        elif self.peers.get(node) is None:
-            self._result(rid, False, Reason.TARGET_UNKNOWN, node)
-        else:
-            self._send(node, MaintenanceRequest(self.term, on))
-            self._result(rid, True, Reason.FORWARDED, node)
-
-    def _set_own_maintenance(self, rid: int | None, on: bool, now: float) -> None:
-        if on == self.maintenance:
-            if rid is not None:
-                self._result(rid, True, Reason.UNCHANGED, self.name)
-            return
-        self.maintenance = on
-        self._persist()
-        reason = Reason.MAINTENANCE_ON if on else Reason.MAINTENANCE_OFF
-        self._decide(reason)
-        if on:
-            self._out.append(Notify(NotifyKind.MAINTENANCE, self.role, self.term, self.leader))
-            if self.role is Role.LEADER:
-                self._hand_over(reason, "", now)
-            elif self.role is not Role.FOLLOWER:
-                self._become_follower(self.term, "", reason, now)
-        if rid is not None:
-            self._result(rid, True, reason, self.name)
-
-    def _on_stop(self, now: float) -> None:
-        if self.role is Role.LEADER:
-            self._hand_over(Reason.STOPPING, "", now)
-        else:
-            self._decide(Reason.STOPPING)
-        self._out.append(Notify(NotifyKind.STOP, self.role, self.term, self.leader))
 
     # ------------------------------------------------------------------ output helpers
 
