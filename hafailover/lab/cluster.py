@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,8 @@ class HaCluster:
         proc = self.lab.spawn_python(
             node, "hafailover",
             ["run", "-c", str(self.config_path(node)), "--node", node],
+            # Like an installed daemon: bytecode cached, so RSS is not inflated by compiling.
+            env={"PYTHONDONTWRITEBYTECODE": ""},
         )
         self.procs[node] = proc
         return proc
@@ -199,12 +203,38 @@ class HaCluster:
         return node
 
     def events(self, node: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The node's transition history, through the real CLI (`events --json`)."""
         r = self.cli(node, "events", "--json", "-n", str(limit))
+        if r.returncode != 0:
+            raise RuntimeError(f"events on {node} failed: {r.stderr}")
+        events: list[dict[str, Any]] = json.loads(r.stdout)["events"]
+        return events
+
+    # ------------------------------------------------------------------ added for fault tests
+
+    def event_log(self, node: str) -> list[dict[str, Any]]:
+        """The node's decision history read straight from its state directory (oldest first):
+        no CLI process, so it is cheap, and it still works while the daemon is down."""
+        path = self.node_dir(node) / "state" / "events.jsonl"
         out: list[dict[str, Any]] = []
-        for line in r.stdout.splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                out.append(json.loads(line))
-            elif line.startswith("["):
-                out.extend(json.loads(line))
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.endswith("}"):  # skip a line being written right now
+                    out.append(json.loads(line))
         return out
+
+    def reload(self, node: str) -> float:
+        """SIGHUP the node's daemon (re-read its configuration); returns when it was sent."""
+        return self.lab.kill(self.procs[node], signal.SIGHUP)
+
+    def wait_status(self, node: str, predicate: Callable[[dict[str, Any]], bool],
+                    timeout: float = 10.0, poll: float = 0.02) -> dict[str, Any]:
+        """Poll the node's status until predicate(status) holds; returns that status."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            last = self.try_status(node)
+            if last is not None and predicate(last):
+                return last
+            time.sleep(poll)
+        raise TimeoutError(f"{node}: status condition not met in {timeout}s; last: {last}")
