@@ -447,6 +447,44 @@ def check_config(settings: Settings, config: Path | None, node: str | None, no_h
     sys.exit(1 if report.failed else 0)
 
 
+# --------------------------------------------------------------------------------- release-vips
+
+
+@cli.command("release-vips")
+@_config_option
+@click.pass_obj
+def release_vips(settings: Settings, config: Path | None) -> None:
+    """Remove this host's configured VIPs from its interfaces (for systemd's ExecStopPost).
+
+    A daemon killed with SIGKILL, or by the watchdog, runs no clean-up and would leave the
+    address on its interface until it restarts; systemd runs this right after the process died,
+    so a dead node does not keep answering ARP for the VIP. Safe at any time the daemon is not
+    running; idempotent. Exit status: 0 done (or nothing to remove), 1 failed.
+
+    \b
+    Example:
+      hafailover release-vips -c /etc/hafailover/hafailover.yaml
+    """
+    from hafailover.config import ConfigError, load_config
+    from hafailover.net.vip import NetlinkVipManager, Vip, VipError
+
+    path = config or settings.config or DEFAULT_CONFIG
+    try:
+        cfg = load_config(path).config
+    except ConfigError as e:
+        _fail(f"invalid configuration:\n{e}", 1)
+    try:
+        with NetlinkVipManager([Vip(v.address, v.interface) for v in cfg.vips]) as vips:
+            removed = vips.cleanup_stale()
+    except VipError as e:
+        _fail(f"could not remove the VIPs: {e}", 1)
+    for v in removed:
+        click.echo(f"removed {v}")
+    if not removed:
+        click.echo("no VIP of this configuration was present")
+    sys.exit(0)
+
+
 def main() -> None:
     """Console-script entry point (`hafailover = hafailover.cli:main`)."""
     # Fixed names: completion works the same whether started as `hafailover` or `python -m`.

@@ -126,7 +126,8 @@ class Daemon:
     async def run(self) -> int:
         config, me = self.config, self.me
         systemd = SystemdNotifier.from_env(unset=True)
-        interval = systemd.watchdog_interval()
+        # `watchdog: false` in the config: never ping, even if the unit sets WatchdogSec.
+        interval = systemd.watchdog_interval() if config.cluster.watchdog else None
         timings = config.cluster.timings
         if interval is not None and interval * 2 > timings.failover_timeout:
             raise StartupError(
@@ -182,7 +183,7 @@ class Daemon:
         ports = Ports(transport, vip_manager, announcer, notifier, store, events, systemd,
                       on_holding=watcher.set_holding)
         engine = Engine(node, ports, [str(v) for v in self.vips],
-                        config.cluster.max_loop_lag_seconds)
+                        config.cluster.max_loop_lag_seconds, watchdog=interval is not None)
         checks = CheckRunner(check_specs(config),
                              lambda ok, detail: engine.set_health("checks", ok, detail))
         handler = StatusHandler(engine, config.cluster.name, checks)
@@ -254,7 +255,11 @@ class Daemon:
             "timings": (old.cluster.timings, new.cluster.timings),
             "preempt": (old.cluster.preempt, new.cluster.preempt),
             "control_socket": (old.control_socket, new.control_socket),
+            "control_group": (old.control_group, new.control_group),
             "state_dir": (old.state_dir, new.state_dir),
+            "announce": (old.announce, new.announce),
+            "max_loop_lag": (old.cluster.max_loop_lag, new.cluster.max_loop_lag),
+            "watchdog": (old.cluster.watchdog, new.cluster.watchdog),
         }
         changed = [name for name, (a, b) in fixed.items() if a != b]
         if changed:

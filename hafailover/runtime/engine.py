@@ -79,12 +79,14 @@ class Engine:
         vip_names: list[str],
         max_loop_lag: float,
         clock: Callable[[], float] = time.monotonic,
+        watchdog: bool = True,
     ) -> None:
         self.node = node
         self.ports = ports
         self.vip_names = vip_names
         self.max_loop_lag = max_loop_lag
         self.clock = clock
+        self.watchdog = watchdog
         self.started_at = clock()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -156,7 +158,7 @@ class Engine:
         lag = max(0.0, self.clock() - expected)
         self.max_lag_seen = max(self.max_lag_seen, lag)
         on_time = lag <= self.max_loop_lag
-        if on_time:
+        if on_time and self.watchdog:
             self.ports.systemd.watchdog()
         prev_ok = self._health.get("loop", (True, ""))[0]
         if on_time != prev_ok:

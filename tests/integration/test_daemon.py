@@ -42,3 +42,23 @@ def test_vip_moves_to_another_node_when_the_leader_daemon_is_killed() -> None:
             time.sleep(0.05)
         assert cluster.status(leader)["leader"] == successor
         assert cluster.holders() == [successor]
+
+
+def test_release_vips_removes_a_killed_leaders_address() -> None:
+    """What systemd's ExecStopPost runs after the daemon died without cleaning up."""
+    import sys
+
+    with Lab(3, prefix="hfrel") as lab:
+        cluster = HaCluster(lab)
+        cluster.start_all()
+        leader, _ = cluster.wait_for_holder(timeout=10)
+        lab.kill(cluster.procs[leader])
+        cluster.wait_for_holder(timeout=10, exclude=(leader,))
+        assert leader in lab.vip_holders(VIP)  # the leftover
+        out = lab.run(leader, [sys.executable, "-m", "hafailover", "release-vips",
+                               "-c", str(cluster.config_path(leader))])
+        assert f"removed {VIP}/24" in out.stdout
+        assert leader not in lab.vip_holders(VIP)
+        again = lab.run(leader, [sys.executable, "-m", "hafailover", "release-vips",
+                                 "-c", str(cluster.config_path(leader))])
+        assert "no VIP of this configuration was present" in again.stdout

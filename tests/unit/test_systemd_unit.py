@@ -80,7 +80,9 @@ def verify_problems(unit_text: str, tmp_path: Path) -> list[str]:
         pytest.skip("systemd-analyze not found: install the Debian package `systemd`")
     assert f"ExecStart={VENV_BIN} " in unit_text
     copy = tmp_path / "hafailover.service"
-    copy.write_text(unit_text.replace(f"ExecStart={VENV_BIN} ", f"ExecStart={sys.executable} "))
+    for key in ("ExecStart", "ExecStopPost"):
+        unit_text = unit_text.replace(f"{key}={VENV_BIN} ", f"{key}={sys.executable} ")
+    copy.write_text(unit_text)
     r = subprocess.run(
         [analyze, "verify", str(copy)],
         capture_output=True,
