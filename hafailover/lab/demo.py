@@ -14,7 +14,6 @@ Exit status: 0 every step worked, 1 a step failed (the message says which), 130 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import select
@@ -67,11 +66,11 @@ class Out:
 
     def why(self, text: str) -> None:
         if not self.quiet:
-            print(textwrap.fill(text, WIDTH, initial_indent=" " * 5,
+            print(textwrap.fill(text, WIDTH, initial_indent=" " * 5, break_on_hyphens=False,
                                 subsequent_indent=" " * 5), flush=True)
 
     def result(self, text: str) -> None:
-        lines = textwrap.wrap(text, WIDTH - 5)
+        lines = textwrap.wrap(text, WIDTH - 5, break_on_hyphens=False)
         print(f"  {self.paint('1;32', '=>')} " + "\n     ".join(lines), flush=True)
 
     def transcript(self, node: str, args: Sequence[str], r: subprocess.CompletedProcess[str],
@@ -228,9 +227,7 @@ def run_demo(lab: Lab, c: HaCluster, out: Out) -> list[Row]:
         raise DemoError(f"`hafailover events` on {new} failed: {(r.stdout + r.stderr).strip()}")
     out.transcript(new, args, r, bold=lambda line: (wall_ms(line.split(" ", 1)[0], wall_fault)
                                                     or -1.0) >= 0)
-    # Not c.events(): it parses `events --json` line by line, but the CLI indents it.
-    history: list[dict[str, Any]] = json.loads(c.cli(new, "events", "--json").stdout)["events"]
-    after = {e["reason"]: wall_ms(e["time"], wall_fault) for e in history
+    after = {e["reason"]: wall_ms(e["time"], wall_fault) for e in c.events(new)
              if (wall_ms(e["time"], wall_fault) or -1.0) >= 0}
     if "lease-acquired" not in after:
         raise DemoError(f"{new}'s events show no lease-acquired after the fault: {r.stdout}")
