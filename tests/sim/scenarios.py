@@ -125,6 +125,11 @@ def _partition(sim: Simulator, name: str, names: list[str], d: float, both: bool
             pairs.add((name, other))
             if both:
                 pairs.add((other, name))
+    _block_for(sim, pairs, d)
+
+
+def _block_for(sim: Simulator, pairs: set[tuple[str, str]], d: float) -> None:
+    """Block these directed links for `d` seconds; undo only what this fault added."""
     added = pairs - sim.net.blocked
     for src, dst in added:
         sim.block(src, dst, both=False)
@@ -141,16 +146,8 @@ def _split(sim: Simulator, rng: random.Random, names: list[str], d: float) -> No
     rng.shuffle(shuffled)
     cut = rng.randint(1, max(1, len(names) - 1))
     left, right = shuffled[:cut], shuffled[cut:]
-    added = {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
-    added -= sim.net.blocked
-    for src, dst in added:
-        sim.block(src, dst, both=False)
-
-    def undo() -> None:
-        sim.net.blocked.difference_update(added)
-        sim.disturb()
-
-    _later(sim, d, undo)
+    pairs = {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
+    _block_for(sim, pairs, d)
 
 
 def _loss_burst(sim: Simulator, rng: random.Random, names: list[str], d: float) -> None:
