@@ -17,6 +17,7 @@ from collections import Counter
 
 import pytest
 
+from hafailover.control.client import ControlClient
 from hafailover.core.messages import (
     Heartbeat,
     MaintenanceRequest,
@@ -161,3 +162,35 @@ def test_forged_replayed_and_garbage_packets_change_nothing() -> None:
                     if e["reason"] in LEADERSHIP_CHANGES]
         assert wavering == [], wavering
         rig.assert_no_dual()
+
+
+@pytest.mark.netns
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "wire: the authenticated header names no destination and a sender's sequence numbers are "
+    "shared by all its peers, so a packet captured on its way to one node is accepted by "
+    "another (inside the 64-sequence window and the 2 s age bound). A MaintenanceRequest for "
+    "node X replayed to node Y puts Y into maintenance; a TimeoutNow likewise makes a second "
+    "follower stand. Needs a wire-format change (destination in the MAC'd header)."))
+def test_a_packet_replayed_to_another_node_is_rejected() -> None:
+    with running_cluster(echo=False) as rig:
+        lab, cluster, leader = rig.lab, rig.cluster, rig.first_holder
+        target, bystander = (n for n in rig.nodes if n != leader)
+        with Capture(lab, leader, lab.bridge_port(leader), ETH_P_ALL, bridge=True,
+                     max_seconds=5.0, max_frames=5000) as cap:
+            t_cmd = time.monotonic()
+            ControlClient(cluster.socket(leader), timeout=2.0).maintenance(True, target)
+            cluster.wait_status(target, lambda s: bool(s["maintenance"]), timeout=3.0)
+        # Type byte 7 = MAINTENANCE_REQUEST, on its way from the leader to the target.
+        request = next(d for d in parse_udp(cap.frames)
+                       if d.dst == lab.address(target) and d.payload[3] == 7)
+        sock = client_udp_socket(lab)
+        try:
+            sock.sendto(request.payload, (lab.address(bystander), PORT))
+        finally:
+            sock.close()
+        figure("replayed_maintenance_request_age", (time.monotonic() - request.t) * 1000)
+        time.sleep(0.5)
+        status = cluster.status(bystander)
+        print("bystander after the replay:", status["maintenance"], status["drops"],
+              [e["reason"] for e in rig.events(bystander, after=t_cmd)])
+        assert status["maintenance"] is False, "a packet meant for another node was accepted"
