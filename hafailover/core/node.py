@@ -487,8 +487,12 @@ class Node:
     def _on_vote_response(self, sender: str, resp: VoteResponse, now: float) -> None:
         self.peers.heard(sender, now, resp.healthy, resp.maintenance)
         if resp.term > self.term and not resp.granted:
-            # A refusal from a later term: that term exists, follow it.
+            # A refusal from a later term: that term exists, follow it. No leader is known, so
+            # stand again as soon as the voter's promise (if any) allows, not a whole timeout
+            # later: a node restarted with a stale term would otherwise lose one round for it.
             self._become_follower(resp.term, "", Reason.HIGHER_TERM, now)
+            wait = resp.retry_after + RETRY_SLACK if resp.retry_after > 0 else 0.0
+            self._election_at = now + wait + self._election_delay("")
             return
         expected_pre = self.role is Role.PRE_CANDIDATE
         if self.role not in (Role.PRE_CANDIDATE, Role.CANDIDATE) or resp.pre != expected_pre:

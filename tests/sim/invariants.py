@@ -6,8 +6,8 @@
    real time. This is "no node without a valid majority lease holds the VIP", checked from the
    followers' side rather than trusting the leader's own arithmetic.
 3. At most one leader per term, over the whole run.
-4. A holder that cannot reach a running majority (ignoring random loss) releases the VIP
-   within the failover timeout.
+4. A holder that cannot reach a majority of live nodes (running or frozen; ignoring random
+   loss) releases the VIP within the failover timeout.
 5. Liveness: when the network is clean, nothing is frozen, and an eligible node is running in a
    majority, some node holds the VIP within twice the failover timeout of the last disturbance.
 """
@@ -53,13 +53,15 @@ class Invariants:
             self._check_liveness(sim, holders)
 
     def _track_majority(self, sim: Simulator) -> None:
+        # A frozen node is still on the network and still keeps the promise it made, so it
+        # counts as reachable here; a crashed one (its promises gone) does not.
         for name, sn in sim.nodes.items():
             if not sn.running:
                 continue
             reach = sum(
                 1
                 for other, on in sim.nodes.items()
-                if on.running
+                if on.node is not None
                 and (
                     other == name
                     or (
