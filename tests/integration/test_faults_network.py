@@ -12,7 +12,6 @@ import time
 import pytest
 
 from hafailover.lab import probe as probe_mod
-from hafailover.lab.cluster import ClusterOptions
 from tests.integration.faultlab import figure, running_cluster
 
 FAILOVER_S = 0.6
@@ -93,7 +92,7 @@ def test_five_nodes_split_two_three_with_the_leader_in_the_minority() -> None:
 
 @pytest.mark.netns
 def test_ten_percent_loss_on_every_link_changes_nothing() -> None:
-    with running_cluster(options=ClusterOptions()) as rig:
+    with running_cluster() as rig:
         lab, cluster, leader = rig.lab, rig.cluster, rig.first_holder
         terms = rig.terms()
         t_loss = lab.loss(10)
@@ -101,18 +100,31 @@ def test_ten_percent_loss_on_every_link_changes_nothing() -> None:
         samples = 0
         while (left := t_end - time.monotonic()) > 0:  # bounded by LOSS_SECONDS
             time.sleep(min(2.0, left))
-            assert rig.terms() == terms
             samples += 1
+            if rig.terms() != terms:
+                break  # the outcome is decided; the report below says what happened
+        t_stop = time.monotonic()
         lab.clear_loss()
         changes = [(round(t - t_loss, 3), n, p) for t, n, p in rig.timeline().merged()
                    if t > t_loss]
-        wavering = [(n, e["reason"]) for n in rig.nodes
-                    for e in rig.events(n, after=t_loss) if e["reason"] in LEADERSHIP_CHANGES]
-        pre_votes = sum(len(rig.events(n, "leader-lost", after=t_loss)) for n in rig.nodes)
+        decisions = [(round(rig.mono(e) - t_loss, 3), n, e["reason"], e["term"])
+                     for n in rig.nodes for e in rig.events(n, after=t_loss)]
+        decisions.sort()
+        wavering = [d for d in decisions if d[2] in LEADERSHIP_CHANGES]
+        figure("loss_seconds_observed", (t_stop - t_loss) * 1000)
         figure("loss_term_samples", str(samples), "")
-        figure("loss_followers_leader_lost_decisions", str(pre_votes), "")
-        assert changes == [], changes
-        assert wavering == [], wavering
-        assert cluster.holders() == [leader]
-        assert rig.terms() == terms
+        figure("loss_decisions", str(len(decisions)), "")
+        # A stall of the whole machine (other load starving every daemon at once) also moves
+        # the leader, by design (freeze safety); say so, since it is not what this test is about.
+        stalled = [n for n in rig.nodes if any(
+            "unhealthy" in line and "event loop" in line for line in cluster.log(n).splitlines())]
+        report = ("EVERY DAEMON REPORTED EVENT-LOOP LAG: the machine stalled (CPU starvation "
+                  "from other load), not the packet loss, moved the leader. "
+                  if stalled == rig.nodes else "")
+        report += (f"terms {terms} -> {rig.terms()}; decisions after the loss began: {decisions}; "
+                  f"VIP transitions: {changes}; logs:\n" + "\n".join(
+                      line for n in rig.nodes for line in cluster.log(n).splitlines()[-15:]))
+        assert rig.terms() == terms, report
+        assert changes == [] and wavering == [], report
+        assert cluster.holders() == [leader], report
         rig.assert_no_dual()
