@@ -106,7 +106,7 @@ class UdpTransport(asyncio.DatagramProtocol):
             return
         try:
             ms = int((time.monotonic() - self._epoch) * 1000)
-            packet = self._codec.encode(message, ms)
+            packet = self._codec.encode(message, ms, to=to)
         except EncodeError as e:
             log.error("cannot encode %s for %s: %s", type(message).__name__, to, e)
             return

@@ -17,7 +17,7 @@ Packet layout (N = length of the sender name, P = length of the payload):
 | 25+N      | 4    | timestamp_ms   | u32, sender's monotonic ms since its incarnation started, |
 |           |      |                | modulo 2**32 (wraps after 49.7 days)                      |
 | 29+N      | P    | payload        | per message type, see below                               |
-| 29+N+P    | 32   | HMAC           | HMAC-SHA256 with the cluster key over bytes [0, 29+N+P)   |
+| 29+N+P    | 32   | HMAC           | HMAC-SHA256, cluster key, over R + bytes [0, 29+N+P)      |
 
 The smallest possible packet is 61 bytes (empty sender, empty payload); the largest accepted
 or produced is `MAX_PACKET` = 1400 bytes, which stays below a 1500-byte Ethernet MTU with
@@ -53,6 +53,9 @@ payload is parsed only once the packet is known to come from a cluster member, s
 is never exposed to unauthenticated input beyond the fixed header. The cluster id is not a
 security measure (the HMAC is): it turns "two clusters share a network" into a clear
 other-cluster count instead of a stream of bad-mac drops.
+
+R is the recipient's name as u8 length + UTF-8; it is covered by the HMAC but never sent, so a
+packet captured on its way to one node fails authentication at every other node.
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ class Codec:
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._cluster_id = cluster_id(cluster_name)
         self._self_name = _name_bytes(self_name, "self_name")
+        self._recipient = _recipient(self._self_name)
         self._senders: dict[bytes, str] = {_name_bytes(n, "known sender"): n for n in known_senders}
         self._incarnation = incarnation
         self._sequence = 0
@@ -177,8 +181,11 @@ class Codec:
         """Sequence number of the last packet encoded (0 before the first)."""
         return self._sequence
 
-    def encode(self, message: Message, timestamp_ms: int) -> bytes:
-        """One authenticated packet for `message`.
+    def encode(self, message: Message, timestamp_ms: int, *, to: str) -> bytes:
+        """One authenticated packet for `message`, valid only at node `to`.
+
+        The recipient's name is covered by the HMAC but not sent: a packet captured on its way
+        to one node fails authentication at any other (no cross-node replays).
 
         `timestamp_ms` is this node's monotonic milliseconds since its incarnation started; it
         is reduced modulo 2**32 here so the caller never has to care about the wrap. Raises
@@ -208,6 +215,7 @@ class Codec:
                 "(fewer peers or shorter node names)"
             )
         mac = self._mac.copy()
+        mac.update(_recipient(_name_bytes(to, "recipient")))
         mac.update(body)
         self._sequence = sequence
         return body + mac.digest()
@@ -250,6 +258,7 @@ class Codec:
 
         body_end = size - MAC_SIZE
         mac = self._mac.copy()
+        mac.update(self._recipient)
         mac.update(memoryview(data)[:body_end])
         if not hmac.compare_digest(mac.digest(), data[body_end:]):
             return DropReason.BAD_MAC
@@ -268,3 +277,8 @@ class Codec:
         if verdict is Verdict.STALE:
             return DropReason.STALE
         return Decoded(sender, incarnation, sequence, timestamp_ms, message)
+
+
+def _recipient(name: bytes) -> bytes:
+    """The implicit header the HMAC covers: who the packet is for (u8 length + UTF-8 name)."""
+    return bytes([len(name)]) + name

@@ -64,6 +64,7 @@ def forge(
     ts: int = 0,
     key: bytes = KEY,
     cluster: str = CLUSTER,
+    to: str = "bravo",
 ) -> bytes:
     name = sender.encode()
     body = (
@@ -75,7 +76,8 @@ def forge(
         + struct.pack("!QQI", incarnation, sequence, ts)
         + payload
     )
-    return body + hmac.new(key, body, hashlib.sha256).digest()
+    recipient = bytes([len(to.encode())]) + to.encode()
+    return body + hmac.new(key, recipient + body, hashlib.sha256).digest()
 
 
 def reason(result: Decoded | Dropped) -> DropReason | None:
@@ -110,14 +112,14 @@ def test_golden_examples_cover_every_message_type() -> None:
 def test_encode_matches_documented_layout(message: Message, payload: bytes) -> None:
     sender = codec("alpha")
     expected = forge(payload, kind=MESSAGE_TYPES[type(message)], sequence=1, ts=1234)
-    assert sender.encode(message, 1234) == expected
+    assert sender.encode(message, 1234, to="bravo") == expected
     assert codec().decode(expected) == Decoded("alpha", INC, 1, 1234, message)
 
 
 def test_sequence_increases_and_timestamp_wraps_mod_2_32() -> None:
     sender, receiver = codec("alpha"), codec()
-    first = receiver.decode(sender.encode(TimeoutNow(1), 2**32 + 5))
-    second = receiver.decode(sender.encode(TimeoutNow(1), 2**32 + 6))
+    first = receiver.decode(sender.encode(TimeoutNow(1), 2**32 + 5, to="bravo"))
+    second = receiver.decode(sender.encode(TimeoutNow(1), 2**32 + 6, to="bravo"))
     assert isinstance(first, Decoded) and isinstance(second, Decoded)
     assert (first.sequence, first.timestamp_ms) == (1, 5)
     assert (second.sequence, second.timestamp_ms) == (2, 6)
@@ -128,7 +130,9 @@ def test_sequence_increases_and_timestamp_wraps_mod_2_32() -> None:
     ("seconds", "ms"), [(0.0, 0), (0.0004, 1), (0.6, 600), (1.0005, 1001), (4294967.295, 2**32 - 1)]
 )
 def test_retry_after_is_sent_as_ms_rounded_up(seconds: float, ms: int) -> None:
-    packet = codec("alpha").encode(VoteResponse(1, False, False, True, False, seconds), 0)
+    packet = codec("alpha").encode(
+        VoteResponse(1, False, False, True, False, seconds), 0, to="bravo"
+    )
     assert packet[-36:-32] == struct.pack("!I", ms)
 
 
@@ -179,9 +183,9 @@ def test_round_trip_every_message_type(message: Message, ts: int, incarnation: i
     size = expected_size(message, "alpha")
     if size > MAX_PACKET:
         with pytest.raises(EncodeError, match="over the 1400-byte limit"):
-            sender.encode(message, ts)
+            sender.encode(message, ts, to="bravo")
         return
-    packet = sender.encode(message, ts)
+    packet = sender.encode(message, ts, to="bravo")
     assert len(packet) == size
     assert codec().decode(packet) == Decoded("alpha", incarnation, 1, ts, message)
 
@@ -190,19 +194,19 @@ def test_encode_refuses_oversize_and_keeps_the_sequence() -> None:
     sender = codec("alpha")
     big = Heartbeat(1, 1, tuple(PeerSummary("n" * 64, True, True, True) for _ in range(64)))
     with pytest.raises(EncodeError, match="4435 bytes, over the 1400-byte limit"):
-        sender.encode(big, 0)
+        sender.encode(big, 0, to="bravo")
     assert sender.sequence == 0
     # The documented fit: 64 peers with 16-byte names from a 5-byte sender; 17 bytes do not.
     fits = Heartbeat(
         1, 1, tuple(PeerSummary(f"node-{i:011d}", True, True, True) for i in range(64))
     )
-    assert len(sender.encode(fits, 0)) == 1363
+    assert len(sender.encode(fits, 0, to="bravo")) == 1363
     assert sender.sequence == 1
     too_big = Heartbeat(
         1, 1, tuple(PeerSummary(f"node-{i:012d}", True, True, True) for i in range(64))
     )
     with pytest.raises(EncodeError, match="1427 bytes"):
-        sender.encode(too_big, 0)
+        sender.encode(too_big, 0, to="bravo")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +223,7 @@ def test_encode_refuses_oversize_and_keeps_the_sequence() -> None:
 )
 def test_encode_rejects_fields_that_do_not_fit(message: Message, error: str) -> None:
     with pytest.raises(EncodeError, match=error):
-        codec("alpha").encode(message, 0)
+        codec("alpha").encode(message, 0, to="bravo")
 
 
 def test_constructor_validates_key_and_names() -> None:
@@ -261,17 +265,17 @@ def test_header_drops() -> None:
 
 
 def test_wrong_key_other_cluster_unknown_sender_and_self() -> None:
-    packet = codec("alpha").encode(TimeoutNow(1), 0)
+    packet = codec("alpha").encode(TimeoutNow(1), 0, to="bravo")
     assert_dropped(codec(key=b"\x01" * 32), packet, DropReason.BAD_MAC)
     assert_dropped(codec(cluster="staging"), packet, DropReason.OTHER_CLUSTER)
     assert_dropped(codec(senders=("bravo", "charlie")), packet, DropReason.UNKNOWN_SENDER)
     assert_dropped(codec("alpha"), packet, DropReason.FROM_SELF)
-    stranger = Codec(KEY, CLUSTER, "mallory", NODES, INC).encode(TimeoutNow(1), 0)
+    stranger = Codec(KEY, CLUSTER, "mallory", NODES, INC).encode(TimeoutNow(1), 0, to="bravo")
     assert_dropped(codec(), stranger, DropReason.UNKNOWN_SENDER)
 
 
 def test_every_single_bit_flip_is_dropped_for_the_right_reason() -> None:
-    packet = codec("alpha").encode(TransferRequest(3, "bravo"), 77)
+    packet = codec("alpha").encode(TransferRequest(3, "bravo"), 77, to="bravo")
     header_end = 9 + len("alpha")
     for offset in range(len(packet)):
         for bit in range(8):
@@ -337,14 +341,14 @@ def test_authenticated_random_payload_parses_canonically_or_is_malformed(
     if isinstance(result, Dropped):
         assert result.reason is DropReason.MALFORMED
     else:  # accepted only if it is exactly what our encoder would have produced
-        assert codec("alpha").encode(result.message, 0) == forge(payload, kind=kind)
+        assert codec("alpha").encode(result.message, 0, to="bravo") == forge(payload, kind=kind)
 
 
 @st.composite
 def mutations(draw: st.DrawFn) -> tuple[bytes, bytes]:
     message = draw(messages)
     assume(expected_size(message, "alpha") <= MAX_PACKET)
-    packet = codec("alpha").encode(message, 5)
+    packet = codec("alpha").encode(message, 5, to="bravo")
     data = bytearray(packet)
     for _ in range(draw(st.integers(1, 4))):
         op = draw(st.sampled_from(["xor", "truncate", "extend", "delete"]))
@@ -373,7 +377,7 @@ def test_mutated_valid_packets_never_raise_and_are_dropped(case: tuple[bytes, by
 
 
 def test_replayed_identical_packet() -> None:
-    packet = codec("alpha").encode(TimeoutNow(1), 0)
+    packet = codec("alpha").encode(TimeoutNow(1), 0, to="bravo")
     receiver = codec()
     assert isinstance(receiver.decode(packet), Decoded)
     assert_dropped(receiver, packet, DropReason.REPLAY)
@@ -383,16 +387,16 @@ def test_replayed_identical_packet() -> None:
 def test_old_incarnation_is_replay_and_new_one_resets() -> None:
     old, new = codec("alpha", incarnation=INC), codec("alpha", incarnation=INC + 1)
     receiver = codec()
-    old_packets = [old.encode(TimeoutNow(1), 10 * i) for i in range(3)]
+    old_packets = [old.encode(TimeoutNow(1), 10 * i, to="bravo") for i in range(3)]
     assert isinstance(receiver.decode(old_packets[0]), Decoded)
-    restarted = receiver.decode(new.encode(TimeoutNow(1), 0))
+    restarted = receiver.decode(new.encode(TimeoutNow(1), 0, to="bravo"))
     assert isinstance(restarted, Decoded) and restarted.sequence == 1
     assert_dropped(receiver, old_packets[1], DropReason.REPLAY)
 
 
 def test_out_of_window_is_replay_and_window_edge_is_accepted() -> None:
     sender, receiver = codec("alpha"), codec()
-    packets = [sender.encode(TimeoutNow(1), 0) for _ in range(66)]  # sequences 1..66
+    packets = [sender.encode(TimeoutNow(1), 0, to="bravo") for _ in range(66)]  # sequences 1..66
     assert isinstance(receiver.decode(packets[65]), Decoded)
     assert_dropped(receiver, packets[0], DropReason.REPLAY)  # 65 behind
     assert_dropped(receiver, packets[1], DropReason.REPLAY)  # 64 behind: just outside
@@ -401,7 +405,9 @@ def test_out_of_window_is_replay_and_window_edge_is_accepted() -> None:
 
 def test_stale_timestamp() -> None:
     sender, receiver = codec("alpha"), codec()
-    first, late, edge, newest = (sender.encode(TimeoutNow(1), ts) for ts in (0, 100, 101, 2101))
+    first, late, edge, newest = (
+        sender.encode(TimeoutNow(1), ts, to="bravo") for ts in (0, 100, 101, 2101)
+    )
     assert isinstance(receiver.decode(first), Decoded)
     assert isinstance(receiver.decode(newest), Decoded)
     assert_dropped(receiver, late, DropReason.STALE)  # 2001 ms older than the newest
@@ -411,8 +417,15 @@ def test_stale_timestamp() -> None:
 @given(st.permutations(range(64)))
 def test_reordering_within_the_window_is_accepted(order: list[int]) -> None:
     sender, receiver = codec("alpha"), codec()
-    packets = [sender.encode(TimeoutNow(1), 5 * i) for i in range(64)]
+    packets = [sender.encode(TimeoutNow(1), 5 * i, to="bravo") for i in range(64)]
     for i in order:
         assert isinstance(receiver.decode(packets[i]), Decoded)
     for i in order[:3]:
         assert_dropped(receiver, packets[i], DropReason.REPLAY)
+
+
+def test_a_packet_for_one_node_fails_authentication_at_another() -> None:
+    """The recipient is covered by the HMAC: no replaying a captured packet to another node."""
+    packet = codec("alpha").encode(MaintenanceRequest(3, True), 0, to="bravo")
+    assert isinstance(codec("bravo").decode(packet), Decoded)
+    assert_dropped(codec("charlie"), packet, DropReason.BAD_MAC)
