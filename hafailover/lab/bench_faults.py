@@ -12,12 +12,14 @@ clock with an offset sampled here (to within 1 ms).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,8 +35,15 @@ VIP = "10.213.0.100"
 PRE = 1.5  # the prober runs this long before the fault (the outage window starts at fault-1s)
 POST = 5.0  # ... and this long after the heal (or after the fault when nothing is healed)
 LOSS_PERCENT = 10.0
+# A send gap this long at the 10 ms real-time prober is a VM stall (the hypervisor ran nothing).
+STALL_S = 0.03
+# A stall this long can make a daemon react (hffast's loop-lag limit is 150 ms); a move that
+# follows one within STALL_LOOKBACK is counted as a reaction to it.
+BIG_STALL_S = 0.15
+STALL_LOOKBACK = 2.0
 FAULTS = ("death", "partition", "freeze", "hang", "sigterm", "switchover", "loss")
 Kind = Literal["keepalived", "hafailover"]
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,12 @@ class Daemons:
         return self.ka.set_check(node, mode) if self.ka is not None else self._hf().set_check(
             node, mode)
 
-    def switchover(self, node: str) -> None:
-        r = self._hf().cli(node, "switchover")
-        if r.returncode != 0:
-            raise RuntimeError(f"switchover failed ({r.returncode}): {r.stdout}{r.stderr}")
+    def switchover(self, node: str) -> dict[str, object]:
+        """What `hafailover switchover` asks, sent from this process: starting the CLI's
+        interpreter would compete for the CPUs with the client being measured."""
+        from hafailover.control.client import ControlClient
+
+        return ControlClient(self._hf().socket(node), timeout=5.0).switchover()
 
     def unhealthy_at(self, node: str, after: float) -> float | None:
         """hafailover: when node recorded its 'unhealthy' decision (monotonic), if it did."""
@@ -144,6 +155,19 @@ def same_program_children(pid: int) -> list[int]:
     return out
 
 
+OBSERVER_PRIORITY = 10  # SCHED_FIFO; the daemons run at normal priority
+
+
+def observe_in_realtime(procs: Iterable[LabProcess]) -> None:
+    """Give the lab's observers (prober, echo services, VIP monitors) a real-time priority, so
+    that a busy machine delays the daemons under test but not the measurement. They sleep
+    almost all the time (a few % of a core together), and the kernel's RT throttling still
+    bounds them."""
+    for p in procs:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(p.pid, os.SCHED_FIFO, os.sched_param(OBSERVER_PRIORITY))
+
+
 def wait_stable_holder(lab: Lab, settle: float = 1.0, timeout: float = 30.0) -> str:
     """Until one node has held the VIP, alone, for `settle` seconds; returns it."""
     deadline = time.monotonic() + timeout
@@ -176,6 +200,7 @@ class RunResult:
     dual_after_heal_ms: float | None = None  # dual time from the heal/resume on
     stale_gone_ms: float | None = None  # freeze: heal -> the resumed node's VIP removal
     moves: int | None = None  # holder changes (a different node acquires the VIP)
+    moves_after_stall: int | None = None  # ... within STALL_LOOKBACK after a VM stall
     drops: int | None = None  # times the VIP left a node (including moves)
     verdict_after_fault_ms: float | None = None  # hang: fault -> unhealthy verdict
     failover_after_verdict_ms: float | None = None  # hang: verdict -> new holder's VIP add
@@ -199,7 +224,8 @@ def _longest_gap(records: list[probe_mod.ProbeRecord], start: float, end: float,
     if notes is not None:
         # Enough to tell lost probes (lost > 0) from a stalled client (lost == 0).
         notes[name] = {"at_ms": round(1000 * (g.start - start)), "ms": round(g.ms, 1),
-                       "before": g.before, "after": g.after, "lost": g.lost}
+                       "before": g.before, "after": g.after, "lost": g.lost,
+                       "start": g.start, "end": g.end}
     return g.ms, g.after is None and g.end >= end - 1e-6
 
 
@@ -214,13 +240,29 @@ def _releases(tl: HolderTimeline, node: str | None, start: float,
             if not present and (node is None or n == node) and start <= t <= end]
 
 
-def _count_moves(tl: HolderTimeline, holder: str, start: float, end: float) -> int:
-    moves, last = 0, holder
-    for _t, n in _acquisitions(tl, start, end):
+def _moves(tl: HolderTimeline, holder: str, start: float,
+           end: float) -> list[tuple[float, str]]:
+    """(t, node) each time a node other than the previous holder added the VIP."""
+    out, last = [], holder
+    for t, n in _acquisitions(tl, start, end):
         if n != last:
-            moves += 1
+            out.append((t, n))
             last = n
-    return moves
+    return out
+
+
+def stalls(records: list[probe_mod.ProbeRecord], start: float, end: float,
+           min_gap: float = STALL_S) -> list[Interval]:
+    """When the real-time prober sent nothing for longer than min_gap (it sends every 10 ms):
+    the whole VM stood still (steal), so every process was late, the daemons included."""
+    sends = sorted(r.send for r in records if start <= r.send <= end)
+    return [(a, b) for a, b in itertools.pairwise(sends) if b - a > min_gap]
+
+
+def _steal_ticks() -> int:
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) if len(fields) > 8 else 0
 
 
 def run_fault(cfg: BenchConfig, fault: str, lab: Lab, repeat: int, *, hold: float,
@@ -228,6 +270,7 @@ def run_fault(cfg: BenchConfig, fault: str, lab: Lab, repeat: int, *, hold: floa
     """Start cfg's daemons in lab (fresh, built by the caller), inject fault, measure."""
     res = RunResult(cfg.key, fault, repeat)
     began = time.monotonic()
+    steal0 = _steal_ticks()
     try:
         _run(cfg, fault, lab, res, hold, loss_seconds)
     except Exception as e:  # one bad run must not sink an hour of benchmark
@@ -235,18 +278,22 @@ def run_fault(cfg: BenchConfig, fault: str, lab: Lab, repeat: int, *, hold: floa
         res.error = text if len(text) <= 2500 else f"{text[:500]} [...] {text[-2000:]}"
         log(f"  ERROR {cfg.key}/{fault}#{repeat}: {res.error}")
     res.seconds = time.monotonic() - began
+    cpus = os.cpu_count() or 1
+    res.notes["steal_pct"] = round(
+        100 * (_steal_ticks() - steal0) / _TICK / max(res.seconds * cpus, 1e-9), 2)
     return res
 
 
 def _run(cfg: BenchConfig, fault: str, lab: Lab, res: RunResult, hold: float,
          loss_seconds: float) -> None:
     d = Daemons(cfg, lab)
-    lab.start_echo()
+    observe_in_realtime(lab.start_echo().values())
     d.start_all()
     holder = res.holder = wait_stable_holder(lab)
-    lab.start_vip_monitors(VIP)
+    observe_in_realtime(lab.start_vip_monitors(VIP).values())
     span = loss_seconds if fault == "loss" else hold
     prober = lab.start_probe(VIP, duration=PRE + span + POST + 30)
+    observe_in_realtime([prober])
     time.sleep(PRE)
     proc = d.procs[holder]
     heal: float | None = None
@@ -271,7 +318,7 @@ def _run(cfg: BenchConfig, fault: str, lab: Lab, res: RunResult, hold: float,
         t = lab.kill(proc, signal.SIGTERM)
     elif fault == "switchover":
         t = time.monotonic()
-        d.switchover(holder)
+        res.notes["switchover"] = d.switchover(holder)
     elif fault == "loss":
         t = lab.loss(LOSS_PERCENT)
         time.sleep(loss_seconds)
@@ -296,13 +343,27 @@ def _measure(res: RunResult, d: Daemons, tl: HolderTimeline,
              heal: float | None, end: float, exclude: dict[str, list[Interval]]) -> None:
     lo = t - 1.0
     res.outage_ms, res.outage_clipped = _longest_gap(records, lo, end, res.notes, "gap")
+    res.notes["gaps"] = [{"at_ms": round(1000 * (g.start - t)), "ms": round(g.ms, 1),
+                          "before": g.before, "after": g.after, "lost": g.lost}
+                         for g in probe_mod.outages(records, lo, end)][:30]
     window = [r for r in records if lo <= r.send <= end]
     res.sent = len(window)
     res.lost = sum(1 for r in window if r.recv is None)
     res.dual_ms = tl.dual_holder_ms(exclude, lo, end)
     # Holder changes: during the loss window for loss, else the whole outage window.
     m0, m1 = (t, heal if heal is not None else end) if fault == "loss" else (lo, end)
-    res.moves = _count_moves(tl, holder, m0, m1)
+    moves = _moves(tl, holder, m0, m1)
+    res.moves = len(moves)
+    st = stalls(records, lo, end)
+    res.notes["stalls"] = [{"at_ms": round(1000 * (a - t)), "ms": round(1000 * (b - a))}
+                           for a, b in st][:100]
+    big = [(a, b) for a, b in st if b - a >= BIG_STALL_S]
+    # A move right after a VM stall (one ending within STALL_LOOKBACK before it) is the
+    # daemons' reaction to the stall; the others are the fault's own doing.
+    after_stall = [m for m, _ in moves if any(m - STALL_LOOKBACK <= b <= m for _, b in big)]
+    res.moves_after_stall = len(after_stall)
+    res.notes["moves"] = [{"at_ms": round(1000 * (m - t)), "to": n,
+                           "after_stall": m in after_stall} for m, n in moves][:50]
     res.drops = len(_releases(tl, None, m0, m1))
     takeover = next((a for a, n in _acquisitions(tl, t, end) if n != holder), None)
     res.takeover_ms = None if takeover is None else 1000 * (takeover - t)
@@ -332,11 +393,14 @@ def _measure(res: RunResult, d: Daemons, tl: HolderTimeline,
                        None)
             if new is not None:
                 res.failover_after_verdict_ms = 1000 * (new - verdict)
+    for name in ("gap", "after_heal_gap"):
+        g = res.notes.get(name)
+        if g:  # how much of the reported gap the whole VM stood still
+            g["stall_ms"] = round(1000 * sum(max(0.0, min(b, g["end"]) - max(a, g["start"]))
+                                             for a, b in st))
 
 
 # --- idle cost ---------------------------------------------------------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_and_rss(pids: list[int]) -> tuple[float, float, float]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hafailover.lab.bench_faults import CONFIGS, FAULTS, LOSS_PERCENT, POST
+from hafailover.lab.bench_faults import BIG_STALL_S, CONFIGS, FAULTS, LOSS_PERCENT, POST
 
 Run = dict[str, Any]
 
@@ -19,7 +19,8 @@ TITLES = {
     "hang": "Hung health check on the holder (interval 1 s, timeout 2 s, fall 2, rise 2), "
             "{hold:g} s, then healthy again",
     "sigterm": "SIGTERM of the holder's daemon (process group, as systemd stops a unit)",
-    "switchover": "Planned switchover (`hafailover switchover` on the holder)",
+    "switchover": "Planned switchover (the holder's control socket gets the request "
+                  "`hafailover switchover` sends)",
     "loss": "{loss:g} minutes of {pct:g}% loss on every node's egress",
 }
 
@@ -37,7 +38,9 @@ COLUMNS: dict[str, list[Column]] = {
              ("failover after verdict ms", "failover_after_verdict_ms", None), *MOVES],
     "sigterm": [*BASE, ("takeover ms", "takeover_ms", None), *MOVES],
     "switchover": [*BASE, ("takeover ms", "takeover_ms", None), *MOVES],
-    "loss": [("false failovers (VIP moves)", "moves", None), ("VIP drops", "drops", None),
+    "loss": [("false failovers (VIP moves)", "moves", None),
+             ("of which right after a VM stall", "moves_after_stall", None),
+             ("VIP drops", "drops", None),
              ("longest reply gap ms", "outage_ms", "outage_clipped"), ("dual ms", "dual_ms", None)],
 }
 
@@ -48,8 +51,9 @@ def _num(v: float) -> str:
 
 def stat(runs: Sequence[Run], key: str, clip_key: str | None = None) -> str:
     """median [min–max] over the runs that have a value; '≥' marks a window-clipped value."""
-    pairs = sorted((float(r[key]), bool(clip_key and r.get(clip_key))) for r in runs
-                   if r.get(key) is not None)
+    # A short gap that merely touches the window's end is no outage in progress.
+    pairs = sorted((float(r[key]), bool(clip_key and r.get(clip_key) and r[key] > 25))
+                   for r in runs if r.get(key) is not None)
     if not pairs:
         return "—"
 
@@ -62,7 +66,7 @@ def stat(runs: Sequence[Run], key: str, clip_key: str | None = None) -> str:
     else:
         v = (pairs[n // 2 - 1][0] + pairs[n // 2][0]) / 2
         med = ("≥" if pairs[n // 2][1] else "") + _num(v)
-    return med if n == 1 else f"{med} [{show(0)}–{show(n - 1)}]"
+    return med if show(0) == show(n - 1) else f"{med} [{show(0)}–{show(n - 1)}]"
 
 
 def median(runs: Sequence[Run], key: str) -> float | None:
@@ -94,6 +98,29 @@ def fault_table(fault: str, runs: Sequence[Run], configs: Sequence[str]) -> list
         failed = len(mine) - len(ok)
         runs_cell = f"{len(ok)}" + (f" ({failed} failed)" if failed else "")
         out.append(f"| {cfg.label} | " + " | ".join(cells) + f" | {runs_cell} |")
+    return out
+
+
+def stall_notes(fault: str, runs: Sequence[Run], configs: Sequence[str]) -> list[str]:
+    """Reported gaps longer than 25 ms during which no probe went unanswered: the client (or
+    the echo) was descheduled, so the replies were late rather than lost."""
+    out = []
+    for key in configs:
+        for name, label in (("gap", "outage"), ("after_heal_gap", "after-heal")):
+            gaps = [g for r in runs if r["config"] == key and r["fault"] == fault
+                    and not r.get("error") and (g := r.get("notes", {}).get(name))
+                    and g["ms"] > 25]
+            late = [g for g in gaps if g["lost"] == 0]
+            if late:
+                ms = ", ".join(_num(float(g["ms"])) for g in late)
+                out.append(f"* {CONFIGS[key].label}: {label} gap(s) of {ms} ms lost no probe "
+                           "(late replies: the client, an echo or the whole VM stalled; "
+                           "not the VIP)")
+            frozen = [g for g in gaps if g["lost"] and g.get("stall_ms", 0) >= 50]
+            if frozen:
+                ms = ", ".join(f"{_num(float(g['ms']))} ({g['stall_ms']})" for g in frozen)
+                out.append(f"* {CONFIGS[key].label}: {label} gap(s) of {ms} ms overlapped a "
+                           "VM stall (ms in parentheses) during which nothing in the VM ran")
     return out
 
 
@@ -166,8 +193,10 @@ def targets(runs: Sequence[Run], idle: Sequence[Run]) -> list[Target]:
                 and not r.get("error")]
         if loss:
             moves = sum(int(r["moves"] or 0) for r in loss)
+            stalled = sum(int(r.get("moves_after_stall") or 0) for r in loss)
             out.append(Target(f"{LOSS_PERCENT:g}% loss: 0 false failovers", cfg,
-                              f"{moves} in {len(loss)} run(s)", moves == 0))
+                              f"{moves} in {len(loss)} run(s), {stalled} of them right after "
+                              "a VM stall", moves == 0))
     mine = [r for r in idle if r["config"] == "hf" and not r.get("error")]
     if mine:
         rss = max(r["rss_mb"] for r in mine)
@@ -210,6 +239,12 @@ the same health check on every node and in every run: a script reading a mode fi
 1 s, timeout 2 s, fall 2, rise 2 (keepalived: `track_script`, no weight, so a failure means
 FAULT).
 
+The client, the echo services and the VIP monitors run with real-time priority (SCHED_FIFO
+10) and the daemons at normal priority, so that CPU contention delays the systems under test
+but not the measurement. The switchover request is sent to the holder's control socket from
+the benchmark process (what `hafailover switchover` sends), so no CLI interpreter start-up
+competes for the CPUs at that moment.
+
 **Metrics** (all times CLOCK_MONOTONIC, shared by the namespaces):
 
 * *outage* — the longest gap between successful probe replies in [fault − 1 s, heal + {post:g} s]
@@ -231,6 +266,10 @@ FAULT).
 * *VIP moves* — how many times a node other than the previous holder added the VIP (a failover);
   under loss, counted during the loss window: these are the false failovers. *VIP drops* — how
   many times any node removed the VIP.
+* *VM stall* — a time of more than 30 ms in which the real-time client sent no probe (it sends
+  every 10 ms): the hypervisor did not run the VM, so every process, the daemons included,
+  was late by that much. A move is *right after a VM stall* when a stall of 150 ms or more
+  (hffast's event-loop lag limit) ended within 2 s before it.
 * *idle* — after the cluster settled (one holder for 1 s, then 2 s), VmRSS of the daemon's
   processes (keepalived: parent + VRRP child; hafailover: the one process) and CPU as
   utime+stime over {idle:g} s from `/proc/PID/stat`, in % of one core; "incl. check scripts"
@@ -256,6 +295,20 @@ def render(meta: Run, runs: Sequence[Run], idle: Sequence[Run], end: Run | None)
                   f"[{loads[0]:.2f}–{loads[-1]:.2f}] on {v.get('CPUs', '?')} CPUs. A client or "
                   "echo stall shows up as a reply gap with no lost probes (see the raw file's "
                   "`notes.gap.lost`).", ""]
+    steal = sorted(float(r["notes"]["steal_pct"]) for r in runs
+                   if "steal_pct" in r.get("notes", {}))
+    if steal:
+        stalled = [r for r in runs if any(x["ms"] >= 1000 * BIG_STALL_S
+                                          for x in r.get("notes", {}).get("stalls", []))]
+        longest = max((x["ms"] for r in runs for x in r.get("notes", {}).get("stalls", [])),
+                      default=0)
+        lines += [f"The machine is a VM whose CPUs the host takes away at times: steal time was "
+                  f"median {statistics.median(steal):.1f}% [{steal[0]:.1f}–{steal[-1]:.1f}%] "
+                  f"of the CPUs per run, and in {len(stalled)} of {len(runs)} runs the "
+                  f"real-time client sent nothing for {1000 * BIG_STALL_S:.0f} ms or more at "
+                  f"least once (longest {longest} ms): the whole VM stood still. Such *VM "
+                  "stalls* are listed per run in the raw file (`notes.stalls`, from 30 ms) and "
+                  "called out below.", ""]
     loss_text = (f"; loss runs: {meta['loss_repeats']} × {loss_min:g} min per configuration, "
                  "all configurations in parallel, each in its own lab"
                  if any(r["fault"] == "loss" for r in runs) else "")
@@ -268,6 +321,9 @@ def render(meta: Run, runs: Sequence[Run], idle: Sequence[Run], end: Run | None)
             continue
         title = TITLES[fault].format(hold=hold, loss=loss_min, pct=LOSS_PERCENT)
         lines += [f"### {title}", "", *fault_table(fault, runs, configs), ""]
+        notes = stall_notes(fault, runs, configs)
+        if notes:
+            lines += [*notes, ""]
     if idle:
         lines += [f"### Idle cost per node ({float(meta['idle_seconds']):g} s)", "",
                   *idle_table(idle, configs), ""]
