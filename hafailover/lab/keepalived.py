@@ -27,22 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Same VIP and same mode-file check script as the hafailover lab, so both are measured alike.
+from hafailover.lab.cluster import CHECK_SCRIPT, VIP, VIP_CIDR
 from hafailover.lab.netns import Lab, LabProcess
 
-VIP = "10.213.0.100"
-VIP_CIDR = f"{VIP}/24"
 VRID = 51
-
-# The same contract as hafailover.lab.cluster.CHECK_SCRIPT: the mode file next to the script.
-CHECK_SCRIPT = """#!/bin/sh
-# Lab health check: the node's service is what the mode file says.
-mode=$(cat "$(dirname "$0")/check-mode" 2>/dev/null)
-case "$mode" in
-  fail) echo "service down (lab)"; exit 1 ;;
-  hang) exec sleep 3600 ;;
-esac
-exit 0
-"""
 
 
 class KeepalivedError(RuntimeError):
