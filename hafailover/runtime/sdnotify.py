@@ -34,7 +34,27 @@ class SdNotifyPort(Protocol):
     def close(self) -> None: ...
 
 
-class SystemdNotifier:
+class _Messages:
+    """The protocol's messages, shared by the real notifier and the fake (both send via notify)."""
+
+    def notify(self, message: str) -> bool:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        return self.notify("READY=1")
+
+    def status(self, text: str) -> bool:
+        # The protocol is newline separated; a newline in the text would start a new assignment.
+        return self.notify("STATUS=" + " ".join(text.splitlines()))
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def stopping(self) -> bool:
+        return self.notify("STOPPING=1")
+
+
+class SystemdNotifier(_Messages):
     """Talks to the service manager. Build with ``from_env()``."""
 
     def __init__(
@@ -103,19 +123,6 @@ class SystemdNotifier:
             log.log(level, "sd_notify to %r failed: %s", self._printable_address(), e)
             return False
 
-    def ready(self) -> bool:
-        return self.notify("READY=1")
-
-    def status(self, text: str) -> bool:
-        # The protocol is newline separated; a newline in the text would start a new assignment.
-        return self.notify("STATUS=" + " ".join(text.splitlines()))
-
-    def watchdog(self) -> bool:
-        return self.notify("WATCHDOG=1")
-
-    def stopping(self) -> bool:
-        return self.notify("STOPPING=1")
-
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -136,7 +143,7 @@ def _parse_int(value: str | None) -> int | None:
         return None
 
 
-class FakeSystemdNotifier:
+class FakeSystemdNotifier(_Messages):
     """For daemon tests: records messages instead of sending them."""
 
     def __init__(self, watchdog_interval: float | None = None) -> None:
@@ -150,18 +157,6 @@ class FakeSystemdNotifier:
     def notify(self, message: str) -> bool:
         self.messages.append(message)
         return True
-
-    def ready(self) -> bool:
-        return self.notify("READY=1")
-
-    def status(self, text: str) -> bool:
-        return self.notify("STATUS=" + " ".join(text.splitlines()))
-
-    def watchdog(self) -> bool:
-        return self.notify("WATCHDOG=1")
-
-    def stopping(self) -> bool:
-        return self.notify("STOPPING=1")
 
     def close(self) -> None:
         pass
