@@ -35,13 +35,22 @@ def test_bench_quick_runs_one_fault_per_system(tmp_path: Path) -> None:
     raw, out = tmp_path / "raw.jsonl", tmp_path / "bench.md"
     before = netns_names()
     t0 = time.monotonic()
-    r = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-m", "hafailover.lab.bench", "--quick",
          "--only", "ka01/death,hf/death,ka01/loss,hf/loss", "--loss-minutes", "0.2",
          "--raw", str(raw), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=BUDGET_S + 30,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=BUDGET_S + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    # The bench names its labs hfb<its pid>_...: only those are this run's (another bench may
+    # be running on the same machine).
+    mine = re.compile(rf"^hfb{proc.pid}(_\d+)?-")
     elapsed = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert elapsed < BUDGET_S, f"took {elapsed:.0f} s"
@@ -69,4 +78,4 @@ def test_bench_quick_runs_one_fault_per_system(tmp_path: Path) -> None:
     assert re.search(r"\| hafailover defaults \(100 ms / 600 ms\) \| \d+", report)
     assert "Keepalived v" in report
     # Every lab was torn down.
-    assert not [n for n in netns_names() - before if n.startswith("hfb")]
+    assert not [n for n in netns_names() - before if mine.match(n)]
