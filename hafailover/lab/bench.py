@@ -144,6 +144,25 @@ def load_raw(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dic
     return meta, runs, idle, end
 
 
+def merge_raw(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                              list[dict[str, Any]], dict[str, Any] | None]:
+    """The first file is the run; each later one replaces the rows (config/fault) it has and
+    is listed in meta["supplements"] with its command and note."""
+    meta, runs, idle, end = load_raw(paths[0])
+    meta = {**meta, "supplements": []}
+    for p in paths[1:]:
+        m2, runs2, idle2, _ = load_raw(p)
+        pairs = {(r["config"], r["fault"]) for r in runs2}
+        runs = [r for r in runs if (r["config"], r["fault"]) not in pairs] + runs2
+        configs2 = {r["config"] for r in idle2}
+        idle = [r for r in idle if r["config"] not in configs2] + idle2
+        replaced = sorted({f"{c}/{f}" for c, f in pairs} | {f"{c}/idle" for c in configs2})
+        meta["supplements"].append({"command": m2.get("command"), "started": m2.get("started"),
+                                    "hafailover": m2.get("versions", {}).get("hafailover"),
+                                    "note": m2.get("note"), "replaced": replaced})
+    return meta, runs, idle, end
+
+
 def _say(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
@@ -231,7 +250,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", help="markdown report (default docs/benchmarks.md; with --quick "
                                   "only printed)")
     ap.add_argument("--raw", help="raw results, JSON lines (default /tmp/hafailover-bench-*)")
-    ap.add_argument("--from-raw", help="only render the report from this raw file")
+    ap.add_argument("--from-raw", help="only render the report from this raw file; with "
+                                       "FILE,FILE2,... FILE2's rows replace FILE's")
+    ap.add_argument("--note", help="why this run was made (kept in the raw file, shown when "
+                                   "its rows are merged into another run's report)")
     a = ap.parse_args(argv)
     if a.quick:
         a.repeats, a.loss_minutes = 1, min(a.loss_minutes, QUICK_LOSS_MINUTES)
@@ -257,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     a = parse(args)
     if a.from_raw:
-        meta, runs, idle, end = load_raw(Path(a.from_raw))
+        meta, runs, idle, end = merge_raw([Path(x) for x in a.from_raw.split(",")])
         report = render(meta, runs, idle, end)
     else:
         if os.geteuid() != 0:
@@ -270,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = {"command": _command(args), "started": datetime.now(UTC).isoformat(
                     timespec="seconds"), "versions": versions(), "repeats": a.repeats,
                 "loss_minutes": a.loss_minutes, "loss_repeats": a.loss_repeats,
-                "hold": a.hold, "idle_seconds": a.idle_seconds, "only": a.only}
+                "hold": a.hold, "idle_seconds": a.idle_seconds, "only": a.only,
+                "note": a.note}
         rec = Recorder(raw, meta)
         _say(f"raw results: {raw}")
         t0 = time.monotonic()

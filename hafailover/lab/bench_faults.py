@@ -309,7 +309,10 @@ def _run(cfg: BenchConfig, fault: str, lab: Lab, res: RunResult, hold: float,
     elif fault == "freeze":
         t = lab.freeze(proc)
         time.sleep(hold)
-        heal = lab.thaw(proc)
+        # Taken before SIGCONT: the resumed daemon can drop its VIP (~0.5 ms) before this
+        # thread gets the CPU back to note the time.
+        heal = time.monotonic()
+        lab.thaw(proc)
     elif fault == "hang":
         t = d.set_check(holder, "hang")
         time.sleep(hold)
