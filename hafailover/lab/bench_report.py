@@ -26,7 +26,9 @@ TITLES = {
 
 # (column title, field, clipped-flag field or None)
 Column = tuple[str, str, str | None]
-BASE: list[Column] = [("outage ms", "outage_ms", "outage_clipped"), ("dual ms", "dual_ms", None)]
+BASE: list[Column] = [("outage ms", "outage_ms", "outage_clipped"),
+                      ("longest gap with lost probes ms", "lossy_gap_ms", "lossy_gap_clipped"),
+                      ("dual ms", "dual_ms", None)]
 HEAL: list[Column] = [("after-heal outage ms", "after_heal_ms", "after_heal_clipped")]
 MOVES: list[Column] = [("VIP moves", "moves", None)]
 COLUMNS: dict[str, list[Column]] = {
@@ -52,21 +54,41 @@ def _num(v: float) -> str:
 def stat(runs: Sequence[Run], key: str, clip_key: str | None = None) -> str:
     """median [min–max] over the runs that have a value; '≥' marks a window-clipped value."""
     # A short gap that merely touches the window's end is no outage in progress.
-    pairs = sorted((float(r[key]), bool(clip_key and r.get(clip_key) and r[key] > 25))
+    # '≤' marks an upper bound (`KEY_le`).
+    pairs = sorted((float(r[key]), "≥" if clip_key and r.get(clip_key) and r[key] > 25
+                    else "≤" if r.get(f"{key}_le") else "")
                    for r in runs if r.get(key) is not None)
     if not pairs:
         return "—"
 
     def show(i: int) -> str:
-        return ("≥" if pairs[i][1] else "") + _num(pairs[i][0])
+        return pairs[i][1] + _num(pairs[i][0])
 
     n = len(pairs)
     if n % 2:
         med = show(n // 2)
     else:
         v = (pairs[n // 2 - 1][0] + pairs[n // 2][0]) / 2
-        med = ("≥" if pairs[n // 2][1] else "") + _num(v)
+        med = pairs[n // 2][1] + _num(v)
     return med if show(0) == show(n - 1) else f"{med} [{show(0)}–{show(n - 1)}]"
+
+
+def with_lossy_gaps(runs: Sequence[Run]) -> list[Run]:
+    """Add `lossy_gap_ms`: the longest reply gap in the outage window during which at least
+    one probe went unanswered (the VIP really did not answer), from the run's list of gaps
+    over 25 ms; "≤25" when there is none."""
+    out = []
+    for r in runs:
+        gaps = r.get("notes", {}).get("gaps")
+        if gaps is None or r.get("error"):
+            out.append(r)
+            continue
+        lossy = [g for g in gaps if g["lost"] > 0]
+        top = max(lossy, key=lambda g: g["ms"]) if lossy else None
+        out.append({**r, "lossy_gap_ms": top["ms"] if top else 25.0,
+                    "lossy_gap_ms_le": top is None,
+                    "lossy_gap_clipped": bool(top and top["after"] is None)})
+    return out
 
 
 def median(runs: Sequence[Run], key: str) -> float | None:
@@ -158,7 +180,8 @@ def _limit(what: str, config: str, fault: str, key: str, runs: Sequence[Run], li
     spread = stat(mine, key)
     met = v <= limit
     verdict = "" if met else f"; missed by {_num(v - limit)}"
-    return Target(what, config, f"{agg_name} {_num(v)} ({spread}){verdict}", met)
+    shown = spread if agg is median else f"{agg_name} {_num(v)}"
+    return Target(what, config, f"{shown}{verdict}", met)
 
 
 def targets(runs: Sequence[Run], idle: Sequence[Run]) -> list[Target]:
@@ -250,6 +273,10 @@ competes for the CPUs at that moment.
 * *outage* — the longest gap between successful probe replies in [fault − 1 s, heal + {post:g} s]
   (faults without a heal: [fault − 1 s, fault + {post:g} s]); ~10–20 ms means nothing was lost.
   "≥" marks a gap still open at the end of the window (the outage lasted at least that long).
+* *longest gap with lost probes* — the longest of those gaps in which at least one probe went
+  unanswered: the part of the outage that the VIP itself caused, without gaps made of late
+  replies (a descheduled client or echo, or a vCPU the host took away). "≤25" when no gap
+  over 25 ms lost a probe.
 * *dual* — total time two or more nodes had the VIP configured, over the same window, from
   per-node netlink monitors (10 ms polls plus address events). A node's address counts while its
   `eth0` is up with carrier: partitioned nodes (carrier up) and frozen daemons (the kernel keeps
@@ -280,6 +307,7 @@ Values are median [min–max] over the repeats.
 
 
 def render(meta: Run, runs: Sequence[Run], idle: Sequence[Run], end: Run | None) -> str:
+    runs = with_lossy_gaps(runs)
     configs = [c for c in CONFIGS if any(r["config"] == c for r in [*runs, *idle])]
     hold, loss_min = float(meta["hold"]), float(meta["loss_minutes"])
     lines = ["# Benchmarks: hafailover vs keepalived on a network-namespace lab", ""]
