@@ -146,18 +146,21 @@ def load_raw(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dic
 
 def merge_raw(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]],
                                               list[dict[str, Any]], dict[str, Any] | None]:
-    """The first file is the run; each later one replaces the rows (config/fault) it has and
-    is listed in meta["supplements"] with its command and note."""
+    """The first file is the run; each later one replaces the rows (config/fault) it has, or
+    with a leading '+' adds its runs to them (more repeats), and is listed in
+    meta["supplements"] with its command and note."""
     meta, runs, idle, end = load_raw(paths[0])
     meta = {**meta, "supplements": []}
     for p in paths[1:]:
-        m2, runs2, idle2, _ = load_raw(p)
+        add = str(p).startswith("+")
+        m2, runs2, idle2, _ = load_raw(Path(str(p)[1:]) if add else p)
         pairs = {(r["config"], r["fault"]) for r in runs2}
-        runs = [r for r in runs if (r["config"], r["fault"]) not in pairs] + runs2
+        runs = [r for r in runs if add or (r["config"], r["fault"]) not in pairs] + runs2
         configs2 = {r["config"] for r in idle2}
         idle = [r for r in idle if r["config"] not in configs2] + idle2
         replaced = sorted({f"{c}/{f}" for c, f in pairs} | {f"{c}/idle" for c in configs2})
         meta["supplements"].append({"command": m2.get("command"), "started": m2.get("started"),
+                                    "added": add,
                                     "hafailover": m2.get("versions", {}).get("hafailover"),
                                     "note": m2.get("note"), "replaced": replaced})
     return meta, runs, idle, end
@@ -251,7 +254,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                                   "only printed)")
     ap.add_argument("--raw", help="raw results, JSON lines (default /tmp/hafailover-bench-*)")
     ap.add_argument("--from-raw", help="only render the report from this raw file; with "
-                                       "FILE,FILE2,... FILE2's rows replace FILE's")
+                                       "FILE,FILE2,... FILE2's rows replace FILE's, with "
+                                       "FILE,+FILE2 they are added to them")
     ap.add_argument("--note", help="why this run was made (kept in the raw file, shown when "
                                    "its rows are merged into another run's report)")
     a = ap.parse_args(argv)

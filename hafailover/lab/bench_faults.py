@@ -112,22 +112,25 @@ class Daemons:
 
         return ControlClient(self._hf().socket(node), timeout=5.0).switchover()
 
-    def unhealthy_at(self, node: str, after: float) -> float | None:
-        """hafailover: when node recorded its 'unhealthy' decision (monotonic), if it did."""
+    def decisions(self, node: str) -> list[tuple[float, dict[str, Any]]]:
+        """hafailover: node's recorded decisions as (monotonic time, entry)."""
         if self.hf is None:
-            return None
+            return []
         path = self.hf.node_dir(node) / "state" / "events.jsonl"
         offset = time.time() - time.monotonic()
+        out = []
         for line in path.read_text().splitlines() if path.exists() else []:
             try:
                 e = json.loads(line)
-            except json.JSONDecodeError:
+                out.append((datetime.fromisoformat(e["time"]).timestamp() - offset, e))
+            except (json.JSONDecodeError, KeyError, ValueError):
                 continue
-            if e.get("reason") == "unhealthy":
-                t = datetime.fromisoformat(e["time"]).timestamp() - offset
-                if t >= after - 0.5:
-                    return t
-        return None
+        return out
+
+    def unhealthy_at(self, node: str, after: float) -> float | None:
+        """hafailover: when node recorded its 'unhealthy' decision (monotonic), if it did."""
+        return next((t for t, e in self.decisions(node)
+                     if e.get("reason") == "unhealthy" and t >= after - 0.5), None)
 
     def pids(self, node: str) -> list[int]:
         """The daemon's processes on node: the leader and its children running the same
@@ -339,6 +342,15 @@ def _run(cfg: BenchConfig, fault: str, lab: Lab, res: RunResult, hold: float,
     res.notes["load1"] = round(os.getloadavg()[0], 2)
     tl = lab.holder_timeline(VIP)
     _measure(res, d, tl, records, fault, holder, t, heal, end, exclude)
+    if fault == "loss" and d.hf is not None:
+        # Why the VIP moved: every node's decisions during the loss window (the labs' logs
+        # are gone with their workdirs).
+        seen = sorted([(at, n, e) for n in lab.nodes for at, e in d.decisions(n)
+                       if t <= at <= end], key=lambda x: (x[0], x[1]))
+        res.notes["decisions"] = [{"at_ms": round(1000 * (at - t)), "node": n,
+                                   "reason": e.get("reason"),
+                                   "message": str(e.get("message", ""))[:160]}
+                                  for at, n, e in seen][:300]
 
 
 def _measure(res: RunResult, d: Daemons, tl: HolderTimeline,

@@ -146,6 +146,27 @@ def stall_notes(fault: str, runs: Sequence[Run], configs: Sequence[str]) -> list
     return out
 
 
+def move_reasons(runs: Sequence[Run], configs: Sequence[str]) -> list[str]:
+    """Under loss, what hafailover decided just before each VIP move (from its event
+    history): the reason behind every false failover."""
+    out = []
+    for key in configs:
+        for r in (r for r in runs if r["config"] == key and r["fault"] == "loss"
+                  and r.get("notes", {}).get("decisions")):
+            notes = r["notes"]
+            for m in notes.get("moves", []):
+                before = [d for d in notes["decisions"]
+                          if m["at_ms"] - 3000 <= d["at_ms"] <= m["at_ms"]
+                          and d["reason"] in ("unhealthy", "lease-expired", "leader-lost",
+                                              "stopping", "vip-conflict")]
+                why = "; ".join(f"{d['node']} {d['message']} (at {d['at_ms'] - m['at_ms']} ms)"
+                                for d in before[:3]) or "no unhealthy/lease/leader-lost decision"
+                stall = ", right after a VM stall" if m.get("after_stall") else ""
+                out.append(f"* {CONFIGS[key].label} #{r['repeat'] + 1}: move to {m['to']} at "
+                           f"{m['at_ms'] / 1000:.1f} s{stall}: {why}")
+    return out
+
+
 def idle_table(idle: Sequence[Run], configs: Sequence[str]) -> list[str]:
     out = ["| config | node | role | RSS MB | CPU % of a core | CPU % incl. check scripts |"
            " processes |", "|---|---|---|---|---|---|---|"]
@@ -315,9 +336,11 @@ def render(meta: Run, runs: Sequence[Run], idle: Sequence[Run], end: Run | None)
               + (f", wall time {float(end['wall_seconds']) / 60:.1f} min." if end else
                  " (incomplete run)."), ""]
     for sup in meta.get("supplements", []):
-        lines += [f"Rows {', '.join(sup['replaced'])} come from a later run, `{sup['command']}` "
+        how = "also include runs from" if sup.get("added") else "come from"
+        lines += [f"Rows {', '.join(sup['replaced'])} {how} a later run, `{sup['command']}` "
                   f"(started {sup['started']}, hafailover {sup['hafailover']})"
-                  + (f": {sup['note']}" if sup.get("note") else "."), ""]
+                  + (f": {sup['note']}" if sup.get("note") and "--note" not in str(
+                      sup["command"]) else "."), ""]
     v = meta["versions"]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {val} |" for k, val in v.items()] + [""]
     loads = sorted(float(r["notes"]["load1"]) for r in runs if "load1" in r.get("notes", {}))
@@ -354,6 +377,8 @@ def render(meta: Run, runs: Sequence[Run], idle: Sequence[Run], end: Run | None)
         title = TITLES[fault].format(hold=hold, loss=loss_min, pct=LOSS_PERCENT)
         lines += [f"### {title}", "", *fault_table(fault, runs, configs), ""]
         notes = stall_notes(fault, runs, configs)
+        if fault == "loss":
+            notes += move_reasons(runs, configs)
         if notes:
             lines += [*notes, ""]
     if idle:
