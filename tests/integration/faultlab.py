@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-from hafailover.lab import probe as probe_mod
-from hafailover.lab.cluster import PORT, VIP, ClusterOptions, HaCluster
-from hafailover.lab.monitor import Exclude, HolderTimeline
-from hafailover.lab.netns import CLIENT, Lab, LabProcess, in_netns
-from hafailover.lab.probe import ProbeRun
+from lab import probe as probe_mod
+from lab.cluster import PORT, VIP, ClusterOptions, HaCluster
+from lab.monitor import Exclude, HolderTimeline
+from lab.netns import CLIENT, Lab, LabProcess, in_netns
+from lab.probe import ProbeRun
 
 T = TypeVar("T")
 ETH_P_ALL = 0x0003

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark (`python -m hafailover.lab.bench`): one short run end to end.
+"""Smoke test of the benchmark (`python -m lab.bench`): one short run end to end.
 
 `--quick` means one repeat and a short loss window; `--only` picks one fault per system (the
 host death, the quickest, for keepalived advert_int 0.1 and hafailover's defaults) plus the
@@ -36,7 +36,7 @@ def test_bench_quick_runs_one_fault_per_system(tmp_path: Path) -> None:
     before = netns_names()
     t0 = time.monotonic()
     with subprocess.Popen(
-        [sys.executable, "-m", "hafailover.lab.bench", "--quick",
+        [sys.executable, "-m", "lab.bench", "--quick",
          "--only", "ka01/death,hf/death,ka01/loss,hf/loss", "--loss-minutes", "0.2",
          "--raw", str(raw), "--out", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

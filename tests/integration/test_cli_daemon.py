@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hafailover.cli import cli
-from hafailover.lab.cluster import HaCluster
-from hafailover.lab.netns import Lab
+from lab.cluster import HaCluster
+from lab.netns import Lab
 
 pytestmark = pytest.mark.netns
 

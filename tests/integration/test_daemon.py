@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from hafailover.lab.cluster import VIP, HaCluster
-from hafailover.lab.netns import Lab
+from lab.cluster import VIP, HaCluster
+from lab.netns import Lab
 
 pytestmark = pytest.mark.netns
 

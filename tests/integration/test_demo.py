@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hafailover.lab import cleanup_stale
-from hafailover.lab.demo import PREFIX
+from lab import cleanup_stale
+from lab.demo import PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def demo_namespaces(pid: int) -> list[str]:
 @pytest.mark.netns
 def test_demo_runs_a_failover_and_cleans_up() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "hafailover.lab.demo"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lab.demo"], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

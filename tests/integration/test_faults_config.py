@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from hafailover.lab.cluster import HaCluster
-from hafailover.lab.netns import Lab
+from lab.cluster import HaCluster
+from lab.netns import Lab
 from tests.integration.faultlab import figure, running_cluster, wait_for
 
 EX_CONFIG = 78

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from hafailover.lab import probe as probe_mod
-from hafailover.lab.cluster import VIP
+from lab import probe as probe_mod
+from lab.cluster import VIP
 from tests.integration.faultlab import (
     ETH_P_ARP,
     VIP_BYTES,

@@ -25,8 +25,8 @@ from hafailover.core.messages import (
     TimeoutNow,
     VoteRequest,
 )
-from hafailover.lab.cluster import PORT
 from hafailover.wire import Codec, generate_key, new_incarnation
+from lab.cluster import PORT
 from tests.integration.faultlab import (
     ETH_P_ALL,
     Capture,

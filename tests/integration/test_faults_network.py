@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from hafailover.lab import probe as probe_mod
+from lab import probe as probe_mod
 from tests.integration.faultlab import figure, running_cluster
 
 FAILOVER_S = 0.6

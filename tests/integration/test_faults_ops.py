@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from hafailover.lab import probe as probe_mod
-from hafailover.lab.cluster import ClusterOptions
+from lab import probe as probe_mod
+from lab.cluster import ClusterOptions
 from tests.integration.faultlab import Rig, figure, running_cluster, wait_for
 
 PREEMPT_DELAY_S = 3.0

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from hafailover.lab import Lab, LabError, cleanup_stale
-from hafailover.lab import probe as probe_mod
+from lab import Lab, LabError, cleanup_stale
+from lab import probe as probe_mod
 
 VIP = "10.213.0.100"
 
@@ -314,7 +314,7 @@ def test_close_kills_everything_even_when_the_body_raises() -> None:
 def test_signal_to_the_lab_owner_still_cleans_up(sig: int) -> None:
     code = textwrap.dedent("""
         import time
-        from hafailover.lab import Lab
+        from lab import Lab
         lab = Lab(1, prefix="hfsig", term_timeout=1.0)
         p = lab.spawn("node1", ["sleep", "30"])
         print(p.pid, " ".join(lab.namespaces), flush=True)

@@ -1,6 +1,6 @@
 """A minimal namespace network for the VIP and announcer tests.
 
-Separate from `hafailover.lab.Lab` on purpose: these tests exercise the netlink and packet code
+Separate from `lab.Lab` on purpose: these tests exercise the netlink and packet code
 underneath the lab, so they build the bridge with plain `ip` commands.
 """
 

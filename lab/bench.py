@@ -1,8 +1,8 @@
 """hafailover vs keepalived on the same network-namespace lab: `make bench` / `./dev bench`.
 
-    python -m hafailover.lab.bench [--repeats 5] [--loss-minutes 10] [--only CONFIG/FAULT,...]
+    python -m lab.bench [--repeats 5] [--loss-minutes 10] [--only CONFIG/FAULT,...]
                                    [--quick] [--out docs/benchmarks.md] [--raw FILE]
-    python -m hafailover.lab.bench --from-raw FILE    # re-render a report from recorded runs
+    python -m lab.bench --from-raw FILE    # re-render a report from recorded runs
 
 Configurations: ka1 (keepalived advert_int 1, VRRPv2), ka01 (advert_int 0.1, VRRPv3), hf
 (hafailover defaults: 100 ms heartbeat, 600 ms failover timeout), hffast (50 ms / 300 ms).
@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from hafailover.lab import keepalived
-from hafailover.lab.bench_faults import (
+from lab import keepalived
+from lab.bench_faults import (
     CONFIGS,
     FAULTS,
     IdleResult,
@@ -43,11 +43,11 @@ from hafailover.lab.bench_faults import (
     measure_idle,
     run_fault,
 )
-from hafailover.lab.bench_report import render
-from hafailover.lab.netns import Lab, cleanup_stale
+from lab.bench_report import render
+from lab.netns import Lab, cleanup_stale
 
 PREFIX = "hfb"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HOLD = 10.0
 HANG_HOLD_MIN = 9.0  # the verdict alone takes up to ~6 s (interval 1 s, timeout 2 s, fall 2)
 IDLE_SECONDS = 30.0
@@ -237,7 +237,7 @@ def run_bench(a: argparse.Namespace, rec: Recorder) -> None:
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m hafailover.lab.bench",
+    ap = argparse.ArgumentParser(prog="python -m lab.bench",
                                  description="hafailover vs keepalived on a netns lab (root)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per fault and config")
     ap.add_argument("--loss-minutes", type=float, default=10.0)
@@ -273,10 +273,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _command(argv: Sequence[str]) -> str:
-    exe = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        exe = exe.relative_to(REPO)
-    return shlex.join([str(exe), "-m", "hafailover.lab.bench", *argv])
+    """How to rerun this bench, naming no path of this machine (absolute paths lose their dirs)."""
+    args = [Path(a).name if a.startswith("/") else a for a in argv]
+    return shlex.join(["./dev", "bench", *args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """keepalived (the distribution's package) in a `Lab`: configs, check scripts, start, faults.
 
-The counterpart of `hafailover.lab.cluster.HaCluster` for the benchmark: the same three nodes,
+The counterpart of `lab.cluster.HaCluster` for the benchmark: the same three nodes,
 the same VIP on eth0, the same kind of mode-file health check, so both systems are measured on
 one lab with one client. Every node runs
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Same VIP and same mode-file check script as the hafailover lab, so both are measured alike.
-from hafailover.lab.cluster import CHECK_SCRIPT, VIP, VIP_CIDR
-from hafailover.lab.netns import Lab, LabProcess
+from lab.cluster import CHECK_SCRIPT, VIP, VIP_CIDR
+from lab.netns import Lab, LabProcess
 
 VRID = 51
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hafailover.lab.netns import Lab, LabProcess
+from lab.netns import Lab, LabProcess
 
 VIP = "10.213.0.100"
 VIP_CIDR = f"{VIP}/24"
@@ -179,7 +179,7 @@ class HaCluster:
         return subprocess.run(
             [sys.executable, "-m", "hafailover", "--socket", str(self.socket(node)), *args],
             capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
 
     def holders(self) -> list[str]:

@@ -9,7 +9,7 @@ internals, so the same lab measures keepalived too.
         ...
         lab.holder_timeline().dual_holder_ms()
 
-echo, probe and monitor are also run as `python -m hafailover.lab.<name>`; importing them
+echo, probe and monitor are also run as `python -m lab.<name>`; importing them
 here eagerly would make runpy warn (and load them twice), so their names are resolved lazily.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from hafailover.lab.netns import (
+from lab.netns import (
     CLIENT,
     CLIENT_ADDRESS,
     Lab,
@@ -29,14 +29,14 @@ from hafailover.lab.netns import (
 )
 
 if TYPE_CHECKING:
-    from hafailover.lab.monitor import (
+    from lab.monitor import (
         HolderTimeline,
         NodeTimeline,
         dual_holder_ms,
         holder_at,
         load_timeline,
     )
-    from hafailover.lab.probe import (
+    from lab.probe import (
         Gap,
         ProbeRecord,
         ProbeRun,
@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    **{n: "hafailover.lab.monitor" for n in (
+    **{n: "lab.monitor" for n in (
         "HolderTimeline", "NodeTimeline", "dual_holder_ms", "holder_at", "load_timeline")},
-    **{n: "hafailover.lab.probe" for n in (
+    **{n: "lab.probe" for n in (
         "Gap", "ProbeRecord", "ProbeRun", "Span", "longest_outage_ms", "outages",
         "responders_over_time")},
 }

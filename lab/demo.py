@@ -6,7 +6,7 @@ Builds an isolated lab (3 or 5 nodes and a client on one bridge, no route out), 
 unanswered, explains it with `hafailover events`, brings the host back and moves the VIP back
 with `hafailover switchover`. Everything shown is measured in this run.
 
-    python -m hafailover.lab.demo [--nodes 3|5] [--keep] [--quiet]
+    python -m lab.demo [--nodes 3|5] [--keep] [--quiet]
 
 Exit status: 0 every step worked, 1 a step failed (the message says which), 130 Ctrl-C.
 """
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hafailover.lab.cluster import VIP, VIP_CIDR, ClusterOptions, HaCluster
-from hafailover.lab.netns import Lab, LabError, LabProcess, cleanup_stale
+from lab.cluster import VIP, VIP_CIDR, ClusterOptions, HaCluster
+from lab.netns import Lab, LabError, LabProcess, cleanup_stale
 
 if TYPE_CHECKING:
-    from hafailover.lab.probe import Gap, ProbeRun
+    from lab.probe import Gap, ProbeRun
 
 PREFIX = "hfdemo"  # namespaces are hfdemo<pid>-node1, ...: the test looks for exactly these
 STEPS = 8
@@ -92,7 +92,7 @@ def wait_until(what: str, timeout: float, pred: Callable[[], bool], poll: float 
 
 
 def stop_probe(lab: Lab, proc: LabProcess) -> ProbeRun:
-    from hafailover.lab import probe
+    from lab import probe
 
     lab.stop(proc)
     if proc.data is None or not proc.data.exists():
@@ -102,7 +102,7 @@ def stop_probe(lab: Lab, proc: LabProcess) -> ProbeRun:
 
 def longest_gap(run: ProbeRun, lo: float, hi: float) -> Gap:
     """The longest time the client went without any reply between lo and hi."""
-    from hafailover.lab import probe
+    from lab import probe
 
     gaps = probe.outages(run.records, lo, min(hi, run.end), min_ms=0.0)
     if not gaps:

@@ -1,6 +1,6 @@
 """One benchmark run: a fresh lab, one system's three daemons, one fault, the measurements.
 
-Used by `hafailover.lab.bench`. The same lab, client and faults serve keepalived and
+Used by `lab.bench`. The same lab, client and faults serve keepalived and
 hafailover; `Daemons` hides the difference (how they start, where a check's mode file lives,
 how a switchover is asked for, when a node decided it was unhealthy).
 
@@ -25,11 +25,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from hafailover.lab import probe as probe_mod
-from hafailover.lab.cluster import ClusterOptions, HaCluster
-from hafailover.lab.keepalived import KeepalivedCluster, KeepalivedOptions
-from hafailover.lab.monitor import HolderTimeline, Interval
-from hafailover.lab.netns import Lab, LabProcess
+from lab import probe as probe_mod
+from lab.cluster import ClusterOptions, HaCluster
+from lab.keepalived import KeepalivedCluster, KeepalivedOptions
+from lab.monitor import HolderTimeline, Interval
+from lab.netns import Lab, LabProcess
 
 VIP = "10.213.0.100"
 PRE = 1.5  # the prober runs this long before the fault (the outage window starts at fault-1s)

@@ -1,6 +1,6 @@
 """Who holds the VIP: a per-node watcher and the analysis of the merged timelines.
 
-    python -m hafailover.lab.monitor --address 10.213.0.100 --interval 0.01 --node node1 \
+    python -m lab.monitor --address 10.213.0.100 --interval 0.01 --node node1 \
         --out node1.jsonl
 
 Run inside ONE node namespace; it reports whether that namespace has the address configured.
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hafailover.lab.netns import Lab, LabProcess
+    from lab.netns import Lab, LabProcess
 
 MAX_DURATION = 24 * 3600.0
 _NLMSG_ERROR, _NLMSG_DONE, _RTM_NEWADDR, _RTM_GETADDR = 2, 3, 20, 22

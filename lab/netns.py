@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from hafailover.lab.monitor import HolderTimeline
+    from lab.monitor import HolderTimeline
 
 T = TypeVar("T")
 CLIENT = "client"
@@ -44,7 +44,7 @@ _NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 # ending in a digit would make ambiguous.
 _PREFIX_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9]{0,14}[A-Za-z])?$")
 _NFT = "bridge hflab"
-_PKG_ROOT = str(Path(__file__).resolve().parents[2])
+_PKG_ROOT = str(Path(__file__).resolve().parents[1])
 _CLONE_NEWNET = 0x40000000
 
 
@@ -541,26 +541,26 @@ class Lab:
     def start_echo(self, port: int = 7000, nodes: Sequence[str] | None = None
                    ) -> dict[str, LabProcess]:
         """The UDP echo on each node (default all); returns once every one listens."""
-        from hafailover.lab import echo
+        from lab import echo
         return echo.start(self, port, nodes)
 
     def start_probe(self, target: str, port: int = 7000, *, duration: float,
                     interval: float = 0.01, node: str = CLIENT) -> LabProcess:
         """The prober, in the client by default; load its results with probe.load(p.data)."""
-        from hafailover.lab import probe
+        from lab import probe
         return probe.start(self, target, port, duration=duration, interval=interval, node=node)
 
     def start_vip_monitors(self, address: str, interval: float = 0.01,
                            nodes: Sequence[str] | None = None) -> dict[str, LabProcess]:
         """One holder monitor per node, in that node's namespace; returns once all run."""
-        from hafailover.lab import monitor
+        from lab import monitor
         procs = monitor.start(self, address, interval, nodes)
         self._monitors.setdefault(address, {}).update(procs)
         return procs
 
     def holder_timeline(self, address: str | None = None) -> HolderTimeline:
         """Merge the monitors' records into one timeline (also while they still run)."""
-        from hafailover.lab import monitor
+        from lab import monitor
         if address is None and len(self._monitors) != 1:
             raise LabError(f"say which address; monitored: {sorted(self._monitors)}")
         return monitor.merge(self._monitors[address or next(iter(self._monitors))])

@@ -1,6 +1,6 @@
 """UDP prober (the lab's client) and the analysis of what it recorded.
 
-    python -m hafailover.lab.probe --target 10.213.0.100 --port 7000 \
+    python -m lab.probe --target 10.213.0.100 --port 7000 \
         --interval 0.01 --duration 10 --out probe.jsonl
 
 Probe k is sent at start + k*interval (an absolute schedule, so lateness never accumulates;
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from hafailover.lab.netns import Lab, LabProcess
+    from lab.netns import Lab, LabProcess
 
 MAX_DURATION = 3600.0
 

@@ -5,7 +5,7 @@ the prober which node served each request. Replies leave from the address the re
 sent to (IP_PKTINFO), as a real service on a VIP would, so a client that filters on the
 server address still sees them.
 
-    python -m hafailover.lab.echo --name node1 --port 7000
+    python -m lab.echo --name node1 --port 7000
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hafailover.lab.netns import Lab, LabProcess
+    from lab.netns import Lab, LabProcess
 
 # Not exported by Python 3.11's socket module; the value is fixed by the Linux ABI.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)

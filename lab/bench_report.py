@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hafailover.lab.bench_faults import BIG_STALL_S, CONFIGS, FAULTS, LOSS_PERCENT, POST
+from lab.bench_faults import BIG_STALL_S, CONFIGS, FAULTS, LOSS_PERCENT, POST
 
 Run = dict[str, Any]
 
@@ -265,7 +265,7 @@ def targets_table(ts: Sequence[Target]) -> list[str]:
 
 
 METHOD = """\
-**Lab** (`hafailover.lab.netns.Lab`): one namespace holding a bridge (STP off, forward delay 0,
+**Lab** (`lab.netns.Lab`): one namespace holding a bridge (STP off, forward delay 0,
 multicast snooping off); three node namespaces (10.213.0.11–13 on `eth0`) each running a UDP
 echo service; a client namespace (10.213.0.50) sending a UDP probe to the VIP 10.213.0.100 every
 10 ms. Nothing is connected to the root namespace. The kernel has no netem, so loss is injected
@@ -277,7 +277,7 @@ repeat; the fault always hits the node holding the VIP at that moment.
 --log-detail --no-syslog --vrrp` and per-node pid files, all nodes `state BACKUP`, priorities
 150/100/50, preemption on (default), multicast VRRP on `eth0`, `virtual_ipaddress {{
 10.213.0.100/24 dev eth0 }}`, `advert_int 1` with VRRPv2 or `advert_int 0.1` with VRRPv3.
-hafailover (`hafailover.lab.cluster.HaCluster`): priorities 150/100/50, preempt off (its
+hafailover (`lab.cluster.HaCluster`): priorities 150/100/50, preempt off (its
 default), heartbeat/failover timeout 100 ms/600 ms (defaults) or 50 ms/300 ms (fast). Both use
 the same health check on every node and in every run: a script reading a mode file, interval
 1 s, timeout 2 s, fall 2, rise 2 (keepalived: `track_script`, no weight, so a failure means
