@@ -400,13 +400,21 @@ class Lab:
         return self._event(f"freeze {proc.node} pid={proc.pid}")
 
     def thaw(self, proc: LabProcess) -> float:
+        # Stamped before the signal: nothing the process does in response can come earlier,
+        # while a stamp taken after killpg returns can land after the reaction (the caller may
+        # wait for the CPU while the thawed daemon already acts), which an `after=` filter
+        # would then drop.
+        t = self._event(f"thaw {proc.node} pid={proc.pid}")
         self._signal(proc, signal.SIGCONT)
-        return self._event(f"thaw {proc.node} pid={proc.pid}")
+        return t
 
     def kill(self, proc: LabProcess, sig: int = signal.SIGKILL) -> float:
-        """Signal the process (group); SIGKILL by default: the daemon crashes."""
+        """Signal the process (group); SIGKILL by default: the daemon crashes.
+
+        The time is stamped before the signal, as in `thaw`."""
+        t = self._event(f"kill {proc.node} pid={proc.pid} sig={sig}")
         self._signal(proc, sig)
-        return self._event(f"kill {proc.node} pid={proc.pid} sig={sig}")
+        return t
 
     def stop(self, proc: LabProcess, timeout: float = 3.0) -> int | None:
         """SIGCONT+SIGTERM, wait up to timeout, then SIGKILL; returns the exit code."""
