@@ -90,4 +90,23 @@ class CommandResult:
     detail: str = ""
 
 
-Action = Send | Persist | AcquireVip | ReleaseVip | Announce | Notify | Decision | CommandResult
+@dataclass(frozen=True)
+class Exit:
+    """The runtime must exit non-zero now, without the graceful path: systemd's
+    `ExecStopPost=release-vips` removes the addresses and `Restart=` starts a fresh process."""
+
+    reason: Reason
+    detail: str
+
+
+Action = (
+    Send
+    | Persist
+    | AcquireVip
+    | ReleaseVip
+    | Announce
+    | Notify
+    | Decision
+    | CommandResult
+    | Exit
+)

@@ -7,6 +7,7 @@ before the time it is handled at is known (a queued packet, a verdict from a wor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from hafailover.core.messages import Message
 
@@ -54,7 +55,36 @@ class VipConflict:
 
 @dataclass(frozen=True)
 class Stop:
-    """Graceful stop: a leader releases the VIP first and hands over."""
+    """Graceful stop, final: a leader releases the VIP first and hands over; from then on the
+    node never stands, never takes the VIP and tells its peers it is not eligible."""
+
+
+class Effect(StrEnum):
+    """The kinds of barrier action (see `hafailover.core.actions`) whose failure is reported."""
+
+    PERSIST = "persist"
+    ACQUIRE = "acquire"
+    RELEASE = "release"
+
+
+@dataclass(frozen=True)
+class EffectFailed:
+    """A barrier action of kind `effect` failed; `detail` says why, in one operator sentence.
+
+    Fed by the runtime right after the step whose action failed (that step's later actions were
+    carried out only as the barrier rule in `hafailover.core.actions` allows).
+    """
+
+    effect: Effect
+    detail: str
+
+
+@dataclass(frozen=True)
+class EffectSucceeded:
+    """An action of kind `effect` succeeded while an `EffectFailed` of that kind was not yet
+    cleared. Fed after the step that carried it out; never fed without an earlier failure."""
+
+    effect: Effect
 
 
 Event = (
@@ -65,4 +95,6 @@ Event = (
     | SetMaintenance
     | VipConflict
     | Stop
+    | EffectFailed
+    | EffectSucceeded
 )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from hafailover.core.reasons import Reason
+
 
 class MessageType(IntEnum):
     """Stable wire numbers; never renumber, only append."""
@@ -20,6 +22,7 @@ class MessageType(IntEnum):
     TIMEOUT_NOW = 5
     TRANSFER_REQUEST = 6
     MAINTENANCE_REQUEST = 7
+    COMMAND_REPLY = 8
 
 
 @dataclass(frozen=True)
@@ -90,18 +93,40 @@ class TimeoutNow:
 
 @dataclass(frozen=True)
 class TransferRequest:
-    """Any node -> leader: an operator asked for a switchover. Empty target: best other node."""
+    """Any node -> leader: an operator asked for a switchover. Empty target: best other node.
+
+    `request_id` is the forwarding node's own number for the operator's command; the receiver
+    answers with a `CommandReply` carrying it (0: no reply wanted).
+    """
 
     term: int
     target: str = ""
+    request_id: int = 0
 
 
 @dataclass(frozen=True)
 class MaintenanceRequest:
-    """Any node -> a node: an operator set that node's maintenance mode."""
+    """Any node -> a node: an operator set that node's maintenance mode (answered like
+    `TransferRequest`)."""
 
     term: int
     on: bool
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class CommandReply:
+    """The node that carried out (or refused) a forwarded request -> the node that forwarded it.
+
+    `request_id` is the one from the request; `reason` and `detail` are what the forwarding node
+    reports to its operator (`detail`: one short phrase, e.g. the target's name).
+    """
+
+    term: int
+    request_id: int
+    accepted: bool
+    reason: Reason
+    detail: str = ""
 
 
 Message = (
@@ -112,6 +137,7 @@ Message = (
     | TimeoutNow
     | TransferRequest
     | MaintenanceRequest
+    | CommandReply
 )
 
 MESSAGE_TYPES: dict[type[Message], MessageType] = {
@@ -122,4 +148,5 @@ MESSAGE_TYPES: dict[type[Message], MessageType] = {
     TimeoutNow: MessageType.TIMEOUT_NOW,
     TransferRequest: MessageType.TRANSFER_REQUEST,
     MaintenanceRequest: MessageType.MAINTENANCE_REQUEST,
+    CommandReply: MessageType.COMMAND_REPLY,
 }

@@ -40,6 +40,12 @@ class Reason(StrEnum):
     TRANSFER_RECEIVED = "transfer-received"
     VIP_CONFLICT = "vip-conflict"
     STOPPING = "stopping"
+    # a barrier action failed (`EffectFailed`); the detail names the effect's own sentence
+    PERSIST_FAILED = "persist-failed"
+    RELEASE_FAILED = "release-failed"
+    ACQUIRE_FAILED = "acquire-failed"
+    # an effect that had failed works again (`EffectSucceeded`)
+    EFFECT_RECOVERED = "effect-recovered"
     # operator-command outcomes
     ACCEPTED = "accepted"
     FORWARDED = "forwarded"
@@ -52,3 +58,9 @@ class Reason(StrEnum):
     NO_ELIGIBLE_TARGET = "no-eligible-target"
     NO_LEADER = "no-leader"
     UNCHANGED = "unchanged"
+    # a forwarded request got no `CommandReply` in time (detail names the node asked)
+    COMMAND_TIMEOUT = "command-timeout"
+    # a forwarded request reached a node in a later term than the forwarding node's
+    STALE_TERM = "stale-term"
+    # a forwarded switchover reached a node that is not (or no longer) the leader
+    NOT_LEADER = "not-leader"
