@@ -1,24 +1,6 @@
-"""Floating addresses (VIPs) on local interfaces, added and removed through rtnetlink.
-
-The daemon runs inside its node's network namespace, so everything here acts on the current one.
-
-Why a small rtnetlink client over the stdlib socket module instead of pyroute2's `IPRoute`
-(measured with pyroute2 0.9.7 on Python 3.11):
-
-* pyroute2 0.9's synchronous `IPRoute` drives a private asyncio loop with `run_until_complete`,
-  so calling it from inside the daemon's running loop raises "Cannot run the event loop while
-  another loop is running". It only works from a separate thread.
-* Even from a worker thread, adding one IPv4 VIP and verifying it takes ~1.5 ms; here it takes
-  ~0.06 ms (v4+v6 pair: acquire ~0.09 ms, release ~0.07 ms median).
-* `from pyroute2 import IPRoute` costs ~12.8 MB of RSS, and the narrower
-  `from pyroute2.iproute.linux import IPRoute` costs the same because the package `__init__` runs
-  first and imports all of pyroute2. This module costs ~0.4 MB (bytecode cached), which matters
-  for the < 40 MB daemon target.
-
-Only four message types are needed (RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR dump, RTM_GETLINK),
-and the namespace tests check them against `ip addr`.
+"""TRANSITIONAL: the former hand-packed rtnetlink VIP manager (synchronous), kept only until the
+engine and daemon use `hafailover.net.vip.VipPort`; deleted then. New code must not use it.
 """
-
 from __future__ import annotations
 
 import errno
@@ -32,41 +14,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from hafailover.net.vip import IPAddress, Vip, VipError
+
 log = logging.getLogger(__name__)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-@dataclass(frozen=True)
-class Vip:
-    """One floating address: `address` carries the prefix length, e.g. 10.213.0.100/24."""
-
-    address: IPInterface
-    interface: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.address, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
-            raise TypeError(f"Vip.address must be an IPv4Interface/IPv6Interface: {self.address!r}")
-        # IFNAMSIZ is 16 including the terminating NUL.
-        if not self.interface or len(self.interface) > 15 or "/" in self.interface:
-            raise ValueError(f"invalid interface name {self.interface!r}")
-
-    @property
-    def ip(self) -> IPAddress:
-        return self.address.ip
-
-    @property
-    def version(self) -> int:
-        return self.address.version
-
-    def __str__(self) -> str:
-        return f"{self.address} dev {self.interface}"
-
-
-class VipError(Exception):
-    """A VIP could not be added, removed or inspected; the message says which and why."""
-
 
 class VipManager(Protocol):
     """Port: puts the configured VIPs on and off this node's interfaces (synchronous, fast)."""

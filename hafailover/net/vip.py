@@ -1,0 +1,643 @@
+"""Floating addresses (VIPs) on local interfaces, through pyroute2's asyncio netlink API.
+
+The daemon runs inside its node's network namespace, so everything here acts on the current one.
+Every call of `VipPort` is a coroutine for the daemon's running loop: pyroute2 0.9's
+`AsyncIPRoute` sends and reads its netlink socket through that loop (its synchronous `IPRoute`
+drives a private loop and cannot be called from inside a running one).
+
+Kernel-backed lifetime. `add(vips, lifetime)` and `renew(vips, lifetime)` give each address a
+valid and preferred lifetime (`ip addr ... valid_lft L preferred_lft L`), so that a daemon that
+is frozen, wedged or starved loses its addresses without doing anything. What the kernel does
+with it (net/ipv4/devinet.c `check_lifetime`, net/ipv6/addrconf.c `addrconf_verify_rtnl`):
+
+* lifetimes are whole seconds (`struct ifa_cacheinfo`, u32); a valid lifetime of 0 is refused
+  (EINVAL), and a preferred lifetime above the valid one too. `kernel_lifetime()` rounds a
+  requested lifetime up to whole seconds, at least 1.
+* an address is deleted by a per-namespace delayed work item (deferrable: on a fully idle CPU it
+  may run late) once `(now - tstamp + HZ/50) / HZ >= valid_lft`, i.e. up to 20 ms early;
+  the work is re-armed for the next expiry, rounded up to a whole second when that costs less
+  than HZ/4, and never sooner than 1 s (ADDRCONF_TIMER_FUZZ_MAX) after its last run. Adding or
+  replacing an address runs it at once. So an address added or renewed at t with lifetime L
+  disappears in [t + L - 0.02 s, about t + L + 1 s]; measured here: see tests/unit/test_vip.py.
+* replacing an address (RTM_NEWADDR with NLM_F_REPLACE) resets `tstamp`, which is what
+  `renew()` relies on. The kernel ignores a missing NLM_F_CREATE (it re-creates an address that
+  is gone), so `renew()` first checks that every address is still there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hafailover.errors import HafailoverError
+
+if TYPE_CHECKING:
+    from pyroute2 import AsyncIPRoute
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+INFINITY_LIFE_TIME = 0xFFFFFFFF
+# Beyond this the kernel treats a lifetime as infinite anyway (addrconf_timeout_fixup).
+MAX_LIFETIME = 0x7FFFFFFF // 1000
+IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+RECORD_FILE = "vips.json"
+RECORD_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Vip:
+    """One floating address: `address` carries the prefix length, e.g. 10.213.0.100/24."""
+
+    address: IPInterface
+    interface: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.address, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+            raise TypeError(f"Vip.address must be an IPv4Interface/IPv6Interface: {self.address!r}")
+        # IFNAMSIZ is 16 including the terminating NUL.
+        if not self.interface or len(self.interface) > 15 or "/" in self.interface:
+            raise ValueError(f"invalid interface name {self.interface!r}")
+
+    @property
+    def ip(self) -> IPAddress:
+        return self.address.ip
+
+    @property
+    def prefixlen(self) -> int:
+        return self.address.network.prefixlen
+
+    @property
+    def version(self) -> int:
+        return self.address.version
+
+    def __str__(self) -> str:
+        return f"{self.address} dev {self.interface}"
+
+
+class VipError(HafailoverError):
+    """A VIP could not be added, renewed, removed or inspected; the message says which and why."""
+
+
+class VipPort(Protocol):
+    """Port: puts VIPs on and off this node's interfaces. Every method runs in the daemon's loop.
+
+    Calls are not meant to overlap (the engine runs them one at a time); the real port
+    serialises them anyway.
+    """
+
+    async def add(self, vips: Sequence[Vip], lifetime: float | None) -> None:
+        """Add every address with valid/preferred lifetime `lifetime` seconds (None: forever).
+
+        An address already present gets the new lifetime. If any address cannot be added, the
+        ones this call added are removed again and VipError (one sentence) is raised.
+        """
+
+    async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
+        """Restart the lifetime of every address; VipError if one is gone (it is not re-added)."""
+
+    async def remove(self, vips: Sequence[Vip]) -> None:
+        """Remove every address; VipError unless every one is verifiably absent afterwards."""
+
+    async def present(self, vips: Sequence[Vip]) -> list[Vip]:
+        """The given VIPs that are on their interface right now (same prefix length)."""
+
+    async def cleanup_stale(self, vips: Sequence[Vip]) -> list[Vip]:
+        """Remove these VIPs' addresses with any prefix length; return what was removed."""
+
+    def interface_mac(self, ifname: str) -> bytes:
+        """The interface's hardware address (6 bytes on Ethernet); synchronous (an ioctl)."""
+
+    async def close(self) -> None:
+        """Release the netlink socket."""
+
+
+def kernel_lifetime(lifetime: float | None) -> int:
+    """Seconds to give the kernel: rounded up (never shorter than asked), at least 1."""
+    if lifetime is None:
+        return INFINITY_LIFE_TIME
+    if not lifetime > 0 or math.isinf(lifetime):
+        raise ValueError(f"a VIP lifetime must be a positive number of seconds, not {lifetime!r}")
+    return min(max(1, math.ceil(lifetime)), MAX_LIFETIME)
+
+
+def _by_interface(vips: Iterable[Vip]) -> dict[str, list[Vip]]:
+    groups: dict[str, list[Vip]] = {}
+    for vip in dict.fromkeys(vips):
+        groups.setdefault(vip.interface, []).append(vip)
+    return groups
+
+
+def _names(vips: Iterable[Vip]) -> str:
+    return ", ".join(map(str, vips))
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware address (an ioctl: no netlink round trip, usable outside the loop)
+
+SIOCGIFHWADDR = 0x8927
+
+
+def interface_mac(ifname: str) -> bytes:
+    """The hardware address of `ifname` in this namespace. Raises VipError."""
+    import fcntl
+    import struct
+
+    if not ifname or len(ifname) > 15:
+        raise VipError(f"invalid interface name {ifname!r}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                raise VipError(
+                    f"interface {ifname!r} does not exist in this network namespace"
+                ) from None
+            raise VipError(f"cannot read the hardware address of {ifname!r}: {e.strerror}") from e
+    mac = res[18:24]
+    if not any(mac):
+        raise VipError(f"interface {ifname!r} has no hardware address")
+    return mac
+
+
+# --------------------------------------------------------------------------------------------
+# The real port
+
+
+@dataclass(frozen=True)
+class _Addr:
+    ip: IPAddress
+    prefixlen: int
+    flags: int
+
+
+class _Failed(Exception):
+    """A netlink request failed: `code` is the errno, the message a short reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def _reason(e: BaseException) -> str:
+    code = getattr(e, "code", None) or getattr(e, "errno", None)
+    if code in (errno.EPERM, errno.EACCES):
+        return "permission denied; needs CAP_NET_ADMIN in this network namespace"
+    if code == errno.ENODEV:
+        return "interface does not exist in this network namespace"
+    if isinstance(code, int) and code > 0:
+        return os.strerror(code)
+    return str(e) or type(e).__name__
+
+
+class NetlinkVipPort:
+    """Real VipPort on pyroute2's `AsyncIPRoute`, opened lazily inside the running loop."""
+
+    def __init__(self, *, timeout: float = 2.0) -> None:
+        self._timeout = timeout
+        self._ipr: AsyncIPRoute | None = None
+        self._lock: asyncio.Lock | None = None
+        self._closed = False
+
+    # -- plumbing
+
+    async def _open(self) -> AsyncIPRoute:
+        if self._closed:
+            raise VipError("the VIP port is closed")
+        if self._ipr is None:
+            from pyroute2 import AsyncIPRoute
+
+            try:
+                self._ipr = AsyncIPRoute()
+            except OSError as e:
+                raise VipError(f"cannot open a netlink socket: {_reason(e)}") from e
+        return self._ipr
+
+    def _serial(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _call(self, coro: Any) -> Any:
+        """Await one pyroute2 request; its failures become `_Failed` (timeouts included)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await coro
+        except TimeoutError:
+            raise _Failed(errno.ETIMEDOUT, f"no netlink answer within {self._timeout:g}s") from None
+        except OSError as e:  # the socket itself
+            raise _Failed(e.errno or 0, _reason(e)) from e
+        except Exception as e:
+            code = getattr(e, "code", None)
+            if not isinstance(code, int):  # not a NetlinkError: a bug, let it show
+                raise
+            raise _Failed(code, _reason(e)) from e
+
+    async def _index(self, ifname: str) -> int | None:
+        ipr = await self._open()
+        try:
+            found = await self._call(ipr.link_lookup(ifname=ifname))
+        except _Failed as e:
+            raise VipError(f"cannot look up interface {ifname!r}: {e}") from e
+        return int(found[0]) if found else None
+
+    async def _addresses(self, index: int) -> list[_Addr]:
+        ipr = await self._open()
+
+        async def dump() -> list[_Addr]:
+            out: list[_Addr] = []
+            async for msg in await ipr.addr("dump", index=index):
+                if msg.get("index") != index:
+                    continue
+                raw = msg.get("local") or msg.get("address")
+                if raw is None:
+                    continue
+                flags = msg.get("IFA_FLAGS")
+                flags = msg.get("flags", 0) if flags is None else flags
+                out.append(_Addr(ipaddress.ip_address(raw), int(msg["prefixlen"]), int(flags)))
+            return out
+
+        try:
+            return await self._call(dump())  # type: ignore[no-any-return]
+        except _Failed as e:
+            raise VipError(f"cannot list the addresses of interface {index}: {e}") from e
+
+    async def _request(
+        self, command: str, index: int, ip: IPAddress, prefixlen: int, lifetime: int | None = None
+    ) -> None:
+        ipr = await self._open()
+        kwargs: dict[str, Any] = {"index": index, "address": str(ip), "prefixlen": prefixlen}
+        if command != "del":
+            if ip.version == 4:
+                net = ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
+                # Same broadcast as `ip addr add ... brd +`; /31 and /32 have none (RFC 3021).
+                if prefixlen <= 30:
+                    kwargs["broadcast"] = str(net.broadcast_address)
+            else:
+                # No duplicate address detection: usable at once instead of tentative for ~1 s.
+                # Split-brain is prevented by the lease, not by DAD.
+                kwargs["flags"] = IFA_F_NODAD
+            valid = INFINITY_LIFE_TIME if lifetime is None else lifetime
+            kwargs["IFA_CACHEINFO"] = {
+                "ifa_valid": valid,
+                "ifa_preferred": valid,
+                "cstamp": 0,
+                "tstamp": 0,
+            }
+        await self._call(ipr.addr(command, **kwargs))
+
+    # -- VipPort
+
+    async def add(self, vips: Sequence[Vip], lifetime: float | None) -> None:
+        seconds = kernel_lifetime(lifetime)
+        async with self._serial():
+            added: list[tuple[int, Vip]] = []
+            errors: list[str] = []
+            for ifname, group in _by_interface(vips).items():
+                index = await self._index(ifname)
+                if index is None:
+                    errors.append(f"cannot add {_names(group)}: interface does not exist")
+                    continue
+                for vip in group:
+                    try:
+                        await self._request("add", index, vip.ip, vip.prefixlen, seconds)
+                        added.append((index, vip))
+                    except _Failed as e:
+                        if e.code != errno.EEXIST:
+                            errors.append(f"cannot add {vip}: {e}")
+                            continue
+                        # Already there (an earlier add): give it the new lifetime.
+                        try:
+                            await self._request("replace", index, vip.ip, vip.prefixlen, seconds)
+                        except _Failed as e2:
+                            errors.append(f"cannot add {vip}: {e2}")
+                if errors:
+                    break
+                # Trust the kernel's table rather than the ACK; this also catches an address
+                # that is there but unusable (IPv6 duplicate address detection failed).
+                found = {(a.ip, a.prefixlen): a for a in await self._addresses(index)}
+                for vip in group:
+                    addr = found.get((vip.ip, vip.prefixlen))
+                    if addr is None:
+                        errors.append(f"{vip} is not present after adding it")
+                    elif addr.flags & IFA_F_DADFAILED:
+                        errors.append(f"{vip}: duplicate address detected, another host uses it")
+                    elif addr.flags & IFA_F_TENTATIVE:
+                        log.warning("%s is tentative (added earlier with DAD); not usable yet", vip)
+            if not errors:
+                return
+            undo = [v for _, v in added]
+            try:
+                if undo:
+                    await self._remove(undo)
+            except VipError as e:
+                errors.append(f"and could not take back what was added: {e}")
+            raise VipError("; ".join(errors))
+
+    async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
+        seconds = kernel_lifetime(lifetime)
+        async with self._serial():
+            errors: list[str] = []
+            for ifname, group in _by_interface(vips).items():
+                index = await self._index(ifname)
+                if index is None:
+                    errors.append(f"{_names(group)} gone: interface does not exist")
+                    continue
+                found = {(a.ip, a.prefixlen) for a in await self._addresses(index)}
+                for vip in group:
+                    if (vip.ip, vip.prefixlen) not in found:
+                        errors.append(f"{vip} is gone")
+                        continue
+                    try:
+                        await self._request("replace", index, vip.ip, vip.prefixlen, seconds)
+                    except _Failed as e:
+                        errors.append(f"cannot renew {vip}: {e}")
+            if errors:
+                raise VipError("; ".join(errors))
+
+    async def remove(self, vips: Sequence[Vip]) -> None:
+        async with self._serial():
+            await self._remove(vips)
+
+    async def _remove(self, vips: Sequence[Vip]) -> None:
+        # Every VIP is attempted even after a failure: holding one too many is the dangerous
+        # direction, so none may be skipped.
+        errors: list[str] = []
+        for ifname, group in _by_interface(vips).items():
+            index = await self._index(ifname)
+            if index is None:
+                log.info("interface %s is gone, so are its VIPs", ifname)
+                continue
+            for vip in group:
+                try:
+                    await self._request("del", index, vip.ip, vip.prefixlen)
+                except _Failed as e:
+                    if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                        errors.append(f"cannot remove {vip}: {e}")
+            try:
+                left = {(a.ip, a.prefixlen) for a in await self._addresses(index)}
+            except VipError as e:
+                errors.append(f"cannot verify that {_names(group)} are gone: {e}")
+                continue
+            errors += [
+                f"{v} is still present after removing it"
+                for v in group
+                if (v.ip, v.prefixlen) in left
+            ]
+        if errors:
+            raise VipError("; ".join(errors))
+
+    async def present(self, vips: Sequence[Vip]) -> list[Vip]:
+        async with self._serial():
+            out: list[Vip] = []
+            for ifname, group in _by_interface(vips).items():
+                index = await self._index(ifname)
+                if index is None:
+                    continue
+                found = {(a.ip, a.prefixlen) for a in await self._addresses(index)}
+                out += [v for v in group if (v.ip, v.prefixlen) in found]
+            return out
+
+    async def cleanup_stale(self, vips: Sequence[Vip]) -> list[Vip]:
+        async with self._serial():
+            removed: list[Vip] = []
+            errors: list[str] = []
+            for ifname, group in _by_interface(vips).items():
+                index = await self._index(ifname)
+                if index is None:
+                    continue
+                wanted = {v.ip for v in group}
+                for addr in await self._addresses(index):
+                    if addr.ip not in wanted:
+                        continue
+                    # Keep the prefix length found, which may differ from today's config.
+                    stale = Vip(ipaddress.ip_interface(f"{addr.ip}/{addr.prefixlen}"), ifname)
+                    try:
+                        await self._request("del", index, addr.ip, addr.prefixlen)
+                    except _Failed as e:
+                        if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                            errors.append(f"cannot remove stale {stale}: {e}")
+                        continue
+                    removed.append(stale)
+                left = [a for a in await self._addresses(index) if a.ip in wanted]
+                errors += [
+                    f"stale {a.ip}/{a.prefixlen} dev {ifname} is still present" for a in left
+                ]
+            if removed:
+                log.warning("removed stale VIPs: %s", _names(removed))
+            if errors:
+                raise VipError("; ".join(errors))
+            return removed
+
+    def interface_mac(self, ifname: str) -> bytes:
+        return interface_mac(ifname)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+
+# --------------------------------------------------------------------------------------------
+# The fake
+
+
+class FakeVipPort:
+    """In-memory VipPort for tests: records every call, keeps the address state and lifetimes.
+
+    `fail[name] = VipError(...)` makes every call of method `name` fail ("add", "renew",
+    "remove", "present", "cleanup_stale"); `fail_next(name, error, times)` only the next ones.
+    A failed `add` leaves nothing added (as the real port's roll-back). With `clock`, an address
+    whose lifetime has run out is gone, as the kernel would do it; `drop()` removes one behind
+    the port's back.
+    """
+
+    def __init__(
+        self,
+        *,
+        stale: Iterable[Vip] = (),
+        macs: dict[str, bytes] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.expiry: dict[Vip, float | None] = dict.fromkeys(stale)  # None: forever
+        self.lifetimes: dict[Vip, float | None] = dict.fromkeys(stale)
+        self.macs = dict(macs or {})
+        self.calls: list[tuple[str, tuple[Vip, ...]]] = []
+        self.fail: dict[str, VipError] = {}
+        self._fail_next: dict[str, list[VipError]] = {}
+        self.closed = False
+
+    def fail_next(self, name: str, error: VipError, times: int = 1) -> None:
+        self._fail_next.setdefault(name, []).extend([error] * times)
+
+    @property
+    def state(self) -> set[Vip]:
+        """Every address currently "on" an interface."""
+        self._expire()
+        return set(self.expiry)
+
+    def holds(self, vips: Iterable[Vip]) -> bool:
+        return all(v in self.state for v in vips)
+
+    def drop(self, vip: Vip) -> None:
+        self.expiry.pop(vip, None)
+
+    def _expire(self) -> None:
+        if self.clock is None:
+            return
+        now = self.clock()
+        for vip, t in list(self.expiry.items()):
+            if t is not None and now >= t:
+                del self.expiry[vip]
+
+    def _call(self, name: str, vips: Sequence[Vip] = ()) -> None:
+        self.calls.append((name, tuple(vips)))
+        if self.closed:
+            raise VipError("the VIP port is closed")
+        queued = self._fail_next.get(name)
+        if queued:
+            raise queued.pop(0)
+        if name in self.fail:
+            raise self.fail[name]
+        self._expire()
+
+    def _until(self, lifetime: float | None) -> float | None:
+        if lifetime is None or self.clock is None:
+            return None
+        return self.clock() + kernel_lifetime(lifetime)
+
+    async def add(self, vips: Sequence[Vip], lifetime: float | None) -> None:
+        kernel_lifetime(lifetime)
+        self._call("add", vips)
+        for vip in vips:
+            self.expiry[vip] = self._until(lifetime)
+            self.lifetimes[vip] = lifetime
+
+    async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
+        kernel_lifetime(lifetime)
+        self._call("renew", vips)
+        gone = [v for v in vips if v not in self.expiry]
+        for vip in vips:
+            if vip in self.expiry:
+                self.expiry[vip] = self._until(lifetime)
+                self.lifetimes[vip] = lifetime
+        if gone:
+            raise VipError("; ".join(f"{v} is gone" for v in gone))
+
+    async def remove(self, vips: Sequence[Vip]) -> None:
+        self._call("remove", vips)
+        for vip in vips:
+            self.expiry.pop(vip, None)
+
+    async def present(self, vips: Sequence[Vip]) -> list[Vip]:
+        self._call("present", vips)
+        return [v for v in dict.fromkeys(vips) if v in self.expiry]
+
+    async def cleanup_stale(self, vips: Sequence[Vip]) -> list[Vip]:
+        self._call("cleanup_stale", vips)
+        wanted = {(v.ip, v.interface) for v in vips}
+        removed = sorted((v for v in self.expiry if (v.ip, v.interface) in wanted), key=str)
+        for vip in removed:
+            del self.expiry[vip]
+        return removed
+
+    def interface_mac(self, ifname: str) -> bytes:
+        self.calls.append(("interface_mac", ()))
+        if ifname not in self.macs:
+            # Locally administered, derived from the name so that it is stable across calls.
+            self.macs[ifname] = bytes([0x02, 0, 0, 0, 0, (sum(ifname.encode()) % 254) + 1])
+        return self.macs[ifname]
+
+    async def close(self) -> None:
+        self.calls.append(("close", ()))
+        self.closed = True
+
+
+# --------------------------------------------------------------------------------------------
+# The record of what this node may add, for `hafailover release-vips`
+
+
+def record_vips(state_dir: str | os.PathLike[str], vips: Iterable[Vip]) -> Path:
+    """Write `<state_dir>/vips.json` atomically: every VIP this daemon may add.
+
+    The daemon calls it at start-up, before it can add anything, so that `release-vips`
+    (systemd's ExecStopPost) can remove them without parsing the configuration.
+    """
+    directory = Path(state_dir)
+    body = {
+        "version": 1,
+        "vips": [
+            {"address": str(v.address), "interface": v.interface} for v in dict.fromkeys(vips)
+        ],
+    }
+    data = (json.dumps(body, indent=1) + "\n").encode()
+    target = directory / RECORD_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_FILE}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def recorded_vips(state_dir: str | os.PathLike[str]) -> list[Vip] | None:
+    """The VIPs recorded by `record_vips`, or None if there is no record. VipError if unusable."""
+    path = Path(state_dir) / RECORD_FILE
+    try:
+        with open(path, "rb") as f:
+            data = f.read(RECORD_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise VipError(f"cannot read {path}: {e.strerror or e}") from e
+    if len(data) > RECORD_MAX_BYTES:
+        raise VipError(f"{path} is larger than {RECORD_MAX_BYTES} bytes")
+    try:
+        body = json.loads(data)
+        if not isinstance(body, dict) or body.get("version") != 1:
+            raise ValueError("unknown format")
+        return [
+            Vip(ipaddress.ip_interface(e["address"]), str(e["interface"])) for e in body["vips"]
+        ]
+    except (ValueError, TypeError, KeyError) as e:
+        raise VipError(f"{path} is not a VIP record: {e}") from e
+
+
+def __getattr__(name: str) -> Any:
+    # TRANSITIONAL: the synchronous manager the engine and daemon use until they move to
+    # VipPort; it goes away with hafailover/net/_rtnl_legacy.py.
+    if name in ("VipManager", "NetlinkVipManager", "FakeVipManager"):
+        from hafailover.net import _rtnl_legacy
+
+        return getattr(_rtnl_legacy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
