@@ -35,6 +35,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ MAX_LIFETIME = 0x7FFFFFFF // 1000
 IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
+OWN_REMOVAL_WINDOW = 10.0
 RECORD_FILE = "vips.json"
 RECORD_MAX_BYTES = 1 << 20
 
@@ -213,6 +215,8 @@ class NetlinkVipPort:
         self._ipr: AsyncIPRoute | None = None
         self._lock: asyncio.Lock | None = None
         self._closed = False
+        self._removed: dict[Vip, float] = {}  # removed by this port -> when
+        self._ifname: dict[int, str] = {}  # index -> name, as last looked up
 
     # -- plumbing
 
@@ -254,7 +258,10 @@ class NetlinkVipPort:
             found = await self._call(ipr.link_lookup(ifname=ifname))
         except _Failed as e:
             raise VipError(f"cannot look up interface {ifname!r}: {e}") from e
-        return int(found[0]) if found else None
+        if not found:
+            return None
+        self._ifname[int(found[0])] = ifname
+        return int(found[0])
 
     async def _addresses(self, index: int) -> list[_Addr]:
         ipr = await self._open()
@@ -281,6 +288,8 @@ class NetlinkVipPort:
         self, command: str, index: int, ip: IPAddress, prefixlen: int, lifetime: int | None = None
     ) -> None:
         ipr = await self._open()
+        if command == "del":
+            self._note_removal(index, ip, prefixlen)
         kwargs: dict[str, Any] = {"index": index, "address": str(ip), "prefixlen": prefixlen}
         if command != "del":
             if ip.version == 4:
@@ -300,6 +309,15 @@ class NetlinkVipPort:
                 "tstamp": 0,
             }
         await self._call(ipr.addr(command, **kwargs))
+
+    def _note_removal(self, index: int, ip: IPAddress, prefixlen: int) -> None:
+        now = time.monotonic()
+        for vip, t in list(self._removed.items()):
+            if now - t > OWN_REMOVAL_WINDOW:
+                del self._removed[vip]
+        name = self._ifname.get(index)
+        if name is not None:
+            self._removed[Vip(ipaddress.ip_interface(f"{ip}/{prefixlen}"), name)] = now
 
     # -- VipPort
 
@@ -446,6 +464,15 @@ class NetlinkVipPort:
 
     def interface_mac(self, ifname: str) -> bytes:
         return interface_mac(ifname)
+
+    def removed_by_us(self, vip: Vip) -> bool:
+        """Whether this port removed `vip` in the last OWN_REMOVAL_WINDOW seconds; forgets it.
+
+        For a LinkWatcher's `own_removal`: the kernel's RTM_DELADDR does not say who removed
+        an IPv6 address (its port id is 0, as for an expired lifetime), so the port remembers.
+        """
+        t = self._removed.pop(vip, None)
+        return t is not None and time.monotonic() - t <= OWN_REMOVAL_WINDOW
 
     async def close(self) -> None:
         self._closed = True
