@@ -1,7 +1,10 @@
 """The control-socket handler: status, events, switchover and maintenance (docs/cli.md).
 
 Status is this node's view of the whole cluster, built from the core's snapshot plus the
-runtime's own facts (checks, VIPs on the interface, drop counters).
+runtime's own facts (checks, VIPs on the interface, drop counters, effects failing now).
+A switchover or maintenance request is answered only once it has been carried out or refused:
+by this node's core, or by the peer it was forwarded to (`Engine.command` waits for that, with a
+bound), so `accepted` means done, not sent.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class StatusHandler:
     async def handle(self, request: Request) -> dict[str, object]:
         match request:
             case StatusRequest():
-                return self.status()
+                return await self.status()
             case PingRequest():
                 return {"pong": True, "node": self.engine.node.name, "pid": os.getpid()}
             case EventsRequest(limit=limit, after=after):
@@ -46,7 +49,7 @@ class StatusHandler:
                     events = [e for e in events if int(e.get("seq", 0)) > after][:limit]
                 return {"events": events[-limit:] if after is None else events}
             case SwitchoverRequest(to=to):
-                result = self.engine.command(Switchover(next(self._request_ids), to or ""))
+                result = await self.engine.command(Switchover(next(self._request_ids), to or ""))
                 return {
                     "accepted": result.accepted,
                     "reason": result.reason.value,
@@ -54,7 +57,7 @@ class StatusHandler:
                     "leader": self.engine.node.leader or None,
                 }
             case MaintenanceRequest(on=on, node=node):
-                result = self.engine.command(
+                result = await self.engine.command(
                     SetMaintenance(next(self._request_ids), on, node or "")
                 )
                 return {
@@ -64,11 +67,11 @@ class StatusHandler:
                 }
         raise ProtocolError(REFUSED, "unsupported request")
 
-    def status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, object]:
         engine = self.engine
+        present = {str(v) for v in await _present(engine)}
         now = engine.clock()
         view = engine.node.view(now)
-        present = {str(v) for v in _present(engine)}
         holder: str | None = None
         if view.holds_vip:
             holder = view.name
@@ -136,6 +139,18 @@ class StatusHandler:
                         "last_change": None,
                     }
                 )
+        for effect, detail in engine.failing.items():
+            checks.append(
+                {
+                    "name": f"effect:{effect.value}",
+                    "kind": "internal",
+                    "ok": False,
+                    "critical": True,
+                    "last_duration_ms": None,
+                    "output_tail": detail,
+                    "last_change": None,
+                }
+            )
         vips = engine.vip_names
         return {
             "node": view.name,
@@ -161,14 +176,19 @@ class StatusHandler:
                 for v in vips
             ],
             "checks": checks,
+            # Barrier effects failing now (persist, acquire, release), each with its sentence.
+            "effects_failing": [
+                {"effect": effect.value, "detail": detail}
+                for effect, detail in engine.failing.items()
+            ],
             "nodes": nodes,
             "last_transitions": engine.recent[-10:],
             "drops": {k: v for k, v in engine.ports.transport.drops.items() if v},
         }
 
 
-def _present(engine: Engine) -> list[Any]:
+async def _present(engine: Engine) -> list[Any]:
     try:
-        return list(engine.ports.vips.present())
+        return list(await engine.ports.vips.present(engine.vips))
     except Exception:  # status must answer even if netlink does not
         return []

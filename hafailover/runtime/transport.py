@@ -125,19 +125,3 @@ class UdpTransport(asyncio.DatagramProtocol):
             self._transport.close()
             self._transport = None
 
-
-class FakeTransport:
-    """Records sends; tests deliver messages by calling the engine directly."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Message]] = []
-
-    def send(self, to: str, message: Message) -> None:
-        self.sent.append((to, message))
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def drops(self) -> Mapping[str, int]:
-        return {}

@@ -1,22 +1,51 @@
-"""The engine carries out the core's actions in order, against fake ports."""
+"""The engine carries out the core's actions in order, under the barrier rule, against fakes.
+
+Most tests drive the real core. The barrier-rule tests script one step of it (`Scripted`: a
+real `Node` whose answer to one event is replaced) so that they check the engine's rule exactly,
+whatever the core decides to do about a failure.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import random
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
-from hafailover.core.actions import PersistentState
-from hafailover.core.events import HealthChanged, MessageReceived, SetMaintenance, Switchover
-from hafailover.core.messages import HeartbeatAck, Message, TimeoutNow, VoteRequest
+from hafailover.core.actions import (
+    AcquireVip,
+    Action,
+    Announce,
+    CommandResult,
+    Decision,
+    Exit,
+    Persist,
+    PersistentState,
+    ReleaseVip,
+    Send,
+)
+from hafailover.core.events import (
+    Effect,
+    EffectFailed,
+    EffectSucceeded,
+    Event,
+    HealthChanged,
+    MessageReceived,
+    SetMaintenance,
+    Switchover,
+    VipConflict,
+)
+from hafailover.core.messages import HeartbeatAck, Message, TimeoutNow, VoteRequest, VoteResponse
 from hafailover.core.node import Node
+from hafailover.core.reasons import Reason, Role
 from hafailover.core.spec import ClusterSpec, NodeSpec
 from hafailover.net.announce import FakeAnnouncer
-from hafailover.net.vip import FakeVipManager, Vip, VipError
+from hafailover.net.vip import FakeVipPort, Vip, VipError
+from hafailover.runtime.checks import FakeHealth
 from hafailover.runtime.engine import Engine, Ports
 from hafailover.runtime.notify import FakeNotifier
 from hafailover.runtime.sdnotify import FakeSystemdNotifier
+from hafailover.runtime.status import StatusHandler
 from hafailover.runtime.store import FakeEventLog, FakeStateStore
 
 SPEC = ClusterSpec((NodeSpec("a", 150), NodeSpec("b", 100), NodeSpec("c", 50)))
@@ -32,7 +61,7 @@ class Clock:
 
 
 class Recorder:
-    """A transport and store that append to one shared log, so order across ports is visible."""
+    """A transport that appends to the shared log, so order across ports is visible."""
 
     def __init__(self, log: list[str]) -> None:
         self.log = log
@@ -50,18 +79,26 @@ class Recorder:
         return {}
 
 
-class LoggingVips(FakeVipManager):
-    def __init__(self, log: list[str]) -> None:
-        super().__init__([VIP])
+class LoggingVips(FakeVipPort):
+    def __init__(self, log: list[str], clock: Callable[[], float] | None = None) -> None:
+        super().__init__(clock=clock)
         self.log = log
+        self.gate: asyncio.Event | None = None  # when set up, add waits for it
 
-    def acquire(self) -> None:
+    async def add(self, vips: Sequence[Vip], lifetime: float | None) -> None:
         self.log.append("acquire")
-        super().acquire()
+        if self.gate is not None:
+            await self.gate.wait()
+        await super().add(vips, lifetime)
+        self.log.append("acquired")
 
-    def release(self) -> None:
+    async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
+        self.log.append("renew")
+        await super().renew(vips, lifetime)
+
+    async def remove(self, vips: Sequence[Vip]) -> None:
         self.log.append("release")
-        super().release()
+        await super().remove(vips)
 
 
 class LoggingStore(FakeStateStore):
@@ -74,131 +111,338 @@ class LoggingStore(FakeStateStore):
         super().save(state)
 
 
-def make_engine(log: list[str]) -> tuple[Engine, Clock, Recorder, Any]:
-    clock = Clock()
-    transport = Recorder(log)
-    vips = LoggingVips(log)
-    ports = Ports(transport, vips, FakeAnnouncer(), FakeNotifier(), LoggingStore(log),
-                  FakeEventLog(), FakeSystemdNotifier())
-    node = Node(SPEC, "a", random.Random(1))
-    return Engine(node, ports, [str(VIP)], 0.3, clock), clock, transport, vips
+class Scripted(Node):
+    """The real core, except that the next event of a scripted type gets the scripted actions
+    (effect feedback is recorded and answered with nothing unless scripted)."""
+
+    def __init__(self) -> None:
+        super().__init__(SPEC, "a", random.Random(1))
+        self.script: dict[type, list[Action]] = {}
+        self.seen: list[Event] = []
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        self.seen.append(event)
+        if type(event) in self.script:
+            return self.script.pop(type(event))
+        if isinstance(event, EffectFailed | EffectSucceeded):
+            return []
+        return super().handle(event, now)
 
 
-def elect(engine: Engine, clock: Clock) -> None:
-    """Drive node a to a leader holding the VIP through real core steps."""
-    engine.start()
-    clock.now = engine.node.next_deadline()
-    engine._on_timer()  # pre-vote goes out
-    for voter in ("b", "c"):
-        engine.on_message(voter, _grant(engine, pre=True))
-    for voter in ("b", "c"):
-        engine.on_message(voter, _grant(engine, pre=False))
-    engine.on_message("b", HeartbeatAck(engine.node.term, 1, True, True, False))
+class Rig:
+    def __init__(self, node: Node | None = None, lifetime: float | None = None) -> None:
+        self.log: list[str] = []
+        self.clock = Clock()
+        self.transport = Recorder(self.log)
+        self.vips = LoggingVips(self.log)
+        self.store = LoggingStore(self.log)
+        self.announcer = FakeAnnouncer()
+        self.announcer.started = True  # the daemon starts it before the engine
+        self.holding: list[bool] = []
+        self.exits: list[Exit] = []
+        self.ports = Ports(self.transport, self.vips, self.announcer, FakeNotifier(), self.store,
+                           FakeEventLog(), FakeSystemdNotifier(), on_holding=self.holding.append,
+                           on_exit=self.exits.append)
+        self.node = node or Node(SPEC, "a", random.Random(1))
+        self.engine = Engine(self.node, self.ports, [VIP], 0.3, self.clock,
+                             vip_lifetime=lifetime, command_timeout=0.5)
+
+    async def feed(self, event: Event) -> list[Action]:
+        return await self.engine.process(event)
+
+    async def message(self, sender: str, message: Message) -> list[Action]:
+        return await self.feed(MessageReceived(sender, message))
+
+    async def elect(self) -> None:
+        """Drive node a to a leader holding the VIP through real core steps."""
+        await self.engine.start()
+        self.clock.now = self.node.next_deadline()
+        await self.engine.process(_timer())
+        for voter in ("b", "c"):
+            await self.message(voter, _grant(self.node, pre=True))
+        for voter in ("b", "c"):
+            await self.message(voter, _grant(self.node, pre=False))
+        await self.message("b", HeartbeatAck(self.node.term, 1, True, True, False))
+        assert self.node.holds_vip, self.log
 
 
-def _grant(engine: Engine, pre: bool) -> Message:
-    from hafailover.core.messages import VoteResponse
+def _timer() -> Event:
+    from hafailover.core.events import TimerFired
 
-    term = engine.node.term + 1 if pre else engine.node.term
+    return TimerFired()
+
+
+def _grant(node: Node, pre: bool) -> Message:
+    term = node.term + 1 if pre else node.term
     return VoteResponse(term, pre, True, True, False)
 
 
-def run(coro_fn: Any) -> None:
-    async def main() -> None:
-        coro_fn()
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(body())  # type: ignore[arg-type]
 
-    asyncio.run(main())
+
+# ------------------------------------------------------------------------------ ordering
 
 
 def test_vote_is_persisted_before_the_vote_request_leaves() -> None:
-    log: list[str] = []
-
-    def body() -> None:
-        engine, clock, _, _ = make_engine(log)
-        engine.start()
-        clock.now = engine.node.next_deadline()
-        engine._on_timer()
-        engine.on_message("b", _grant(engine, pre=True))
-        persist = log.index("persist term=1 vote=a")
-        requests = [i for i, line in enumerate(log) if line.startswith("send VoteRequest")]
+    async def body() -> None:
+        rig = Rig()
+        await rig.engine.start()
+        rig.clock.now = rig.node.next_deadline()
+        await rig.feed(_timer())
+        await rig.message("b", _grant(rig.node, pre=True))
+        persist = rig.log.index("persist term=1 vote=a")
+        requests = [i for i, line in enumerate(rig.log) if line.startswith("send VoteRequest")]
         # Two pre-vote requests went out before; the two real ones only after the vote is saved.
-        assert len(requests) == 4 and requests[1] < persist < requests[2], log
+        assert len(requests) == 4 and requests[1] < persist < requests[2], rig.log
 
     run(body)
 
 
 def test_leader_acquires_then_releases_before_telling_the_successor() -> None:
-    log: list[str] = []
-
-    def body() -> None:
-        engine, clock, transport, vips = make_engine(log)
-        elect(engine, clock)
-        assert vips.holding and engine.node.holds_vip
-        # b must be known healthy and reachable to be a target.
-        engine.on_message("b", HeartbeatAck(engine.node.term, 1, True, True, False))
-        log.clear()
-        engine.feed(HealthChanged(False, "check web failed"))
-        assert log.index("release") < log.index("send TimeoutNow b"), log
-        assert not vips.holding
-        assert any(isinstance(m, TimeoutNow) for _, m in transport.sent)
+    async def body() -> None:
+        rig = Rig()
+        await rig.elect()
+        assert rig.log.index("acquire") < rig.log.index("acquired")
+        assert rig.vips.holds([VIP]) and rig.holding == [True]
+        await rig.message("b", HeartbeatAck(rig.node.term, 1, True, True, False))
+        rig.log.clear()
+        await rig.feed(HealthChanged(False, "check web failed"))
+        assert rig.log.index("release") < rig.log.index("send TimeoutNow b"), rig.log
+        assert not rig.vips.holds([VIP]) and rig.holding == [True, False]
 
     run(body)
 
 
-def test_failed_vip_add_makes_the_node_unhealthy_and_it_steps_down() -> None:
-    log: list[str] = []
-
-    async def main() -> None:
-        engine, clock, _, vips = make_engine(log)
-        vips.fail["acquire"] = VipError("interface 'eth0' does not exist")
-        elect(engine, clock)
-        await asyncio.sleep(0)  # the unhealthy verdict is scheduled, not recursive
-        assert engine.node.healthy is False
-        assert engine.node.role.value == "follower"
-        assert "release" in log
-
-    asyncio.run(main())
-
-
-def test_health_is_the_and_of_components() -> None:
-    log: list[str] = []
-
-    def body() -> None:
-        engine, _, _, _ = make_engine(log)
-        engine.start()
-        engine.set_health("checks", False, "web down")
-        engine.set_health("loop", False, "late")
-        engine.set_health("checks", True, "web up")
-        assert engine.node.healthy is False  # the loop is still late
-        engine.set_health("loop", True, "on time")
-        assert engine.node.healthy is True
+def test_a_later_event_waits_until_the_step_before_it_is_carried_out() -> None:
+    async def body() -> None:
+        rig = Rig()
+        await rig.engine.start()
+        rig.clock.now = rig.node.next_deadline()
+        await rig.feed(_timer())
+        for voter in ("b", "c"):
+            await rig.message(voter, _grant(rig.node, pre=True))
+        for voter in ("b", "c"):
+            await rig.message(voter, _grant(rig.node, pre=False))
+        rig.vips.gate = asyncio.Event()  # the VIP add hangs until released below
+        rig.engine.on_message("b", HeartbeatAck(rig.node.term, 1, True, True, False))
+        rig.engine.feed(VipConflict("10.213.0.100"))  # would announce: must wait for the add
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert rig.log[-1] == "acquire" and rig.announcer.announcements == 0, rig.log
+        rig.vips.gate.set()
+        await rig.feed(_timer())  # a marker: everything queued before it is done
+        assert rig.log.index("acquired") < len(rig.log)
+        assert rig.announcer.announcements == 2  # lease-acquired, then the conflict's
 
     run(body)
+
+
+# ------------------------------------------------------------------------------ barriers
+
+
+def test_failed_persist_stops_the_step_but_release_and_decision_and_refuses_the_command() -> None:
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        await rig.engine.start()
+        rig.store.fail_saves = 1
+        decision = Decision(Reason.ELECTION_TIMEOUT, Role.CANDIDATE, 1, "")
+        node.script[Switchover] = [
+            Persist(PersistentState(1, "a")),
+            Send("b", VoteRequest(1, False, True, False)),
+            ReleaseVip(Reason.STOPPING),
+            decision,
+            Announce(Reason.ELECTED),
+            CommandResult(7, True, Reason.ACCEPTED),
+        ]
+        result = await rig.engine.command(Switchover(7, ""))
+        assert not result.accepted and result.reason is Reason.PERSIST_FAILED
+        assert "fake: save failed" in result.detail
+        assert rig.transport.sent == [] and rig.announcer.announcements == 0
+        assert "release" in rig.log  # always attempted
+        # The failure is recorded when it happens, the step's decision after it.
+        assert rig.engine.recent[-2]["reason"] == Reason.PERSIST_FAILED.value
+        assert "save failed" in rig.engine.recent[-2]["message"]
+        assert rig.engine.recent[-1]["reason"] == Reason.ELECTION_TIMEOUT.value
+        failed = [e for e in node.seen if isinstance(e, EffectFailed)]
+        assert failed == [EffectFailed(Effect.PERSIST, result.detail)]
+        assert rig.engine.failing == {Effect.PERSIST: result.detail}
+
+        # The next save that works clears it, after the step.
+        node.script[HealthChanged] = [Persist(PersistentState(1, "a"))]
+        await rig.feed(HealthChanged(True, ""))
+        assert node.seen[-1] == EffectSucceeded(Effect.PERSIST)
+        assert rig.engine.failing == {}
+        # Successes without an earlier failure are not reported.
+        node.script[HealthChanged] = [Persist(PersistentState(1, "a"))]
+        await rig.feed(HealthChanged(True, ""))
+        assert not isinstance(node.seen[-1], EffectSucceeded)
+
+    run(body)
+
+
+def test_failed_acquire_sends_no_announcement_and_never_claims_to_hold() -> None:
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        await rig.engine.start()
+        rig.vips.fail["add"] = VipError("interface 'eth0' does not exist")
+        node.script[HealthChanged] = [AcquireVip(1), Announce(Reason.LEASE_ACQUIRED)]
+        await rig.feed(HealthChanged(True, ""))
+        assert rig.announcer.announcements == 0 and rig.holding == []
+        assert node.seen[-1] == EffectFailed(
+            Effect.ACQUIRE, "adding the VIP failed: interface 'eth0' does not exist")
+        status = await StatusHandler(rig.engine, "lab", FakeHealth()).status()
+        assert status["effects_failing"] == [
+            {"effect": "acquire",
+             "detail": "adding the VIP failed: interface 'eth0' does not exist"}]
+        assert any(c["name"] == "effect:acquire" and not c["ok"]
+                   for c in status["checks"])  # type: ignore[attr-defined]
+
+    run(body)
+
+
+def test_failed_release_sends_no_timeout_now_and_feeds_the_failure() -> None:
+    async def body() -> None:
+        rig = Rig()
+        await rig.elect()
+        await rig.message("b", HeartbeatAck(rig.node.term, 1, True, True, False))
+        rig.vips.fail["remove"] = VipError("netlink timed out")
+        rig.log.clear()
+        await rig.feed(HealthChanged(False, "check web failed"))
+        assert "release" in rig.log
+        assert not any(isinstance(m, TimeoutNow) for _, m in rig.transport.sent), rig.log
+        assert Effect.RELEASE in rig.engine.failing
+
+    run(body)
+
+
+def test_exit_is_carried_out_even_after_a_failure() -> None:
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        await rig.engine.start()
+        rig.vips.fail["remove"] = VipError("netlink timed out")
+        node.script[HealthChanged] = [
+            ReleaseVip(Reason.RELEASE_FAILED),
+            Exit(Reason.RELEASE_FAILED, "the VIP could not be removed within the lease"),
+        ]
+        await rig.feed(HealthChanged(True, ""))
+        assert [e.detail for e in rig.exits] == ["the VIP could not be removed within the lease"]
+
+    run(body)
+
+
+# ------------------------------------------------------------------------------ commands
 
 
 def test_operator_commands_return_the_core_answer() -> None:
-    log: list[str] = []
+    async def body() -> None:
+        rig = Rig()
+        await rig.elect()
+        refused = await rig.engine.command(Switchover(1, "nosuch"))
+        assert not refused.accepted and refused.reason is Reason.TARGET_UNKNOWN
+        result = await rig.engine.command(SetMaintenance(2, True))
+        assert result.accepted and rig.node.maintenance
+        assert rig.store.load().maintenance is True
 
-    def body() -> None:
-        engine, clock, _, _ = make_engine(log)
-        elect(engine, clock)
-        refused = engine.command(Switchover(1, "nosuch"))
-        assert not refused.accepted and refused.reason.value == "target-unknown"
-        result = engine.command(SetMaintenance(2, True))
-        assert result.accepted and engine.node.maintenance
-        assert engine.ports.store.load().maintenance is True
+    run(body)
+
+
+def test_a_command_is_answered_by_a_later_step_or_refused_after_the_bound() -> None:
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        await rig.engine.start()
+        node.script[SetMaintenance] = []  # forwarded: no answer in this step
+        pending = asyncio.ensure_future(rig.engine.command(SetMaintenance(5, True, "b")))
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        node.script[HealthChanged] = [CommandResult(5, True, Reason.ACCEPTED, "b")]
+        await rig.feed(HealthChanged(True, ""))
+        result = await pending
+        assert result == CommandResult(5, True, Reason.ACCEPTED, "b")
+
+        node.script[SetMaintenance] = []
+        late = await rig.engine.command(SetMaintenance(6, True, "b"))
+        assert not late.accepted and late.reason is Reason.COMMAND_TIMEOUT
+        assert "0.5s" in late.detail
+
+    run(body)
+
+
+# ------------------------------------------------------------------------------ VIP lifetime
+
+
+def test_the_vip_lifetime_is_renewed_only_while_the_lease_is_valid() -> None:
+    async def body() -> None:
+        rig = Rig(lifetime=0.2)  # renewal every 50 ms of real time
+        await rig.elect()
+        assert rig.vips.lifetimes[VIP] == 0.2
+        await asyncio.sleep(0.18)
+        assert rig.log.count("renew") >= 2, rig.log
+        # The lease runs out on the core's clock: no renewal from now on (the kernel's clock
+        # removes the address even if this node never gets to its next event).
+        rig.clock.now = rig.node.lease_until + 0.001
+        count = rig.log.count("renew")
+        await asyncio.sleep(0.15)
+        assert rig.log.count("renew") == count, rig.log
+
+    run(body)
+
+
+def test_a_failed_renewal_is_a_failed_acquire() -> None:
+    async def body() -> None:
+        rig = Rig(lifetime=0.2)
+        await rig.elect()
+        rig.vips.drop(VIP)  # gone behind our back: the renewal finds it missing
+        for _ in range(40):
+            await asyncio.sleep(0.01)
+            if Effect.ACQUIRE in rig.engine.failing:
+                break
+        assert "renewing the VIP failed" in rig.engine.failing[Effect.ACQUIRE]
+
+    run(body)
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def test_health_is_the_and_of_components() -> None:
+    async def body() -> None:
+        rig = Rig()
+        await rig.engine.start()
+        rig.engine.set_health("checks", False, "web down")
+        rig.engine.set_health("loop", False, "late")
+        rig.engine.set_health("checks", True, "web up")
+        await rig.feed(_timer())
+        assert rig.node.healthy is False  # the loop is still late
+        rig.engine.set_health("loop", True, "on time")
+        await rig.feed(_timer())
+        assert rig.node.healthy is True
 
     run(body)
 
 
 def test_messages_from_unknown_senders_are_ignored() -> None:
-    log: list[str] = []
+    async def body() -> None:
+        rig = Rig()
+        await rig.engine.start()
+        await rig.feed(MessageReceived("mallory", VoteRequest(9, False, True, False)))
+        assert rig.transport.sent == []
+        assert rig.node.term == 0
 
-    def body() -> None:
-        engine, _, transport, _ = make_engine(log)
-        engine.start()
-        engine.feed(MessageReceived("mallory", VoteRequest(9, False, True, False)))
-        assert transport.sent == []
-        assert engine.node.term == 0
+    run(body)
+
+
+def test_after_close_nothing_is_handled() -> None:
+    async def body() -> None:
+        rig = Rig()
+        await rig.engine.start()
+        await rig.engine.close()
+        rig.engine.on_message("b", VoteRequest(9, False, True, False))
+        assert await rig.engine.process(_timer()) == []
+        assert rig.transport.sent == [] and rig.node.term == 0
 
     run(body)
