@@ -7,20 +7,18 @@ Each check prints one `OK`/`WARN`/`FAIL` line through `format.Report`; the host 
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import ipaddress
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hafailover.cli.format import Report
 from hafailover.control.client import ControlClient, ControlError, DaemonUnreachable
+from hafailover.runtime.interfaces import interface_networks
 
 if TYPE_CHECKING:
     from hafailover.config import Config, LoadedConfig, NodeConfig
 
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
@@ -40,31 +38,6 @@ def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
     for warning in loaded.warnings:
         report.warn(str(warning))
     return loaded
-
-
-def interface_networks() -> dict[str, list[IPInterface]] | str:
-    """Each interface's addresses, read over netlink with pyroute2, or why they could not be.
-
-    pyroute2 is used here, at start-up and in `check-config`, and not in the running daemon:
-    its import costs ~13 MB and its synchronous API cannot run inside an asyncio loop (see
-    docs/architecture.md).
-    """
-    try:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-            networks: dict[str, list[IPInterface]] = {str(n): [] for n in names.values()}
-            for addr in ipr.get_addr():
-                name = str(names.get(addr["index"], "?"))
-                with contextlib.suppress(TypeError, ValueError):
-                    local = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
-                    networks.setdefault(name, []).append(
-                        ipaddress.ip_interface(f"{local}/{addr['prefixlen']}")
-                    )
-    except Exception as e:  # netlink refused, pyroute2 missing: report, don't crash the check
-        return f"cannot list this host's addresses over netlink ({e})"
-    return networks
 
 
 def check_host(

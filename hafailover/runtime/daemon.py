@@ -6,6 +6,12 @@ because a restart cannot fix it.
 
 Start-up order matters for systemd: READY=1 is sent only once the configuration is valid, the
 UDP socket is bound, leftover VIPs are removed and the ARP frames are built.
+
+Shutdown (SIGTERM/SIGINT) is final and ordered: the core gets `Stop` (a leader removes its VIPs
+and only then sends TimeoutNow to its successor); after a short grace for that datagram to
+leave, the engine stops taking events and the UDP socket is closed, so this node answers no
+election any more; only then do the hooks (notify.stop) drain. Nothing after `Stop` can make
+this node take a VIP again. An `Exit` from the core ends the process at once with status 1.
 """
 
 from __future__ import annotations
@@ -19,16 +25,19 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 from hafailover.config import ConfigError, NodeResolutionError, load_config, resolve_self
 from hafailover.config.schema import CheckKind, Config, NodeConfig
 from hafailover.control.server import ControlServer, ControlServerError
 from hafailover.core.events import Stop
 from hafailover.core.node import Node
+from hafailover.errors import LocalError
 from hafailover.net.announce import ConflictWatcher, RawAnnouncer
-from hafailover.net.vip import NetlinkVipManager, Vip, VipError
+from hafailover.net.vip import NetlinkVipPort, Vip, VipError, record_vips
 from hafailover.runtime.checks import CheckRunner, CheckSpec
 from hafailover.runtime.engine import Engine, Ports, lag_ticker
+from hafailover.runtime.interfaces import interface_networks
 from hafailover.runtime.logs import setup_logging
 from hafailover.runtime.notify import Notifier
 from hafailover.runtime.sdnotify import SystemdNotifier
@@ -39,13 +48,14 @@ from hafailover.wire import Codec, KeyFileError, load_key, new_incarnation
 
 log = logging.getLogger("hafailover.daemon")
 
-EX_CONFIG = 78
-# How long a stopping leader waits for its TimeoutNow to leave and hooks to finish.
-STOP_GRACE = 0.2
-HOOK_DRAIN = 5.0
+EX_CONFIG: Final = 78
+# After Stop: how long the node keeps its socket open for the TimeoutNow to leave (and to hear
+# its successor), then how long the hooks may take.
+STOP_GRACE: Final = 0.2
+HOOK_DRAIN: Final = 5.0
 
 
-class StartupError(Exception):
+class StartupError(LocalError):
     """A problem an operator must fix; the message says what."""
 
 
@@ -73,9 +83,8 @@ def run(config_path: Path, node_name: str | None) -> int:
 
 
 def _local_addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    # Lazy: only read the host's addresses when --node and the hostname did not decide.
-    from hafailover.cli.hostcheck import interface_networks
-
+    # Lazy (a generator): only read the host's addresses when --node and the hostname did not
+    # decide.
     networks = interface_networks()
     if isinstance(networks, dict):
         for addrs in networks.values():
@@ -146,10 +155,21 @@ class Daemon:
             raise StartupError(str(e)) from e
         events = EventLog(config.state_dir)
 
-        vip_manager = NetlinkVipManager(self.vips)
+        # Recorded before anything can be added: `release-vips` (ExecStopPost) removes these
+        # without parsing the configuration, whatever state this process dies in.
         try:
-            removed = vip_manager.cleanup_stale()
+            Path(config.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            record_vips(config.state_dir, self.vips)
+        except OSError as e:
+            raise StartupError(
+                f"cannot record the VIPs in {config.state_dir}: {e.strerror or e}"
+            ) from e
+        vip_port = NetlinkVipPort()
+        try:
+            removed = await vip_port.cleanup_stale(self.vips)
+            macs = {v.interface: vip_port.interface_mac(v.interface) for v in self.vips}
         except VipError as e:
+            await vip_port.close()
             raise StartupError(f"cannot manage the VIPs: {e}") from e
         for v in removed:
             log.warning("removed leftover VIP %s (from an earlier run)", v)
@@ -178,12 +198,17 @@ class Daemon:
             raise StartupError(
                 f"cannot bind UDP {me.address}:{config.port_of(me)}: {e.strerror}"
             ) from e
-        macs = {v.interface: vip_manager.interface_mac(v.interface) for v in self.vips}
         watcher = ConflictWatcher(self.vips, macs, lambda addr: self._conflict(engine, addr))
-        ports = Ports(transport, vip_manager, announcer, notifier, store, events, systemd,
+        ports = Ports(transport, vip_port, announcer, notifier, store, events, systemd,
                       on_holding=watcher.set_holding)
-        engine = Engine(node, ports, [str(v) for v in self.vips],
-                        config.cluster.max_loop_lag_seconds, watchdog=interval is not None)
+        engine = Engine(
+            node, ports, self.vips, config.cluster.max_loop_lag_seconds,
+            watchdog=interval is not None,
+            vip_lifetime=config.cluster.vip_lifetime,
+            # The core answers a forwarded command by 2 x failover_timeout at the latest; this
+            # bound only guards against a lost answer.
+            command_timeout=3 * timings.failover_timeout + 1.0,
+        )
         checks = CheckRunner(check_specs(config),
                              lambda ok, detail: engine.set_health("checks", ok, detail))
         handler = StatusHandler(engine, config.cluster.name, checks)
@@ -202,7 +227,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        engine.start()
+        await engine.start()
         await checks.start()
         # Lag is judged against ~300 ms; one wake-up per heartbeat interval resolves that.
         tick = min(interval or 1.0, timings.heartbeat_interval)
@@ -215,21 +240,24 @@ class Daemon:
         finally:
             systemd.stopping()
             engine.stopping = True
-            engine.feed(Stop())  # a leader releases the VIP and hands over first
-            await asyncio.sleep(STOP_GRACE if node.holds_vip is False else 0)
             ticker.cancel()
+            # 1. release, 2. hand over: both in the Stop step, in that order, awaited.
+            await engine.process(Stop())
+            await asyncio.sleep(STOP_GRACE)
+            # 3. stop answering elections: no more events, no timer, no socket.
+            await engine.close()
+            transport.close()
             await checks.stop()
             await control.stop()
+            # 4. the hooks (notify.stop) may take their time now; nothing can re-take the VIP.
             await notifier.drain(HOOK_DRAIN)
             try:
-                vip_manager.release()  # at exit a node never leaves a VIP behind
+                await vip_port.remove(self.vips)  # at exit a node never leaves a VIP behind
             except VipError as e:
                 log.error("removing VIPs at exit failed: %s", e)
             watcher.close()
             announcer.close()
-            transport.close()
-            vip_manager.close()
-            engine.close()
+            await vip_port.close()
         return 0
 
     def _conflict(self, engine: Engine | None, address: str) -> None:
