@@ -102,12 +102,47 @@ def setup_logging(level: str, node: str) -> logging.Handler:
     return handler
 
 
+# What must never reach a log line raw when the text comes from a control request or a peer:
+# C0 controls (newline, CR, ESC, NUL, ...), DEL, C1 controls, the Unicode line and paragraph
+# separators and the bidirectional overrides (which reorder what a terminal shows). The
+# backslash is escaped too, so an escaped line cannot be mistaken for an escape sequence.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069\\\\]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+# Untrusted values are cut to this many characters (node names are at most 255).
+PRINTABLE_LIMIT = 256
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object, limit: int = PRINTABLE_LIMIT) -> str:
+    """``value`` as text that stays on one log line and cannot forge another.
+
+    For everything logged that a control client or a peer chose (a switchover target, a node
+    name from a packet, a client's bad request): control characters become ``\\n``, ``\\x1b``,
+    ``\\u2028`` ..., and text longer than ``limit`` characters is cut, with a marker.
+    """
+    text = value if isinstance(value, str) else str(value)
+    extra = len(text) - limit
+    if extra > 0:
+        text = text[:limit]
+    text = _UNSAFE.sub(_escape, text)
+    return f"{text}...(+{extra} characters)" if extra > 0 else text
+
+
 def _plain(value: object) -> str | int | float | bool:
     if isinstance(value, Enum):
         value = value.value
-    if isinstance(value, str | int | float | bool):
+    if isinstance(value, bool | int | float):
         return value
-    return str(value)
+    # Decision details carry names a peer or a control client chose (a switchover target).
+    return printable(value)
 
 
 def _field_name(key: str) -> str:
@@ -161,7 +196,8 @@ class RateLimitedLogger:
     For messages an attacker or a broken peer can trigger at packet rate (dropped datagrams):
     the first few per key get through, the count of suppressed ones is reported with the next
     message for that key (or by ``flush()``). At most ``max_keys`` keys are tracked, so keys
-    derived from spoofable source addresses cannot grow memory without bound.
+    derived from spoofable source addresses cannot grow memory without bound. Arguments other
+    than numbers are passed through ``printable`` (the message itself must be a constant).
     """
 
     def __init__(
@@ -199,6 +235,8 @@ class RateLimitedLogger:
             self.total_suppressed += 1
             return False
         window.logged += 1
+        # Messages logged here are triggered from outside (packets): escape what they carry.
+        args = tuple(a if isinstance(a, int | float) else printable(a) for a in args)
         if carried:
             msg += f" ({carried} similar messages suppressed in the previous {self.interval:g}s)"
         self.logger.log(level, msg, *args, **kwargs)

@@ -18,6 +18,7 @@ from hafailover.runtime.logs import (
     RateLimitedLogger,
     journal_stream_matches,
     log_decision,
+    printable,
     setup_logging,
 )
 
@@ -166,3 +167,49 @@ def test_rate_limited_key_count_is_bounded() -> None:
         rl.debug(f"src{i}", "drop")
     assert len(rl._windows) <= 4
     assert rl.suppressed("src99") == 0 and not rl.debug("src99", "again")
+
+
+# --------------------------------------------------------------------------- log injection
+
+FORGED = "node2\n12:00:00.000 n1 INFO core: elected: role=leader term=99 leader=evil"
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("node2", "node2"),
+        ("a\nb\rc\td", "a\\nb\\rc\\td"),
+        ("\x1b[2J\x00\x7f\x85", "\\x1b[2J\\x00\\x7f\\x85"),
+        ("x\u2028y\u202ez", "x\\u2028y\\u202ez"),
+        ("back\\n", "back\\\\n"),  # a literal backslash-n cannot pass for an escaped newline
+        ("n\u00e9ud", "n\u00e9ud"),  # printable non-ASCII stays readable
+    ],
+)
+def test_printable_escapes_control_characters(raw: str, shown: str) -> None:
+    assert printable(raw) == shown
+
+
+def test_printable_cuts_long_values() -> None:
+    assert printable("x" * 300, limit=10) == "x" * 10 + "...(+290 characters)"
+
+
+def test_decision_detail_from_a_client_cannot_forge_a_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    setup_logging("info", "n1")
+    decision = Decision(Reason.TARGET_UNKNOWN, Role.LEADER, 7, "n1",
+                        {"target": FORGED, "refused": "switchover"})
+    log_decision(logging.getLogger("hafailover.core"), decision)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\n12:00" not in err
+    assert "target=node2\\n12:00:00.000 n1 INFO core: elected" in err
+
+
+def test_rate_limited_logger_escapes_its_arguments(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    rl = RateLimitedLogger(logging.getLogger("t"), burst=3, interval=10, clock=Clock())
+    rl.warning("k", "dropped packet from %s: %s (%d bytes)", FORGED, "bad\x1bmac", 12)
+    [message] = [r.getMessage() for r in caplog.records]
+    assert "\n" not in message and "\x1b" not in message
+    assert message.endswith("leader=evil: bad\\x1bmac (12 bytes)")
