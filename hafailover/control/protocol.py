@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
+from hafailover.errors import RemoteError
+
 PROTOCOL_VERSION: Final = 1
 # A legitimate request is well under 200 bytes; the cap keeps a hostile or buggy client from
 # making the daemon buffer unbounded input.
@@ -43,7 +45,7 @@ ERROR_CODES: Final = frozenset(
 )
 
 
-class ProtocolError(Exception):
+class ProtocolError(RemoteError):
     """A request that cannot be served; `code` is one of ERROR_CODES and goes on the wire."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -130,6 +132,33 @@ def _node_name(obj: dict[str, object], key: str) -> str | None:
     return value
 
 
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # Refused, as the YAML loader does: last-wins would silently drop what the client meant.
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            _bad(f"duplicate key {key[:40]!r} in the request")
+        obj[key] = value
+    return obj
+
+
+def _decode_json(line: bytes) -> object:
+    """JSON from UTF-8 only: `json.loads(bytes)` would also take UTF-16 and UTF-32."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _bad(f"request is not UTF-8 (byte {e.start}); the protocol is UTF-8 JSON")
+    if "\0" in text:  # valid UTF-8, but what UTF-16 or UTF-32 looks like
+        _bad("request contains NUL characters (UTF-16 or UTF-32?); the protocol is UTF-8 JSON")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        # The C decoder recurses per nesting level; no request nests more than two levels.
+        _bad("request is nested too deeply")
+    except ValueError as e:  # JSONDecodeError; its message never quotes the input
+        _bad(f"request is not valid JSON: {e}")
+
+
 def parse_request(line: bytes) -> Request:
     """Decode one request line (with or without its trailing newline) into a typed request.
 
@@ -137,10 +166,7 @@ def parse_request(line: bytes) -> Request:
     """
     if len(line.rstrip(b"\r\n")) > MAX_REQUEST_BYTES:
         raise ProtocolError(TOO_LARGE, f"request exceeds {MAX_REQUEST_BYTES} bytes")
-    try:
-        obj = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as e:
-        _bad(f"request is not valid JSON: {e}")
+    obj = _decode_json(line)
     if not isinstance(obj, dict):
         _bad("request must be a JSON object")
     if "v" not in obj:

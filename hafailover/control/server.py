@@ -4,6 +4,14 @@ One request per connection: read one newline-terminated JSON line (bounded in si
 authorize it, hand it to the daemon's `ControlHandler`, write one response line, close. Nothing a
 client sends can take the server down: every failure becomes an error response on that one
 connection, and at most `max_connections` connections are served at once.
+
+Idle connections cannot lock operators out: a request line must be complete within
+`read_timeout` (2 s), and when every slot is taken a new connection evicts the oldest one that
+has not delivered its request yet (that one is answered `busy`). Only when every slot holds a
+request being served is a new connection answered `busy`.
+
+What a client sent is logged only through `printable` (no raw control characters), and bad
+requests are logged at most once a minute per client user.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ import pwd
 import socket
 import stat
 import struct
-from dataclasses import dataclass
+import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -28,6 +38,7 @@ from hafailover.control.protocol import (
     INTERNAL,
     MAX_REQUEST_BYTES,
     READ_TIMEOUT_S,
+    REFUSED,
     TOO_LARGE,
     ProtocolError,
     Request,
@@ -37,6 +48,8 @@ from hafailover.control.protocol import (
     op_name,
     parse_request,
 )
+from hafailover.errors import LocalError
+from hafailover.runtime.logs import RateLimitedLogger, printable
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +67,7 @@ class ControlHandler(Protocol):
     async def handle(self, request: Request) -> dict[str, object]: ...
 
 
-class ControlServerError(Exception):
+class ControlServerError(LocalError):
     """The control socket cannot be set up; the message says why and what to do."""
 
 
@@ -63,6 +76,15 @@ class PeerCredentials:
     pid: int
     uid: int
     gid: int
+
+
+@dataclass(eq=False)
+class _Connection:
+    writer: asyncio.StreamWriter
+    # True until the request line is complete: only such connections may be evicted.
+    reading: bool = True
+    evicted: bool = False
+    opened: float = field(default_factory=time.monotonic)
 
 
 def peer_may_mutate(peer: PeerCredentials, group_gid: int | None) -> bool:
@@ -116,8 +138,12 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._group_gid: int | None = None
         self._inode: int | None = None
-        self._active = 0
+        # Connections holding a slot, oldest first (a dict keeps insertion order).
+        self._slots: dict[_Connection, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # What clients do wrong is logged, but a client looping on it cannot flood the log.
+        self._client_log = RateLimitedLogger(log, burst=1, interval=60.0, max_keys=256)
+        self.evictions = 0
 
     @property
     def group_gid(self) -> int | None:
@@ -249,19 +275,22 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # so that stop() can cancel it
+        conn = _Connection(writer)
         try:
-            if self._active >= self._max_connections:
+            if not self._take_slot(conn):
                 # Answer at once instead of queueing: a flood must not delay operators who retry.
                 await self._send_and_close(
                     writer, encode_error(BUSY, "too many concurrent control connections; retry")
                 )
                 return
-            self._active += 1
             try:
-                response = await self._serve(reader, writer)
-                await self._send_and_close(writer, response)
+                response = await self._serve(conn, reader)
+                if conn.evicted:
+                    writer.close()  # answered `busy` when it was evicted
+                else:
+                    await self._send_and_close(writer, response)
             finally:
-                self._active -= 1
+                self._slots.pop(conn, None)
         except asyncio.CancelledError:
             writer.close()
             raise
@@ -271,17 +300,71 @@ class ControlServer:
         finally:
             self._tasks.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    def _take_slot(self, conn: _Connection) -> bool:
+        """Give `conn` a slot, evicting the oldest connection still reading if all are taken."""
+        if len(self._slots) >= self._max_connections:
+            victim = next((c for c in self._slots if c.reading), None)
+            if victim is None:
+                return False  # every slot serves a complete request: those finish soon
+            del self._slots[victim]
+            victim.evicted = True
+            self.evictions += 1
+            # Answered now; its reader then sees end-of-file and its task ends without serving
+            # anything, even a request that arrived but was not read yet (the client was told
+            # `busy`, so it may retry: carrying the request out too could do it twice).
+            victim.writer.write(
+                encode_error(
+                    BUSY,
+                    "closed to make room: every control connection slot was taken and this "
+                    "connection had not sent a complete request; retry",
+                )
+            )
+            victim.writer.close()
+            self._client_log.info(
+                "evict",
+                "control connection slots full: closed one idle for %.1fs to serve a new one",
+                time.monotonic() - victim.opened,
+            )
+        self._slots[conn] = None
+        return True
+
+    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> bytes:
+        request: Request | None = None
         try:
-            request = parse_request(await self._read_request(reader))
+            line = await self._read_request(reader)
+            conn.reading = False
+            if conn.evicted:
+                return b""
+            request = parse_request(line)
             if is_mutating(request):
-                await self._authorize(writer, request)
+                await self._authorize(conn.writer, request)
             return encode_result(await self._handler.handle(request))
         except ProtocolError as e:
+            if not conn.evicted:
+                self._log_client_error(conn.writer, e)
             return encode_error(e.code, e.message)
         except Exception as e:
-            log.exception("control handler failed")
+            what = op_name(request) if request is not None else "request"
+            log.error(
+                "control handler failed on %s: %s\n%s",
+                what,
+                printable(f"{type(e).__name__}: {e}"),
+                "".join(traceback.format_tb(e.__traceback__)).rstrip(),
+            )
             return encode_error(INTERNAL, f"{type(e).__name__}: {e} (details in the daemon log)")
+
+    def _log_client_error(self, writer: asyncio.StreamWriter, error: ProtocolError) -> None:
+        if error.code in (FORBIDDEN, REFUSED):
+            return  # logged where it is decided (refusals are the cluster's decisions)
+        peer = _peer_credentials(writer)
+        who = f"uid {peer.uid} (pid {peer.pid})" if peer is not None else "an unknown client"
+        self._client_log.warning(
+            f"client:{peer.uid if peer is not None else '?'}",
+            "control request from %s answered %s: %s",
+            who,
+            error.code,
+            error.message,
+        )
 
     async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
         buf = bytearray()

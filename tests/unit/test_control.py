@@ -81,6 +81,19 @@ BAD_INPUTS: list[tuple[bytes, str]] = [
     (b'{"v":1,"op":"maintenance","on":"yes"}\n', p.BAD_REQUEST),
     (b'{"v":1,"op":"maintenance","on":1}\n', p.BAD_REQUEST),
     (b'{"v":1,"op":"maintenance","on":true,"node":["a"]}\n', p.BAD_REQUEST),
+    # Nesting deeper than the decoder's recursion: bad-request, not `internal: RecursionError`.
+    (b'{"v":1,"op":"status","x":' + b"[" * 30_000 + b"]" * 30_000 + b"}\n", p.BAD_REQUEST),
+    (b"[" * 60_000 + b"\n", p.BAD_REQUEST),
+    # Duplicate keys are refused (last-wins would silently change what was asked).
+    (b'{"v":1,"op":"switchover","to":"node2","to":null}\n', p.BAD_REQUEST),
+    (b'{"v":1,"v":1,"op":"status"}\n', p.BAD_REQUEST),
+    # The protocol is UTF-8: UTF-16 and UTF-32 (with or without BOM) are refused.
+    ('{"v":1,"op":"status"}'.encode("utf-16"), p.BAD_REQUEST),
+    ('{"v":1,"op":"status"}'.encode("utf-16-le"), p.BAD_REQUEST),
+    ('{"v":1,"op":"status"}'.encode("utf-16-be"), p.BAD_REQUEST),
+    ('{"v":1,"op":"status"}'.encode("utf-32"), p.BAD_REQUEST),
+    ('{"v":1,"op":"status"}'.encode("utf-32-le"), p.BAD_REQUEST),
+    (b'\xef\xbb\xbf{"v":1,"op":"status"}\n', p.BAD_REQUEST),  # UTF-8 BOM
 ]
 
 
@@ -151,6 +164,8 @@ class FakeHandler:
             raise p.ProtocolError(p.REFUSED, "target-unhealthy: node is failing checks")
         if isinstance(request, p.SwitchoverRequest) and request.to == "crash":
             raise RuntimeError("boom")
+        if isinstance(request, p.SwitchoverRequest) and (request.to or "").startswith("crash:"):
+            raise KeyError(f"no such node: {request.to}")
         if isinstance(request, p.SwitchoverRequest) and request.to == "unserializable":
             return {"x": object()}
         return {"op": p.op_name(request), "pid": os.getpid()}
@@ -263,6 +278,49 @@ def test_handler_failures_are_internal_errors(sock_path: Path, caplog: Any) -> N
     assert "control handler failed" in caplog.text
 
 
+FORGED = "node2\n12:00:00.000 n1 WARNING control.server: forged\r\x1b[2K\u2028"
+
+
+def test_client_text_in_the_log_is_escaped(sock_path: Path, caplog: Any) -> None:
+    """Log injection: nothing a client sends starts a new line in the daemon's log."""
+
+    async def main() -> None:
+        async with serving(sock_path):
+            req = json.dumps({"v": 1, "op": "switchover", "to": "crash:" + FORGED}) + "\n"
+            assert (await raw(sock_path, req.encode()))["error"]["code"] == p.INTERNAL
+            req = json.dumps({"v": 1, "op": FORGED}) + "\n"
+            assert (await raw(sock_path, req.encode()))["error"]["code"] == p.UNKNOWN_OP
+
+    with caplog.at_level(logging.INFO):
+        run(main)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("control handler failed on switchover" in m for m in messages)
+    assert any("answered unknown-op" in m for m in messages)
+    for m in messages:
+        assert not any(c in m for c in "\r\x1b\u2028"), m
+        assert "\n12:00:00.000" not in m, m
+
+
+def test_deep_json_is_a_bad_request_logged_once_per_client(sock_path: Path, caplog: Any) -> None:
+    deep = b'{"v":1,"op":"status","x":' + b"[" * 30_000 + b"]" * 30_000 + b"}\n"
+
+    async def main() -> None:
+        async with serving(sock_path):
+            for _ in range(5):
+                response = await raw(sock_path, deep)
+                assert response["error"]["code"] == p.BAD_REQUEST
+                assert "nested too deeply" in response["error"]["message"]
+            ok_status(await raw(sock_path, STATUS))
+
+    with caplog.at_level(logging.INFO):
+        run(main)
+    logged = [r for r in caplog.records if r.name == "hafailover.control.server"
+              and "control request from" in r.getMessage()]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert "bad-request: request is nested too deeply" in logged[0].getMessage()
+    assert "RecursionError" not in caplog.text and "Traceback" not in caplog.text
+
+
 def test_oversize_request(sock_path: Path) -> None:
     async def main() -> None:
         async with serving(sock_path):
@@ -312,19 +370,46 @@ def test_slowloris_times_out_after_two_seconds(sock_path: Path) -> None:
 
 def test_twenty_idle_connections_do_not_wedge_it(sock_path: Path) -> None:
     async def main() -> None:
-        async with serving(sock_path, read_timeout=0.5):
+        async with serving(sock_path, read_timeout=0.5) as server:
             conns = [await asyncio.open_unix_connection(str(sock_path)) for _ in range(20)]
             await asyncio.sleep(0.1)
-            # The four connections beyond the 16 slots are answered `busy` at once.
-            busy = [await asyncio.wait_for(r.readline(), 0.3) for r, _ in conns[16:]]
-            assert [json.loads(b)["error"]["code"] for b in busy] == [p.BUSY] * 4
+            # The four oldest idle connections made room for the four newest: answered `busy`.
+            evicted = [await asyncio.wait_for(r.readline(), 0.3) for r, _ in conns[:4]]
+            assert [json.loads(b)["error"]["code"] for b in evicted] == [p.BUSY] * 4
+            assert server.evictions == 4
             # The 16 slot holders time out; then the server is fully available again.
-            held = await asyncio.gather(*(asyncio.wait_for(r.readline(), 3) for r, _ in conns))
-            codes = [json.loads(b)["error"]["code"] for b in held[:16]]
-            assert codes == [p.BAD_REQUEST] * 16
+            held = await asyncio.gather(*(asyncio.wait_for(r.readline(), 3) for r, _ in conns[4:]))
+            assert [json.loads(b)["error"]["code"] for b in held] == [p.BAD_REQUEST] * 16
             for _, w in conns:
                 w.close()
             ok_status(await raw(sock_path, STATUS))
+
+    run(main)
+
+
+def test_status_answers_within_a_second_with_200_idle_connections(sock_path: Path) -> None:
+    """Idle clients, ever renewed, cannot lock an operator out (default slots and timeout)."""
+
+    async def main() -> None:
+        async with serving(sock_path) as server:
+            conns = []
+            for i in range(200):
+                reader, writer = await asyncio.open_unix_connection(str(sock_path))
+                if i % 2:  # half send an unfinished request line, half nothing at all
+                    writer.write(b'{"v":1,"op":')
+                conns.append((reader, writer))
+            await asyncio.sleep(0.2)
+            for _ in range(3):
+                start = time.monotonic()
+                result = await asyncio.to_thread(ControlClient(sock_path, timeout=2).status)
+                elapsed = time.monotonic() - start
+                assert result == {"op": "status", "pid": os.getpid()}
+                assert elapsed < 1.0, f"status took {elapsed:.2f}s"
+                # More idle clients keep arriving between the operator's requests.
+                conns += [await asyncio.open_unix_connection(str(sock_path)) for _ in range(20)]
+            assert server.evictions >= 200
+            for _, w in conns:
+                w.close()
 
     run(main)
 
@@ -343,13 +428,14 @@ def test_twenty_concurrent_requests(sock_path: Path) -> None:
 
 def test_busy_client_sees_control_error(sock_path: Path) -> None:
     async def main() -> None:
-        async with serving(sock_path, max_connections=1, read_timeout=1.0):
-            _, w = await asyncio.open_unix_connection(str(sock_path))
-            await asyncio.sleep(0.05)
+        async with serving(sock_path, FakeHandler(delay=1.0), max_connections=1):
+            # The only slot serves a complete request (not idle): nothing to evict.
+            in_flight = asyncio.create_task(raw(sock_path, STATUS))
+            await asyncio.sleep(0.1)
             with pytest.raises(ControlError) as info:
                 await asyncio.to_thread(ControlClient(sock_path, 2).status)
             assert info.value.code == p.BUSY
-            w.close()
+            ok_status(await in_flight)
 
     run(main)
 
