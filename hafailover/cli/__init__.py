@@ -20,7 +20,13 @@ import click
 from click.shell_completion import CompletionItem
 
 from hafailover.cli import format as fmt
-from hafailover.control.client import DEFAULT_SOCKET, ControlClient, ControlError, DaemonUnreachable
+from hafailover.control.client import (
+    DEFAULT_SOCKET,
+    CommandUnanswered,
+    ControlClient,
+    ControlError,
+    DaemonUnreachable,
+)
 
 DEFAULT_CONFIG = Path("/etc/hafailover/hafailover.yaml")
 # How often `switchover` looks at the VIP holder while it waits: fine enough to report the
@@ -85,9 +91,12 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _call(fn: Callable[[], _T], *, error_exit: int = 1) -> _T:
-    """Run one request: unreachable exits 3, a daemon error exits `error_exit` with its message."""
+    """Run one request: unreachable exits 3, a daemon error exits `error_exit` with its message;
+    a command whose outcome never came back exits 1 (unknown is not success)."""
     try:
         return fn()
+    except CommandUnanswered as e:
+        _fail(str(e), 1)
     except DaemonUnreachable as e:
         _fail(str(e), fmt.EXIT_UNREACHABLE)
     except ControlError as e:

@@ -3,6 +3,11 @@
 The CLI makes one short request at a time, so a synchronous client keeps it simple and fast to
 start. Failures are split in two: `DaemonUnreachable` (no daemon to talk to: the CLI exits 3)
 and `ControlError` (the daemon answered with an error).
+
+Switchover and maintenance are answered only once they have been carried out or refused, by
+this node or by the peer the request was forwarded to; the daemon bounds that wait itself (a
+few failover timeouts), so the client waits longer (`COMMAND_TIMEOUT`) and reports a missing
+answer as `CommandUnanswered`: the outcome is unknown, which is a failure (the CLI exits 1).
 """
 
 from __future__ import annotations
@@ -24,10 +29,17 @@ DEFAULT_SOCKET: Final = Path("/run/hafailover/control.sock")
 # Responses (status with many checks and events) can be larger than requests; this only guards
 # against a runaway peer.
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
+# How long a switchover/maintenance request may wait for its answer (the daemon's own bound is
+# 3 x failover_timeout + 1 s).
+COMMAND_TIMEOUT: Final = 60.0
 
 
 class DaemonUnreachable(Exception):
     """No daemon answers on the socket; the message says why and what to do."""
+
+
+class CommandUnanswered(DaemonUnreachable):
+    """A command was sent but its outcome never came back within the wait: unknown, so failed."""
 
 
 class ControlError(Exception):
@@ -44,8 +56,13 @@ class ControlClient:
         self.path = Path(path)
         self.timeout = timeout
 
-    def request(self, payload: dict[str, object]) -> dict[str, object]:
-        """Send one request (`"v"` is added if missing) and return the response's `result`."""
+    def request(
+        self, payload: dict[str, object], answer_within: float | None = None
+    ) -> dict[str, object]:
+        """Send one request (`"v"` is added if missing) and return the response's `result`.
+
+        `answer_within`: how long to wait for the answer once the request is sent (default: the
+        client's timeout); running out of it raises `CommandUnanswered`."""
         data = encode_request({"v": PROTOCOL_VERSION, **payload})
         with self._connect() as sock:
             try:
@@ -55,7 +72,14 @@ class ControlClient:
                 pass
             except TimeoutError:
                 raise DaemonUnreachable(self._timeout_message()) from None
-            raw = self._read_response(sock)
+            unanswered: DaemonUnreachable | None = None
+            if answer_within is not None:
+                sock.settimeout(answer_within)
+                unanswered = CommandUnanswered(
+                    f"no outcome for the {payload.get('op')} request within {answer_within:g}s; "
+                    "it may still take effect: check `hafailover status`"
+                )
+            raw = self._read_response(sock, unanswered)
         try:
             return decode_response(raw)
         except ProtocolError as e:
@@ -75,10 +99,10 @@ class ControlClient:
         return self.request(payload)
 
     def switchover(self, to: str | None = None) -> dict[str, object]:
-        return self.request({"op": "switchover", "to": to})
+        return self.request({"op": "switchover", "to": to}, COMMAND_TIMEOUT)
 
     def maintenance(self, on: bool, node: str | None = None) -> dict[str, object]:
-        return self.request({"op": "maintenance", "on": on, "node": node})
+        return self.request({"op": "maintenance", "on": on, "node": node}, COMMAND_TIMEOUT)
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -113,7 +137,9 @@ class ControlClient:
             raise DaemonUnreachable(f"cannot connect to {self.path}{hint}: {e.strerror}") from None
         return sock
 
-    def _read_response(self, sock: socket.socket) -> bytes:
+    def _read_response(
+        self, sock: socket.socket, unanswered: DaemonUnreachable | None = None
+    ) -> bytes:
         buf = bytearray()
         try:
             while b"\n" not in buf:
@@ -124,7 +150,7 @@ class ControlClient:
                 if len(buf) > MAX_RESPONSE_BYTES:
                     raise ControlError(BAD_RESPONSE, "daemon response is too large")
         except TimeoutError:
-            raise DaemonUnreachable(self._timeout_message()) from None
+            raise (unanswered or DaemonUnreachable(self._timeout_message())) from None
         except OSError as e:
             if not buf:
                 raise DaemonUnreachable(
