@@ -7,11 +7,13 @@ randomness (for new keys). The core only ever sees `Decoded.message` and the sen
 from __future__ import annotations
 
 from hafailover.wire.codec import (
+    DEFAULT_GROUP,
     MAX_PACKET,
     Codec,
     Decoded,
     Dropped,
     DropReason,
+    Item,
     cluster_id,
 )
 from hafailover.wire.keys import KeyFileError, generate_key, load_key, new_incarnation
@@ -19,12 +21,14 @@ from hafailover.wire.payload import EncodeError
 from hafailover.wire.replay import ReplayGuard, Verdict
 
 __all__ = [
+    "DEFAULT_GROUP",
     "MAX_PACKET",
     "Codec",
     "Decoded",
     "DropReason",
     "Dropped",
     "EncodeError",
+    "Item",
     "KeyFileError",
     "ReplayGuard",
     "Verdict",

@@ -1,14 +1,23 @@
-"""Authenticated, versioned UDP wire format for the protocol messages.
+"""Authenticated, versioned UDP wire format: one datagram carries a batch of messages.
 
-One message per datagram. All integers are unsigned and big-endian (network order).
+Wire version 2. What one node sends one peer in one step, for every VIP group, travels in one
+datagram (several only when it would not fit in `MAX_PACKET`): the HMAC, the header and the
+syscall are paid once per peer and step, not once per group. Version 1 (one message per
+datagram, no groups) is not understood any more: a version-1 packet is dropped as
+`bad-version`, and a version-1 node drops ours the same way (see "Upgrading" below).
 
-Packet layout (N = length of the sender name, P = length of the payload):
+All fixed-size integers are unsigned big-endian. A *varint* is an unsigned LEB128 integer
+(7 bits per byte, least significant group first, high bit = more bytes follow), at most a u64
+and always in its shortest form. A *str* is a u8 byte length followed by UTF-8. A *flags* byte
+packs booleans, bit 0 first; bits beyond the ones defined must be 0.
+
+Packet layout (N = length of the sender name, B = length of the body):
 
 | Offset    | Size | Field          | Encoding                                                  |
 |-----------|------|----------------|-----------------------------------------------------------|
 | 0         | 2    | magic          | b"HF"                                                     |
-| 2         | 1    | version        | u8, currently 1                                           |
-| 3         | 1    | type           | u8, `MessageType` number                                  |
+| 2         | 1    | version        | u8, currently 2                                           |
+| 3         | 1    | kind           | u8, 1 = batch (the only kind so far)                      |
 | 4         | 4    | cluster id     | first 4 bytes of sha256(UTF-8 cluster name)               |
 | 8         | 1    | sender length  | u8, N, at most 64                                         |
 | 9         | N    | sender         | UTF-8 node name                                           |
@@ -16,46 +25,67 @@ Packet layout (N = length of the sender name, P = length of the payload):
 | 17+N      | 8    | sequence       | u64, 1, 2, 3, ... per sender incarnation                  |
 | 25+N      | 4    | timestamp_ms   | u32, sender's monotonic ms since its incarnation started, |
 |           |      |                | modulo 2**32 (wraps after 49.7 days)                      |
-| 29+N      | P    | payload        | per message type, see below                               |
-| 29+N+P    | 32   | HMAC           | HMAC-SHA256, cluster key, over R + bytes [0, 29+N+P)      |
+| 29+N      | B    | body           | the batch, below                                          |
+| 29+N+B    | 32   | HMAC           | HMAC-SHA256, cluster key, over R + bytes [0, 29+N+B)      |
 
-The smallest possible packet is 61 bytes (empty sender, empty payload); the largest accepted
-or produced is `MAX_PACKET` = 1400 bytes, which stays below a 1500-byte Ethernet MTU with
-IPv4/IPv6 and UDP headers, so a packet is never fragmented. A heartbeat carries 4 + n bytes
-per peer (n = name length), so 64 peers fit with names of up to 16 bytes from a 5-byte
-sender; `Codec.encode` raises `EncodeError` rather than send a larger packet.
+The body, in order:
 
-Payload field encodings: `term` and `round` are u64; a bool is one u8 that must be 0 or 1;
-a str is a u8 byte length (at most 64) followed by UTF-8. `VoteResponse.retry_after` (float
-seconds) is sent as a u32 of whole milliseconds, rounded *up* so that a candidate never retries
-before the voter's promise has run out; it decodes to `ms / 1000`. Integers keep the wire free
-of NaN and infinities and make encoding exact for millisecond values.
+1. **Config fingerprint** (node level): count u8 (<= 16), then per section: name str (1-32
+   bytes), digest as u8 length (1-32) + bytes. Count 0: the sender did not send one. Peers
+   compare it with their own to detect configuration drift (`Decoded.fingerprint`).
+2. **Name table**: count u8 (<= 64), then that many distinct node names (str). Heartbeat peer
+   summaries refer to a name by its index, so a node name costs one byte per group, not 1+n.
+3. **Items**, until the end of the body: group str (1-64 bytes), message type u8
+   (`MessageType`), payload length varint, payload. The length lets a receiver skip the item
+   of a group it does not have (counted as `unknown-group`, the rest of the batch is
+   delivered): during a configuration change the nodes' group lists differ.
 
 | Type                    | Payload fields, in order                                         |
 |-------------------------|------------------------------------------------------------------|
-| 1 HEARTBEAT             | term u64, round u64, peer count u8 (<= 64), then per peer:       |
-|                         |   name str, healthy u8, maintenance u8, reachable u8             |
-| 2 HEARTBEAT_ACK         | term u64, round u64, success u8, healthy u8, maintenance u8      |
-| 3 VOTE_REQUEST          | term u64, pre u8, healthy u8, maintenance u8, transfer_from str  |
-| 4 VOTE_RESPONSE         | term u64, pre u8, granted u8, healthy u8, maintenance u8,        |
-|                         |   retry_after_ms u32                                             |
-| 5 TIMEOUT_NOW           | term u64                                                         |
-| 6 TRANSFER_REQUEST      | term u64, target str                                             |
-| 7 MAINTENANCE_REQUEST   | term u64, on u8                                                  |
+| 1 HEARTBEAT             | term varint, round varint, peer count u8 (<= 64), then per peer: |
+|                         |   name index u8, flags (healthy, maintenance, reachable)         |
+| 2 HEARTBEAT_ACK         | term varint, round varint, flags (success, healthy, maintenance) |
+| 3 VOTE_REQUEST          | term varint, flags (pre, healthy, maintenance), transfer_from str|
+| 4 VOTE_RESPONSE         | term varint, flags (pre, granted, healthy, maintenance),         |
+|                         |   retry_after_ms varint (<= 2**32 - 1)                           |
+| 5 TIMEOUT_NOW           | term varint                                                      |
+| 6 TRANSFER_REQUEST      | term varint, request_id varint, target str                       |
+| 7 MAINTENANCE_REQUEST   | term varint, request_id varint, flags (on)                       |
+| 8 COMMAND_REPLY         | term varint, request_id varint, flags (accepted), reason str     |
+|                         |   (a `Reason` value), detail as u16 length (<= 256) + UTF-8      |
 
-Decoding checks, in order; the first failure drops the packet with that `DropReason`:
+`VoteResponse.retry_after` (float seconds) is sent in whole milliseconds, rounded *up* so that
+a candidate never retries before the voter's promise has run out; it decodes to `ms / 1000`.
+Integers keep the wire free of NaN and infinities. A `CommandReply.detail` over 256 bytes is
+cut on a character boundary rather than refused.
+
+Sizes: a 3-node heartbeat for a group named with 4 letters is about 17 bytes, its
+acknowledgement about 11, so one 1400-byte datagram carries the heartbeats of some 70 such
+groups; `Codec.encode_batch` splits a larger batch over as few datagrams as it needs, each
+self-contained (own name table, fingerprint, sequence number and HMAC), and raises
+`EncodeError` only for an item that could not fit even alone.
+
+Decoding checks, in order; the first failure drops the whole packet with that `DropReason`:
 size (oversize, too-short), magic, version, cluster id, sender (from-self, unknown-sender),
-then the HMAC, and only then the payload (malformed) and replay protection (replay, stale).
-A header sender length over 64 is malformed; the type byte is only looked at with the payload,
-so an unknown type (or a flipped bit in it) is malformed or bad-mac, never a parser error.
+then the HMAC, and only then the kind and body (malformed) and replay protection (replay,
+stale). Items of groups this node does not have are then counted as `unknown-group` one by one
+and left out of `Decoded.items`. A header sender length over 64 is malformed; the kind byte is
+only looked at once authenticated, so a flipped bit in it is bad-mac, never a parser error.
 Cheap header checks come first so that garbage and other clusters' traffic cost no HMAC; the
-payload is parsed only once the packet is known to come from a cluster member, so the parser
-is never exposed to unauthenticated input beyond the fixed header. The cluster id is not a
+body is parsed only once the packet is known to come from a cluster member, so the parser is
+never exposed to unauthenticated input beyond the fixed header. The cluster id is not a
 security measure (the HMAC is): it turns "two clusters share a network" into a clear
-other-cluster count instead of a stream of bad-mac drops.
+other-cluster count instead of a stream of bad-mac drops. The group name is inside the HMAC, so
+a message can never be moved from one group's election to another's.
 
 R is the recipient's name as u8 length + UTF-8; it is covered by the HMAC but never sent, so a
 packet captured on its way to one node fails authentication at every other node.
+
+Upgrading from wire version 1: the versions cannot talk to each other, so during a rolling
+upgrade the cluster is split into the upgraded and the not-yet-upgraded nodes. Quorum keeps
+that safe (only the side with a majority can hold a lease, and each side sees the other as
+unreachable, counted as `bad-version`), at the cost of at most one failover, when the upgraded
+side becomes the majority. Upgrade one node at a time, as for any restart.
 """
 
 from __future__ import annotations
@@ -63,8 +93,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hafailover.core.messages import MESSAGE_TYPES, Message
@@ -74,29 +104,41 @@ from hafailover.wire.payload import (
     EncodeError,
     Malformed,
     Reader,
-    Writer,
+    collect_names,
+    decode_fingerprint,
+    decode_names,
     decode_payload,
+    encode_fingerprint,
+    encode_names,
     encode_payload,
+    uvarint,
 )
 from hafailover.wire.replay import ReplayGuard, Verdict
 
 MAGIC = b"HF"
-VERSION = 1
+VERSION = 2
+KIND_BATCH = 1
 MAX_PACKET = 1400
-MAX_NAME = MAX_STR  # node names, in the header and in payloads
+MAX_NAME = MAX_STR  # node and group names, in the header and in payloads
 MAC_SIZE = 32
+DEFAULT_GROUP = "default"  # the group of a configuration without `groups:`
 
 _U64_MAX = (1 << 64) - 1
 _TS_MASK = (1 << 32) - 1
-# magic, version, type, cluster id, sender length: everything before the sender name.
+# magic, version, kind, cluster id, sender length: everything before the sender name.
 _FIXED = struct.Struct("!2sBB4sB")
-# incarnation, sequence, timestamp_ms: everything between the sender name and the payload.
+# incarnation, sequence, timestamp_ms: everything between the sender name and the body.
 _COUNTERS = struct.Struct("!QQI")
-MIN_PACKET = _FIXED.size + _COUNTERS.size + MAC_SIZE
+# The smallest body: no fingerprint, an empty name table, no items.
+MIN_PACKET = _FIXED.size + _COUNTERS.size + 2 + MAC_SIZE
+
+Item = tuple[str, Message]
+"""One message of a batch and the VIP group whose election it belongs to."""
 
 
 class DropReason(StrEnum):
-    """Why `Codec.decode` dropped a packet. The values are stable (logs, metrics)."""
+    """Why `Codec.decode` dropped a packet (or, for unknown-group, one item of it). The values
+    are stable (logs, metrics); new ones are only appended."""
 
     TOO_SHORT = "too-short"
     BAD_MAGIC = "bad-magic"
@@ -109,17 +151,29 @@ class DropReason(StrEnum):
     REPLAY = "replay"
     STALE = "stale"
     OVERSIZE = "oversize"
+    UNKNOWN_GROUP = "unknown-group"
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """An authenticated, fresh message and its envelope."""
+    """An authenticated, fresh batch and its envelope."""
 
     sender: str
     incarnation: int
     sequence: int
     timestamp_ms: int  # as on the wire: modulo 2**32
-    message: Message
+    items: tuple[Item, ...]
+    fingerprint: tuple[tuple[str, bytes], ...] = ()
+    # Groups the sender sent items for that this node does not have (configuration drift).
+    unknown_groups: tuple[str, ...] = field(default=())
+
+    @property
+    def message(self) -> Message:
+        """The first message (for a caller that sends one message per packet). Raises
+        LookupError for a batch without items."""
+        if not self.items:
+            raise LookupError("the batch carries no message")
+        return self.items[0][1]
 
 
 @dataclass(frozen=True)
@@ -142,7 +196,7 @@ def _name_bytes(name: str, what: str) -> bytes:
 
 
 class Codec:
-    """Encodes this node's messages and authenticates, parses and replay-checks its peers'.
+    """Encodes this node's batches and authenticates, parses and replay-checks its peers'.
 
     One instance per node and cluster; not thread-safe (it keeps the send sequence and the
     per-sender replay windows).
@@ -156,6 +210,9 @@ class Codec:
         known_senders: Iterable[str],
         incarnation: int,
         max_age: float = 2.0,
+        *,
+        groups: Iterable[str] = (DEFAULT_GROUP,),
+        fingerprint: Mapping[str, bytes] | None = None,
     ) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"the cluster key must be at least {MIN_KEY_BYTES} bytes")
@@ -165,11 +222,21 @@ class Codec:
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._cluster_id = cluster_id(cluster_name)
         self._self_name = _name_bytes(self_name, "self_name")
+        self._prefix = (
+            _FIXED.pack(MAGIC, VERSION, KIND_BATCH, self._cluster_id, len(self._self_name))
+            + self._self_name
+        )
         self._recipient = _recipient(self._self_name)
+        self._recipients: dict[str, bytes] = {}
         self._senders: dict[bytes, str] = {_name_bytes(n, "known sender"): n for n in known_senders}
         self._incarnation = incarnation
         self._sequence = 0
         self._guards = {name: ReplayGuard(max_age) for name in self._senders.values()}
+        self._groups: frozenset[str] = frozenset()
+        self._group_tags: dict[str, bytes] = {}
+        self.set_groups(groups)
+        self._fingerprint = b"\x00"
+        self.set_fingerprint(fingerprint or {})
         self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
 
     @property
@@ -181,44 +248,90 @@ class Codec:
         """Sequence number of the last packet encoded (0 before the first)."""
         return self._sequence
 
-    def encode(self, message: Message, timestamp_ms: int, *, to: str) -> bytes:
-        """One authenticated packet for `message`, valid only at node `to`.
+    @property
+    def groups(self) -> frozenset[str]:
+        return self._groups
+
+    def set_groups(self, groups: Iterable[str]) -> None:
+        """The groups this node has (after a configuration reload): items of other groups are
+        dropped on receipt, and only these may be sent."""
+        names = tuple(groups)
+        tags = {g: _group_tag(g) for g in names}
+        self._groups = frozenset(names)
+        self._group_tags = tags
+
+    def set_fingerprint(self, fingerprint: Mapping[str, bytes]) -> None:
+        """The configuration fingerprint (section -> digest) sent in every packet from now on.
+        Raises EncodeError if it does not fit the format."""
+        self._fingerprint = encode_fingerprint(fingerprint)
+
+    def encode_batch(self, items: Sequence[Item], timestamp_ms: int, *, to: str) -> list[bytes]:
+        """Authenticated packets for `items` (in order), valid only at node `to`: one packet
+        unless they do not fit in `MAX_PACKET`, none for no items.
 
         The recipient's name is covered by the HMAC but not sent: a packet captured on its way
         to one node fails authentication at any other (no cross-node replays).
 
         `timestamp_ms` is this node's monotonic milliseconds since its incarnation started; it
         is reduced modulo 2**32 here so the caller never has to care about the wrap. Raises
-        `EncodeError` (a ValueError) when a field does not fit the format or the packet would
-        exceed `MAX_PACKET`; the sequence number is only used up by a successful encode.
+        `EncodeError` (a ValueError) when a field does not fit the format, a group is not one
+        of this node's, or one item alone would exceed `MAX_PACKET`; nothing is sent then, and
+        sequence numbers are only used up by packets actually returned.
         """
+        if not items:
+            return []
+        if timestamp_ms < 0:
+            raise EncodeError("timestamp_ms must not be negative")
+        names = collect_names([m for _, m in items])
+        head = self._fingerprint + encode_names(names)
+        overhead = len(self._prefix) + _COUNTERS.size + len(head) + MAC_SIZE
+        room = MAX_PACKET - overhead
+        chunks: list[list[bytes]] = [[]]
+        used = 0
+        for group, message in items:
+            encoded = self._item(group, message, names)
+            if len(encoded) > room:
+                raise EncodeError(
+                    f"{type(message).__name__} for group {group!r} would make a "
+                    f"{len(encoded) + overhead}-byte packet, over the {MAX_PACKET}-byte limit "
+                    "(fewer peers or shorter node names)"
+                )
+            if used + len(encoded) > room:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(encoded)
+            used += len(encoded)
+        recipient = self._recipients.get(to)
+        if recipient is None:
+            recipient = self._recipients[to] = _recipient(_name_bytes(to, "recipient"))
+        ts = timestamp_ms & _TS_MASK
+        packets = []
+        for chunk in chunks:
+            self._sequence += 1
+            body = b"".join(
+                (self._prefix, _COUNTERS.pack(self._incarnation, self._sequence, ts), head, *chunk)
+            )
+            mac = self._mac.copy()
+            mac.update(recipient)
+            mac.update(body)
+            packets.append(body + mac.digest())
+        return packets
+
+    def encode(
+        self, message: Message, timestamp_ms: int, *, to: str, group: str = DEFAULT_GROUP
+    ) -> bytes:
+        """One packet carrying one message (a batch of one)."""
+        return self.encode_batch([(group, message)], timestamp_ms, to=to)[0]
+
+    def _item(self, group: str, message: Message, names: Mapping[str, int]) -> bytes:
+        tag = self._group_tags.get(group)
+        if tag is None:
+            raise EncodeError(f"group {group!r} is not one of this node's groups")
         kind = MESSAGE_TYPES.get(type(message))
         if kind is None:
             raise EncodeError(f"not a protocol message: {type(message).__name__}")
-        if timestamp_ms < 0:
-            raise EncodeError("timestamp_ms must not be negative")
-        writer = Writer()
-        encode_payload(writer, message)
-        sequence = self._sequence + 1
-        body = b"".join(
-            (
-                _FIXED.pack(MAGIC, VERSION, kind, self._cluster_id, len(self._self_name)),
-                self._self_name,
-                _COUNTERS.pack(self._incarnation, sequence, timestamp_ms & _TS_MASK),
-                *writer.parts,
-            )
-        )
-        size = len(body) + MAC_SIZE
-        if size > MAX_PACKET:
-            raise EncodeError(
-                f"{kind.name} packet would be {size} bytes, over the {MAX_PACKET}-byte limit "
-                "(fewer peers or shorter node names)"
-            )
-        mac = self._mac.copy()
-        mac.update(_recipient(_name_bytes(to, "recipient")))
-        mac.update(body)
-        self._sequence = sequence
-        return body + mac.digest()
+        payload = encode_payload(message, names)
+        return b"".join((tag, bytes((kind,)), uvarint(len(payload), "length"), payload))
 
     def decode(self, data: bytes | bytearray | memoryview) -> Decoded | Dropped:
         """Authenticate and parse one received datagram. Never raises for any input bytes;
@@ -227,6 +340,8 @@ class Codec:
         if isinstance(result, DropReason):
             self.drops[result] += 1
             return Dropped(result)
+        if result.unknown_groups:
+            self.drops[DropReason.UNKNOWN_GROUP] += len(result.unknown_groups)
         return result
 
     def _decode(self, data: bytes) -> Decoded | DropReason:
@@ -266,8 +381,11 @@ class Codec:
         # From here on the bytes were written by a cluster member holding the key.
         incarnation, sequence, timestamp_ms = _COUNTERS.unpack_from(data, counters_at)
         try:
-            reader = Reader(data, counters_at + _COUNTERS.size, body_end)
-            message = decode_payload(data[3], reader)
+            if data[3] != KIND_BATCH:
+                raise Malformed(f"unknown packet kind {data[3]}")
+            fingerprint, items, unknown = self._body(
+                Reader(data, counters_at + _COUNTERS.size, body_end)
+            )
         except Malformed:
             return DropReason.MALFORMED
 
@@ -276,9 +394,38 @@ class Codec:
             return DropReason.REPLAY
         if verdict is Verdict.STALE:
             return DropReason.STALE
-        return Decoded(sender, incarnation, sequence, timestamp_ms, message)
+        return Decoded(sender, incarnation, sequence, timestamp_ms, items, fingerprint, unknown)
+
+    def _body(
+        self, r: Reader
+    ) -> tuple[tuple[tuple[str, bytes], ...], tuple[Item, ...], tuple[str, ...]]:
+        fingerprint = decode_fingerprint(r)
+        names = decode_names(r)
+        items: list[Item] = []
+        unknown: list[str] = []
+        body_end = r.end
+        while r.pos < body_end:
+            group = r.text(nonempty=True)
+            kind = r.u8()
+            length = r.uvarint()
+            end = r.pos + length
+            if end > body_end:
+                raise Malformed("item runs past the body")
+            if group in self._groups:
+                r.end = end
+                items.append((group, decode_payload(kind, r, names)))
+                r.end = body_end
+            else:
+                unknown.append(group)
+                r.pos = end
+        return fingerprint, tuple(items), tuple(unknown)
 
 
 def _recipient(name: bytes) -> bytes:
     """The implicit header the HMAC covers: who the packet is for (u8 length + UTF-8 name)."""
     return bytes([len(name)]) + name
+
+
+def _group_tag(group: str) -> bytes:
+    raw = _name_bytes(group, "group")
+    return bytes([len(raw)]) + raw

@@ -1,17 +1,23 @@
-"""Struct packing of the message payloads; the byte layout is documented in `codec`.
+"""Packing of the batch body and the message payloads; the byte layout is documented in `codec`.
 
-Kept apart from the envelope so each stays readable. The decoder only ever sees payloads whose
+Kept apart from the envelope so each stays readable. The decoder only ever sees bodies whose
 HMAC has been verified, but it still checks every length and value: a member running a buggy
 or newer build must produce a `malformed` drop, never an exception or a half-built message.
+
+Speed matters here (one heartbeat per group per peer per interval goes through it), so the
+encoders return `bytes` built with `struct` and a table of one-byte varints rather than a
+field-by-field writer object, and the decoder is one cursor class with short methods.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping, Sequence
 from typing import assert_never
 
 from hafailover.core.messages import (
+    CommandReply,
     Heartbeat,
     HeartbeatAck,
     MaintenanceRequest,
@@ -23,195 +29,305 @@ from hafailover.core.messages import (
     VoteRequest,
     VoteResponse,
 )
+from hafailover.core.reasons import Reason
+from hafailover.errors import LocalError
 
-MAX_STR = 64  # node names, and the payload strings that hold node names
-MAX_PEERS = 64
+MAX_STR = 64  # node names, group names, and the payload strings that hold node names
+MAX_DETAIL = 256  # CommandReply.detail, in UTF-8 bytes (a u16 length on the wire)
+MAX_PEERS = 64  # peer summaries in one heartbeat, and names in one packet's name table
+MAX_SECTIONS = 16  # config fingerprint entries
+MAX_SECTION = 32  # bytes of a fingerprint section name
+MAX_DIGEST = 32  # bytes of a fingerprint digest
 
-_U8 = struct.Struct("!B")
-_U32 = struct.Struct("!I")
-_U64 = struct.Struct("!Q")
+_U16 = struct.Struct("!H")
 _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
+_SMALL = [bytes([i]) for i in range(128)]
+_REASONS = {r.value: r for r in Reason}
 # `retry_after` goes on the wire in whole milliseconds, rounded up. x / 1000 * 1000 can come
 # out a few ulps above x, so an excess below a microsecond counts as float noise, not as
 # another millisecond: ms / 1000 then re-encodes to exactly ms.
 _MS_NOISE = 1e-3
 
 
-class EncodeError(ValueError):
+class EncodeError(LocalError, ValueError):
     """A message that cannot be put on the wire; the text says which field and why."""
 
 
 class Malformed(Exception):
-    """Internal: an authenticated payload that does not parse."""
+    """Internal: an authenticated body that does not parse."""
 
 
-class Writer:
-    """Collects the encoded payload fields, range-checking each."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u8(self, value: int, what: str) -> None:
-        if not 0 <= value <= 0xFF:
-            raise EncodeError(f"{what} {value} does not fit in a u8")
-        self.parts.append(_U8.pack(value))
-
-    def u32(self, value: int, what: str) -> None:
-        if not 0 <= value <= _U32_MAX:
-            raise EncodeError(f"{what} {value} does not fit in a u32")
-        self.parts.append(_U32.pack(value))
-
-    def u64(self, value: int, what: str) -> None:
-        if not 0 <= value <= _U64_MAX:
-            raise EncodeError(f"{what} {value} does not fit in a u64")
-        self.parts.append(_U64.pack(value))
-
-    def flag(self, value: bool) -> None:
-        self.parts.append(b"\x01" if value else b"\x00")
-
-    def text(self, value: str, what: str) -> None:
-        raw = value.encode("utf-8")
-        if len(raw) > MAX_STR:
-            raise EncodeError(f"{what} {value!r} is over {MAX_STR} bytes in UTF-8")
-        self.parts.append(_U8.pack(len(raw)))
-        self.parts.append(raw)
-
-    def seconds_as_ms(self, value: float, what: str) -> None:
-        if not math.isfinite(value) or value < 0:
-            raise EncodeError(f"{what} must be a finite, non-negative number of seconds")
-        self.u32(max(0, math.ceil(value * 1000 - _MS_NOISE)), f"{what} in ms")
+# ------------------------------------------------------------------ encoding
 
 
-class Reader:
-    """Reads fields from data[pos:end], raising `Malformed` instead of reading past `end`."""
-
-    def __init__(self, data: bytes, pos: int, end: int) -> None:
-        self._data = data
-        self._pos = pos
-        self._end = end
-
-    def _advance(self, n: int) -> int:
-        at = self._pos
-        if at + n > self._end:
-            raise Malformed("payload truncated")
-        self._pos = at + n
-        return at
-
-    def u8(self) -> int:
-        return self._data[self._advance(1)]
-
-    def u32(self) -> int:
-        value: int = _U32.unpack_from(self._data, self._advance(4))[0]
-        return value
-
-    def u64(self) -> int:
-        value: int = _U64.unpack_from(self._data, self._advance(8))[0]
-        return value
-
-    def flag(self) -> bool:
-        value = self.u8()
-        if value > 1:
-            raise Malformed("bool is neither 0 nor 1")
-        return value == 1
-
-    def text(self) -> str:
-        n = self.u8()
-        if n > MAX_STR:
-            raise Malformed("string too long")
-        at = self._advance(n)
-        try:
-            return self._data[at : at + n].decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise Malformed("string is not UTF-8") from e
-
-    def seconds_from_ms(self) -> float:
-        return self.u32() / 1000
-
-    def finish(self) -> None:
-        # Trailing bytes mean the sender's idea of the layout differs from ours: refuse
-        # rather than guess which fields we understood.
-        if self._pos != self._end:
-            raise Malformed("trailing bytes after payload")
+def uvarint(value: int, what: str) -> bytes:
+    """Unsigned LEB128 (7 bits per byte, least significant first), at most a u64."""
+    if 0 <= value < 128:
+        return _SMALL[value]
+    if not 0 <= value <= _U64_MAX:
+        raise EncodeError(f"{what} {value} does not fit in a u64")
+    out = bytearray()
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
-def encode_payload(w: Writer, m: Message) -> None:
-    w.u64(m.term, "term")
+def text(value: str, what: str, limit: int = MAX_STR) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > limit:
+        raise EncodeError(f"{what} {value!r} is over {limit} bytes in UTF-8")
+    return _SMALL[len(raw)] + raw  # limit <= 64 < 128
+
+
+def _flags(*bits: bool) -> bytes:
+    value = 0
+    for i, bit in enumerate(bits):
+        if bit:
+            value |= 1 << i
+    return _SMALL[value]
+
+
+def _ms(value: float, what: str) -> bytes:
+    if not math.isfinite(value) or value < 0:
+        raise EncodeError(f"{what} must be a finite, non-negative number of seconds")
+    ms = max(0, math.ceil(value * 1000 - _MS_NOISE))
+    if ms > _U32_MAX:
+        raise EncodeError(f"{what} in ms {ms} does not fit in a u32")
+    return uvarint(ms, what)
+
+
+def encode_payload(m: Message, names: Mapping[str, int]) -> bytes:
+    """The payload of one message. `names` maps every peer name a heartbeat mentions to its
+    index in the packet's name table (see `collect_names`)."""
+    term = uvarint(m.term, "term")
     match m:
         case Heartbeat():
-            w.u64(m.round, "round")
             if len(m.peers) > MAX_PEERS:
                 raise EncodeError(f"{len(m.peers)} peers in a heartbeat, at most {MAX_PEERS}")
-            w.u8(len(m.peers), "peer count")
+            parts = [term, uvarint(m.round, "round"), _SMALL[len(m.peers)]]
             for p in m.peers:
-                w.text(p.name, "peer name")
-                w.flag(p.healthy)
-                w.flag(p.maintenance)
-                w.flag(p.reachable)
+                parts.append(_SMALL[names[p.name]])
+                parts.append(_flags(p.healthy, p.maintenance, p.reachable))
+            return b"".join(parts)
         case HeartbeatAck():
-            w.u64(m.round, "round")
-            w.flag(m.success)
-            w.flag(m.healthy)
-            w.flag(m.maintenance)
+            return term + uvarint(m.round, "round") + _flags(m.success, m.healthy, m.maintenance)
         case VoteRequest():
-            w.flag(m.pre)
-            w.flag(m.healthy)
-            w.flag(m.maintenance)
-            w.text(m.transfer_from, "transfer_from")
+            return (
+                term
+                + _flags(m.pre, m.healthy, m.maintenance)
+                + text(m.transfer_from, "transfer_from")
+            )
         case VoteResponse():
-            w.flag(m.pre)
-            w.flag(m.granted)
-            w.flag(m.healthy)
-            w.flag(m.maintenance)
-            w.seconds_as_ms(m.retry_after, "retry_after")
+            flags = _flags(m.pre, m.granted, m.healthy, m.maintenance)
+            return term + flags + _ms(m.retry_after, "retry_after")
         case TimeoutNow():
-            pass
+            return term
         case TransferRequest():
-            w.text(m.target, "target")
+            return term + uvarint(m.request_id, "request_id") + text(m.target, "target")
         case MaintenanceRequest():
-            w.flag(m.on)
+            return term + uvarint(m.request_id, "request_id") + _flags(m.on)
+        case CommandReply():
+            # An over-long operator phrase is cut (on a character boundary), never refused:
+            # losing the reply would turn an answered command into a timeout.
+            detail = m.detail.encode("utf-8")[:MAX_DETAIL]
+            detail = detail.decode("utf-8", "ignore").encode("utf-8")
+            return b"".join(
+                (
+                    term,
+                    uvarint(m.request_id, "request_id"),
+                    _flags(m.accepted),
+                    text(m.reason.value, "reason"),
+                    _U16.pack(len(detail)),
+                    detail,
+                )
+            )
         case _:
             assert_never(m)
 
 
-def _peer(r: Reader) -> PeerSummary:
-    # Keyword arguments are evaluated left to right, which is the wire order.
-    return PeerSummary(name=r.text(), healthy=r.flag(), maintenance=r.flag(), reachable=r.flag())
+def collect_names(messages: Sequence[Message]) -> dict[str, int]:
+    """The name table for a packet: every peer name its heartbeats mention, numbered in order
+    of first use."""
+    table: dict[str, int] = {}
+    for m in messages:
+        if isinstance(m, Heartbeat):
+            for p in m.peers:
+                if p.name not in table:
+                    table[p.name] = len(table)
+    if len(table) > MAX_PEERS:
+        raise EncodeError(f"{len(table)} distinct peer names in one batch, at most {MAX_PEERS}")
+    return table
 
 
-def decode_payload(kind: int, r: Reader) -> Message:
-    """Parse a whole payload of message type `kind`; raises `Malformed` on any mismatch."""
-    term = r.u64()
+def encode_names(table: Mapping[str, int]) -> bytes:
+    parts = [_SMALL[len(table)]]
+    parts.extend(text(name, "peer name") for name in table)
+    return b"".join(parts)
+
+
+def encode_fingerprint(fingerprint: Mapping[str, bytes]) -> bytes:
+    if len(fingerprint) > MAX_SECTIONS:
+        raise EncodeError(f"{len(fingerprint)} fingerprint sections, at most {MAX_SECTIONS}")
+    parts = [_SMALL[len(fingerprint)]]
+    for section, digest in fingerprint.items():
+        if not section:
+            raise EncodeError("a fingerprint section needs a name")
+        if not 1 <= len(digest) <= MAX_DIGEST:
+            raise EncodeError(f"fingerprint digest of {section!r} must be 1 to {MAX_DIGEST} bytes")
+        parts.append(text(section, "fingerprint section", MAX_SECTION))
+        parts.append(_SMALL[len(digest)] + digest)
+    return b"".join(parts)
+
+
+# ------------------------------------------------------------------ decoding
+
+
+class Reader:
+    """A cursor over data[pos:end]; raises `Malformed` instead of reading past `end`."""
+
+    __slots__ = ("data", "end", "pos")
+
+    def __init__(self, data: bytes, pos: int, end: int) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = end
+
+    def u8(self) -> int:
+        at = self.pos
+        if at >= self.end:
+            raise Malformed("truncated")
+        self.pos = at + 1
+        return self.data[at]
+
+    def uvarint(self) -> int:
+        b = self.u8()
+        if b < 0x80:
+            return b
+        value, shift = b & 0x7F, 7
+        while True:
+            b = self.u8()
+            value |= (b & 0x7F) << shift
+            if b < 0x80:
+                if b == 0:
+                    raise Malformed("varint not in its shortest form")
+                break
+            shift += 7
+            if shift > 63:
+                raise Malformed("varint longer than a u64")
+        if value > _U64_MAX:
+            raise Malformed("varint larger than a u64")
+        return value
+
+    def flags(self, count: int) -> int:
+        value = self.u8()
+        if value >> count:
+            raise Malformed("unknown flag bits set")
+        return value
+
+    def raw(self, n: int) -> bytes:
+        at = self.pos
+        if at + n > self.end:
+            raise Malformed("truncated")
+        self.pos = at + n
+        return self.data[at : at + n]
+
+    def text(self, limit: int = MAX_STR, *, nonempty: bool = False) -> str:
+        n = self.u8()
+        if n > limit or (nonempty and n == 0):
+            raise Malformed("bad string length")
+        try:
+            return self.raw(n).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Malformed("string is not UTF-8") from e
+
+    def finish(self) -> None:
+        # Trailing bytes mean the sender's idea of the layout differs from ours: refuse
+        # rather than guess which fields we understood.
+        if self.pos != self.end:
+            raise Malformed("trailing bytes")
+
+
+def decode_fingerprint(r: Reader) -> tuple[tuple[str, bytes], ...]:
+    count = r.u8()
+    if count > MAX_SECTIONS:
+        raise Malformed("too many fingerprint sections")
+    out: list[tuple[str, bytes]] = []
+    for _ in range(count):
+        section = r.text(MAX_SECTION, nonempty=True)
+        n = r.u8()
+        if not 1 <= n <= MAX_DIGEST:
+            raise Malformed("bad digest length")
+        out.append((section, r.raw(n)))
+    if len({s for s, _ in out}) != len(out):
+        raise Malformed("duplicate fingerprint section")
+    return tuple(out)
+
+
+def decode_names(r: Reader) -> tuple[str, ...]:
+    count = r.u8()
+    if count > MAX_PEERS:
+        raise Malformed("too many names")
+    names = tuple(r.text() for _ in range(count))
+    if len(set(names)) != count:
+        raise Malformed("duplicate name in the name table")
+    return names
+
+
+def decode_payload(kind: int, r: Reader, names: Sequence[str]) -> Message:
+    """Parse one whole payload of message type `kind`; raises `Malformed` on any mismatch."""
+    term = r.uvarint()
     message: Message
     if kind == MessageType.HEARTBEAT:
-        round_ = r.u64()
+        round_ = r.uvarint()
         count = r.u8()
         if count > MAX_PEERS:
             raise Malformed("too many peers")
-        message = Heartbeat(term=term, round=round_, peers=tuple(_peer(r) for _ in range(count)))
+        peers = []
+        for _ in range(count):
+            index = r.u8()
+            if index >= len(names):
+                raise Malformed("peer name index outside the name table")
+            f = r.flags(3)
+            peers.append(PeerSummary(names[index], bool(f & 1), bool(f & 2), bool(f & 4)))
+        message = Heartbeat(term, round_, tuple(peers))
     elif kind == MessageType.HEARTBEAT_ACK:
-        message = HeartbeatAck(
-            term=term, round=r.u64(), success=r.flag(), healthy=r.flag(), maintenance=r.flag()
-        )
+        round_ = r.uvarint()
+        f = r.flags(3)
+        message = HeartbeatAck(term, round_, bool(f & 1), bool(f & 2), bool(f & 4))
     elif kind == MessageType.VOTE_REQUEST:
-        message = VoteRequest(
-            term=term, pre=r.flag(), healthy=r.flag(), maintenance=r.flag(), transfer_from=r.text()
-        )
+        f = r.flags(3)
+        message = VoteRequest(term, bool(f & 1), bool(f & 2), bool(f & 4), r.text())
     elif kind == MessageType.VOTE_RESPONSE:
-        message = VoteResponse(
-            term=term,
-            pre=r.flag(),
-            granted=r.flag(),
-            healthy=r.flag(),
-            maintenance=r.flag(),
-            retry_after=r.seconds_from_ms(),
-        )
+        f = r.flags(4)
+        ms = r.uvarint()
+        if ms > _U32_MAX:
+            raise Malformed("retry_after over a u32 of ms")
+        message = VoteResponse(term, bool(f & 1), bool(f & 2), bool(f & 4), bool(f & 8), ms / 1000)
     elif kind == MessageType.TIMEOUT_NOW:
-        message = TimeoutNow(term=term)
+        message = TimeoutNow(term)
     elif kind == MessageType.TRANSFER_REQUEST:
-        message = TransferRequest(term=term, target=r.text())
+        rid = r.uvarint()
+        message = TransferRequest(term, r.text(), rid)
     elif kind == MessageType.MAINTENANCE_REQUEST:
-        message = MaintenanceRequest(term=term, on=r.flag())
+        rid = r.uvarint()
+        message = MaintenanceRequest(term, bool(r.flags(1)), rid)
+    elif kind == MessageType.COMMAND_REPLY:
+        rid = r.uvarint()
+        accepted = bool(r.flags(1))
+        reason = _REASONS.get(r.text())
+        if reason is None:
+            raise Malformed("unknown reason")
+        (n,) = _U16.unpack(r.raw(2))
+        if n > MAX_DETAIL:
+            raise Malformed("detail too long")
+        try:
+            detail = r.raw(n).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Malformed("detail is not UTF-8") from e
+        message = CommandReply(term, rid, accepted, reason, detail)
     else:
         # A type number from a newer build: same version byte, so refuse it as malformed.
         raise Malformed(f"unknown message type {kind}")
