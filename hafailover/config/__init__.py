@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from hafailover.config.durations import DurationError, format_duration, parse_duration
 
 if TYPE_CHECKING:
+    from hafailover.config.groups import Fingerprint, Group
     from hafailover.config.loader import (
         DEFAULT_CONFIG_PATH,
         ConfigError,
@@ -27,13 +28,17 @@ if TYPE_CHECKING:
         CheckKind,
         ClusterConfig,
         Config,
+        GroupConfig,
         HostPort,
+        MetricsConfig,
         NodeConfig,
         NotifyConfig,
         VipConfig,
     )
 
 _LAZY = {
+    "Fingerprint": "groups",
+    "Group": "groups",
     "DEFAULT_CONFIG_PATH": "loader",
     "ConfigError": "loader",
     "ConfigProblem": "loader",
@@ -48,7 +53,9 @@ _LAZY = {
     "CheckKind": "schema",
     "ClusterConfig": "schema",
     "Config": "schema",
+    "GroupConfig": "schema",
     "HostPort": "schema",
+    "MetricsConfig": "schema",
     "NodeConfig": "schema",
     "NotifyConfig": "schema",
     "VipConfig": "schema",
@@ -64,8 +71,12 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "DurationError",
+    "Fingerprint",
+    "Group",
+    "GroupConfig",
     "HostPort",
     "LoadedConfig",
+    "MetricsConfig",
     "NodeConfig",
     "NodeResolutionError",
     "NotifyConfig",

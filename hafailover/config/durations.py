@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 
+from hafailover.config.excerpt import excerpt, shorten
+
 __all__ = ["DurationError", "format_duration", "parse_duration"]
 
 # Lower-case units only: `1M` could be read as months or megaseconds, and one spelling per unit
@@ -36,10 +38,10 @@ def parse_duration(value: str | int | float) -> float:
             hint = ""
             if value.strip().startswith("-"):
                 hint = " (durations cannot be negative)"
-            raise DurationError(f"{value!r} is not a duration{hint}: {_HOW}")
+            raise DurationError(f"{excerpt(value)} is not a duration{hint}: {_HOW}")
         unit = match.group("unit") or "s"
         seconds = float(match.group("number")) * _UNITS[unit]
-        shown = value.strip()
+        shown = shorten(value.strip())
     else:
         raise DurationError(f"expected a duration, got a {type(value).__name__}: {_HOW}")
     if not math.isfinite(seconds):

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import PlainValidator, ValidationInfo
 
 from hafailover.config.durations import parse_duration
+from hafailover.config.excerpt import excerpt, shorten
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -70,7 +71,7 @@ def describe(value: object) -> str:
     if isinstance(value, int | float):
         return f"the number {value:g}" if isinstance(value, float) else f"the number {value}"
     if isinstance(value, str):
-        return f"the text {value!r}"
+        return f"the text {excerpt(value)}"
     if isinstance(value, list | tuple):
         return "a list"
     if isinstance(value, dict):
@@ -90,8 +91,8 @@ def _name(value: object) -> str:
     text = _text(value)
     if not _NAME.fullmatch(text):
         raise ValueError(
-            f"{text!r} is not a valid name. Use letters, digits, '.', '_' and '-' (at most 63, "
-            "starting with a letter or digit)"
+            f"{excerpt(text)} is not a valid name. Use letters, digits, '.', '_' and '-' "
+            "(at most 63, starting with a letter or digit)"
         )
     return text
 
@@ -165,12 +166,15 @@ def _ip_address(value: object) -> IPAddress:
     text = _text(value)
     if "/" in text:
         bare = text.split("/", 1)[0]
-        raise ValueError(f"a node address takes no prefix length: write {bare}, not {text}")
+        raise ValueError(
+            f"a node address takes no prefix length: write {shorten(bare)}, not {shorten(text)}"
+        )
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise ValueError(
-            f"{text!r} is not an IP address. Write an IPv4 (10.0.0.11) or IPv6 (fd00::11) address"
+            f"{excerpt(text)} is not an IP address. Write an IPv4 (10.0.0.11) or IPv6 "
+            "(fd00::11) address"
         ) from None
     if address.is_unspecified or address.is_multicast:
         raise ValueError(f"{text} cannot be a node address: use the node's own unicast address")
@@ -181,14 +185,14 @@ def _vip_address(value: object) -> IPInterface:
     text = _text(value)
     if "/" not in text:
         raise ValueError(
-            f"a VIP needs a prefix length: write {text}/24 (or whatever prefix the subnet on the "
-            "interface has)"
+            f"a VIP needs a prefix length: write {shorten(text)}/24 (or whatever prefix the "
+            "subnet on the interface has)"
         )
     try:
         vip = ipaddress.ip_interface(text)
     except ValueError:
         raise ValueError(
-            f"{text!r} is not an address with prefix length. Write it like 10.0.0.100/24"
+            f"{excerpt(text)} is not an address with prefix length. Write it like 10.0.0.100/24"
         ) from None
     ip = vip.ip
     if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
@@ -204,7 +208,7 @@ def _ifname(value: object) -> str:
     text = _text(value)
     # Linux IFNAMSIZ is 16 including the NUL; '/' and whitespace are rejected by the kernel.
     if len(text) > 15 or text in (".", "..") or any(c in text for c in "/: \t"):
-        raise ValueError(f"{text!r} is not a network interface name (like eth0 or ens3)")
+        raise ValueError(f"{excerpt(text)} is not a network interface name (like eth0 or ens3)")
     return text
 
 
@@ -223,8 +227,8 @@ def _hook(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         if not value.strip() or any(c.isspace() for c in value):
             raise ValueError(
-                f"{value!r} is not a single path. For a command with arguments write an argv "
-                "list: [/etc/hafailover/on-leader, --verbose]"
+                f"{excerpt(value)} is not a single path. For a command with arguments write an "
+                "argv list: [/etc/hafailover/on-leader, --verbose]"
             )
         return (value,)
     return _argv(value, "a program path or an argv list")
@@ -252,7 +256,7 @@ def _http_url(value: object) -> str:
         port_ok = False
     if url.scheme not in ("http", "https") or not url.hostname or not port_ok:
         raise ValueError(
-            f"{text!r} is not an http(s) URL. Write e.g. http://127.0.0.1:8080/healthz"
+            f"{excerpt(text)} is not an http(s) URL. Write e.g. http://127.0.0.1:8080/healthz"
         )
     return text
 
@@ -269,9 +273,9 @@ def _host_port(value: object) -> HostPort:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"{text!r}: put an IPv6 address in brackets. {fix}")
+        raise ValueError(f"{excerpt(text)}: put an IPv6 address in brackets. {fix}")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not host:port with a port from 1 to 65535. {fix}")
+        raise ValueError(f"{excerpt(text)} is not host:port with a port from 1 to 65535. {fix}")
     return HostPort(host, int(port))
 
 
@@ -294,8 +298,76 @@ def _log_level(value: object) -> str:
     if text not in LOG_LEVELS:
         close = difflib.get_close_matches(text.lower(), LOG_LEVELS, n=1)
         hint = f"Did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown log level {text!r}. {hint}Use one of: {', '.join(LOG_LEVELS)}")
+        raise ValueError(
+            f"unknown log level {excerpt(text)}. {hint}Use one of: {', '.join(LOG_LEVELS)}"
+        )
     return text
+
+
+def _lifetime(value: object) -> float | None:
+    # false or 0 turns the kernel-backed lifetime off (None: the address lives forever).
+    if value is False:
+        return None
+    if value is True:
+        raise ValueError("expected a duration such as 2s, or false (or 0) to turn it off")
+    seconds = _duration(value)
+    if seconds == 0:
+        return None
+    if seconds < 1 or seconds != int(seconds):
+        raise ValueError(
+            f"{shorten(str(value))} is not a whole number of seconds: the kernel counts address "
+            "lifetimes in seconds. Write e.g. 2s, or false to turn it off"
+        )
+    return seconds
+
+
+def _listen(value: object) -> HostPort:
+    address = _host_port(value)
+    if address.host != "localhost":
+        try:
+            ipaddress.ip_address(address.host)
+        except ValueError:
+            raise ValueError(
+                f"{excerpt(address.host)} is not an IP address to listen on. Write an address "
+                "of this host, e.g. 127.0.0.1:9405, 0.0.0.0:9405 or [::]:9405"
+            ) from None
+    return address
+
+
+def _each(check: Callable[[object], _T], what: str) -> Callable[[object], tuple[_T, ...]]:
+    """A list whose items all pass `check`; a bad item is reported at its own index."""
+
+    def check_all(value: object) -> tuple[_T, ...]:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list of {what}, got {describe(value)}")
+        items, issues = [], []
+        for i, item in enumerate(value):
+            try:
+                items.append(check(item))
+            except ValueError as e:
+                issues.append(Issue((i,), str(e)))
+        if issues:
+            raise SchemaError(issues)
+        return tuple(items)
+
+    return check_all
+
+
+def _priority_map(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"expected a mapping of node names to priorities such as {{node1: 150, node2: 100}}, "
+            f"got {describe(value)}"
+        )
+    priorities, issues = {}, []
+    for name, priority in value.items():
+        try:
+            priorities[_name(name)] = _int_in(0, 255)(priority)
+        except ValueError as e:
+            issues.append(Issue((str(name),), str(e)))
+    if issues:
+        raise SchemaError(issues)
+    return priorities
 
 
 def _optional(check: Callable[[object], _T]) -> Callable[[object], _T | None]:
@@ -330,3 +402,12 @@ TcpTarget = Annotated[HostPort | None, PlainValidator(_optional(_host_port))]
 StatusRange = Annotated[tuple[int, int], PlainValidator(_status_range)]
 OptionalText = Annotated[str | None, PlainValidator(_optional(_text))]
 LogLevel = Annotated[str, PlainValidator(_log_level)]
+OptionalBool = Annotated[bool | None, PlainValidator(_optional(_bool))]
+OptionalDuration = Annotated[float | None, PlainValidator(_optional(_duration))]
+Lifetime = Annotated[float | None, PlainValidator(_lifetime)]
+ListenAddress = Annotated[HostPort, PlainValidator(_listen)]
+PriorityMap = Annotated[dict[str, int], PlainValidator(_priority_map)]
+NameList = Annotated[tuple[str, ...] | None, PlainValidator(_optional(_each(_name, "names")))]
+InterfaceList = Annotated[
+    tuple[str, ...], PlainValidator(_each(_ifname, "interface names such as [eth1]"))
+]

@@ -7,22 +7,26 @@ and the conversion to the core's `ClusterSpec`.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from hafailover.config.durations import format_duration
+from hafailover.config.excerpt import excerpt
 from hafailover.config.fields import (
     Bool,
     ClockDrift,
@@ -32,19 +36,26 @@ from hafailover.config.fields import (
     Hook,
     HostPort,
     HttpUrl,
+    InterfaceList,
     InterfaceName,
     IPAddress,
     Issue,
     KeyPath,
+    Lifetime,
+    ListenAddress,
     LogLevel,
     LoopLag,
     Name,
+    NameList,
     NodeAddress,
+    OptionalBool,
+    OptionalDuration,
     OptionalPort,
     OptionalText,
     Port,
     PositiveDuration,
     Priority,
+    PriorityMap,
     SchemaError,
     Script,
     StatusRange,
@@ -54,6 +65,9 @@ from hafailover.config.fields import (
 )
 from hafailover.core.spec import ClusterSpec, NodeSpec, TimingError, Timings
 
+if TYPE_CHECKING:
+    from hafailover.config.groups import Fingerprint, Group
+
 __all__ = [
     "SECTION_MODELS",
     "AnnounceConfig",
@@ -61,7 +75,9 @@ __all__ = [
     "CheckKind",
     "ClusterConfig",
     "Config",
+    "GroupConfig",
     "HostPort",
+    "MetricsConfig",
     "NodeConfig",
     "NotifyConfig",
     "VipConfig",
@@ -98,6 +114,11 @@ class ClusterConfig(_Section):
     clock_drift: ClockDrift = 0.01
     max_loop_lag: LoopLag = 0.5
     watchdog: Bool = True
+    # Seconds the kernel keeps a VIP unless the leader renews it (None: forever). A backstop for
+    # a daemon that stops without releasing (SIGSTOP, a hung host): the address expires by itself.
+    vip_lifetime: Lifetime = 2.0
+    # How long a tracked link must have been up before this node is eligible again.
+    link_settle: Duration = 1.0
 
     @property
     def timings(self) -> Timings:
@@ -129,6 +150,14 @@ class ClusterConfig(_Section):
             if ":" not in text and keys[0] in _TIMING_FIX:
                 text += f": {_TIMING_FIX[keys[0]]}"
             raise SchemaError.at(key, text) from None
+        lifetime = self.vip_lifetime
+        if lifetime is not None and lifetime < 2 * self.heartbeat_interval:
+            raise SchemaError.at(
+                "vip_lifetime",
+                f"vip_lifetime ({format_duration(lifetime)}) is shorter than two heartbeats "
+                f"({format_duration(2 * self.heartbeat_interval)}): the leader could not renew "
+                "its VIPs in time. Raise vip_lifetime or lower heartbeat_interval",
+            )
         return self
 
 
@@ -189,6 +218,9 @@ class CheckConfig(_Section):
     critical: Bool = True
     expect_status: StatusRange = (200, 399)
     expect_body: OptionalText = None
+    # Run once when the check turns failing, after this node handed its groups over.
+    recover: Hook = None
+    recover_timeout: PositiveDuration = 30.0
 
     @property
     def kind(self) -> CheckKind:
@@ -221,6 +253,10 @@ class CheckConfig(_Section):
                 for k in ("expect_status", "expect_body")
                 if k in self.model_fields_set
             ]
+        if self.recover is None and "recover_timeout" in self.model_fields_set:
+            issues.append(
+                Issue(("recover_timeout",), "recover_timeout applies only with recover. Remove it")
+            )
         if self.timeout > self.fall * self.interval:
             issues.append(
                 Issue(
@@ -244,6 +280,36 @@ class NotifyConfig(_Section):
     maintenance: Hook = None
     stop: Hook = None
     timeout: PositiveDuration = 10.0
+
+
+class MetricsConfig(_Section):
+    """The optional `metrics` section: where the Prometheus endpoint listens (absent: off)."""
+
+    listen: ListenAddress
+
+
+class GroupConfig(_Section):
+    """One entry of `groups` as written; `Config.groups` holds them with defaults resolved."""
+
+    name: Name
+    vips: Annotated[tuple[VipConfig, ...], BeforeValidator(none_is(()))] = ()
+    # Nodes left out use their nodes[].priority.
+    priority: Annotated[PriorityMap, BeforeValidator(none_is({}))] = {}
+    # None: every critical check.
+    checks: NameList = None
+    preempt: OptionalBool = None
+    preempt_delay: OptionalDuration = None
+    track_interfaces: Annotated[InterfaceList, BeforeValidator(none_is(()))] = ()
+    # Hooks set here replace the top-level ones for this group; the others are inherited.
+    notify: NotifyConfig | None = None
+
+    @field_validator("vips")
+    @classmethod
+    def _vips_unique(cls, vips: tuple[VipConfig, ...]) -> tuple[VipConfig, ...]:
+        issues = _unique(enumerate(v.ip for v in vips), "address", lambda v: f"VIP {v}")
+        if issues:
+            raise SchemaError(issues)
+        return vips
 
 
 def _unique(
@@ -270,6 +336,10 @@ class Config(_Section):
     cluster: ClusterConfig
     nodes: tuple[NodeConfig, ...]
     vips: Annotated[tuple[VipConfig, ...], BeforeValidator(none_is(()))] = ()
+    # The `groups` key as written; `groups` (below) is the normalized list, never empty.
+    group_entries: Annotated[tuple[GroupConfig, ...], BeforeValidator(none_is(()))] = Field(
+        default=(), alias="groups"
+    )
     announce: Annotated[AnnounceConfig, BeforeValidator(none_is({}))] = AnnounceConfig()
     checks: Annotated[tuple[CheckConfig, ...], BeforeValidator(none_is(()))] = ()
     notify: Annotated[NotifyConfig, BeforeValidator(none_is({}))] = NotifyConfig()
@@ -277,6 +347,7 @@ class Config(_Section):
     control_group: Name = "hafailover"
     state_dir: FilePath = Path("/var/lib/hafailover")
     log_level: LogLevel = "info"
+    metrics: MetricsConfig | None = None
 
     @field_validator("nodes")
     @classmethod
@@ -328,16 +399,62 @@ class Config(_Section):
         owners = {n.address: n.name for n in self.nodes}
         issues = [
             Issue(
-                ("vips", i, "address"),
+                (*path, "address"),
                 f"{vip.ip} is node {owners[vip.ip]}'s own address. A VIP must be an extra "
                 "address that no node has permanently",
             )
-            for i, vip in enumerate(self.vips)
+            for path, vip in self._vip_paths()
             if vip.ip in owners
         ]
         if issues:
             raise SchemaError(issues)
         return self
+
+    @model_validator(mode="after")
+    def _groups_fit_the_cluster(self) -> Self:
+        if not self.group_entries:
+            return self
+        if self.vips:
+            raise SchemaError.at(
+                "groups",
+                "groups and top-level vips are both set. Move the top-level vips into a group "
+                "(or remove groups: to keep the single group named default)",
+            )
+        issues = _unique(
+            enumerate(g.name for g in self.group_entries), "name", lambda v: f"group name {v}"
+        )
+        issues = [Issue(("groups", *i.path), i.message) for i in issues]
+        nodes = [n.name for n in self.nodes]
+        checks = [c.name for c in self.checks]
+        holder: dict[IPAddress, tuple[str, int, int]] = {}
+        for g, group in enumerate(self.group_entries):
+            at: KeyPath = ("groups", g)
+            for name in group.priority:
+                if name not in nodes:
+                    issues.append(Issue((*at, "priority", name), _no_such("node", name, nodes)))
+            for c, name in enumerate(group.checks or ()):
+                if name not in checks:
+                    issues.append(Issue((*at, "checks", c), _no_such("check", name, checks)))
+            for v, vip in enumerate(group.vips):
+                first = holder.setdefault(vip.ip, (group.name, g, v))
+                if first[1] != g:
+                    issues.append(
+                        Issue(
+                            (*at, "vips", v, "address"),
+                            f"VIP {vip.ip} is already in group {first[0]} "
+                            f"(groups[{first[1]}].vips[{first[2]}]). A VIP belongs to one group",
+                        )
+                    )
+        if issues:
+            raise SchemaError(issues)
+        return self
+
+    def _vip_paths(self) -> Iterable[tuple[KeyPath, VipConfig]]:
+        for i, vip in enumerate(self.vips):
+            yield ("vips", i), vip
+        for g, group in enumerate(self.group_entries):
+            for i, vip in enumerate(group.vips):
+                yield ("groups", g, "vips", i), vip
 
     def warnings(self) -> tuple[Issue, ...]:
         """Legal but probably unintended settings; paths are from the top of the file."""
@@ -358,10 +475,29 @@ class Config(_Section):
                     "the number of voters odd",
                 )
             )
-        if not self.vips:
+        if not self.vips and not self.group_entries:
             found.append(
                 Issue(("vips",), "no VIPs: the leader only runs notify hooks. Add vips entries")
             )
+        witnesses = {n.name for n in self.nodes if n.witness}
+        for g, group in enumerate(self.group_entries):
+            if not group.vips:
+                found.append(
+                    Issue(
+                        ("groups", g, "vips"),
+                        f"group {group.name} has no VIPs: its leader only runs notify hooks. "
+                        "Add vips entries",
+                    )
+                )
+            found += [
+                Issue(
+                    ("groups", g, "priority", name),
+                    f"{name} is a witness and never holds VIPs: its priority has no effect. "
+                    "Remove it",
+                )
+                for name in group.priority
+                if name in witnesses
+            ]
         return tuple(found)
 
     def node(self, name: str) -> NodeConfig | None:
@@ -371,11 +507,50 @@ class Config(_Section):
         return node.port if node.port is not None else self.cluster.port
 
     def cluster_spec(self) -> ClusterSpec:
+        """The core's spec with the cluster-wide priorities and preemption (no group's)."""
         return ClusterSpec(
             nodes=tuple(NodeSpec(n.name, n.priority, n.witness) for n in self.nodes),
             timings=self.cluster.timings,
             preempt=self.cluster.preempt,
         )
+
+    @cached_property
+    def groups(self) -> tuple[Group, ...]:
+        """Every group with its defaults resolved; top-level vips are one group named default."""
+        from hafailover.config.groups import normalize_groups
+
+        return normalize_groups(self)
+
+    def group(self, name: str) -> Group:
+        """The group called `name`; KeyError if there is none."""
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+    def group_spec(self, name: str) -> ClusterSpec:
+        """The core's spec for group `name`: its priorities, preempt and preempt_delay."""
+        from hafailover.config.groups import group_spec
+
+        return group_spec(self, self.group(name))
+
+    @property
+    def all_vips(self) -> tuple[VipConfig, ...]:
+        """Every VIP of every group (the top-level vips when no groups are written)."""
+        return tuple(vip for group in self.groups for vip in group.vips)
+
+    def fingerprint(self) -> Fingerprint:
+        """Per-section digests of the cluster-wide settings every node must share."""
+        from hafailover.config.groups import fingerprint
+
+        return fingerprint(self)
+
+
+def _no_such(what: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if len(name) < 100 else []
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    listed = ", ".join(known) or "none"
+    return f"no {what} is named {excerpt(name)}. {hint}Known {what}s: {listed}"
 
 
 # Each section's model by its key path with list indices dropped; the loader uses it to list
@@ -388,6 +563,10 @@ SECTION_MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     ("announce",): AnnounceConfig,
     ("checks",): CheckConfig,
     ("notify",): NotifyConfig,
+    ("metrics",): MetricsConfig,
+    ("groups",): GroupConfig,
+    ("groups", "vips"): VipConfig,
+    ("groups", "notify"): NotifyConfig,
 }
 
 

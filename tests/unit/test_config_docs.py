@@ -16,7 +16,7 @@ from hafailover.config.schema import SECTION_MODELS
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "configuration.md"
 EXAMPLE = ROOT / "etc" / "hafailover" / "hafailover.yaml"
-LIST_SECTIONS = {"nodes", "vips", "checks"}
+LIST_SECTIONS = {"nodes", "vips", "checks", "groups"}
 # A table row: | `key` | type | default | meaning |
 ROW = re.compile(r"^\| `(?P<key>[a-z_.\[\]]+)` \| [^|]+ \| (?P<default>[^|]+?) \|", re.MULTILINE)
 
@@ -25,9 +25,12 @@ def schema_keys() -> dict[str, Any]:
     """Documented key spelling -> pydantic FieldInfo, for every key of every section."""
     keys = {}
     for path, model in SECTION_MODELS.items():
+        # A section repeated inside another (groups[].vips[] are vips[]) is documented once.
+        if any(m is model and len(p) < len(path) for p, m in SECTION_MODELS.items()):
+            continue
         prefix = "".join(f"{p}[]." if p in LIST_SECTIONS else f"{p}." for p in path)
         for name, field in model.model_fields.items():
-            keys[prefix + name] = field
+            keys[prefix + (field.alias or name)] = field
     return keys
 
 
@@ -84,7 +87,10 @@ def test_example_round_trips() -> None:
 def dump(value: Any) -> Any:
     """Plain YAML-like data from a model: the keys a file with the same settings would set."""
     if hasattr(value, "model_fields_set"):
-        return {k: dump(getattr(value, k)) for k in sorted(value.model_fields_set)}
+        fields = type(value).model_fields
+        return {
+            fields[k].alias or k: dump(getattr(value, k)) for k in sorted(value.model_fields_set)
+        }
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # HostPort
         return f"{value[0]}:{value[1]}"
     if isinstance(value, tuple):
