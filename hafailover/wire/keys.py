@@ -13,11 +13,16 @@ import secrets
 import stat
 import time
 
+from hafailover.errors import LocalError
+
 KEY_BYTES = 32  # what generate_key makes: 256 bits, the full strength of HMAC-SHA256
 MIN_KEY_BYTES = 16  # below 128 bits a key is guessable in principle; refuse it
+# A key file is one base64 line of ~45 bytes; anything far bigger is not a key file (and is
+# never read into memory whole).
+MAX_KEY_FILE_BYTES = 4096
 
 
-class KeyFileError(ValueError):
+class KeyFileError(LocalError, ValueError):
     """The key file cannot be used; the message names the file and how to fix it."""
 
 
@@ -66,11 +71,18 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
             )
         try:
             with os.fdopen(fd, "rb", closefd=False) as f:
-                content = f.read()
+                content = f.read(MAX_KEY_FILE_BYTES + 1)
         except OSError as e:
             raise _unreadable(name, e) from None
     finally:
         os.close(fd)
+    if len(content) > MAX_KEY_FILE_BYTES:
+        # Never echo the content: it may be a secret put in the wrong place.
+        raise KeyFileError(
+            f"key file {name} is larger than {MAX_KEY_FILE_BYTES} bytes (the limit; a key file "
+            f"holds one base64 line of about {len(generate_key()) + 1} bytes): "
+            f"{_new_key_hint(name)}"
+        )
     try:
         key = base64.b64decode(content.strip(), validate=True)
     except binascii.Error:
