@@ -494,6 +494,9 @@ def release_vips(settings: Settings, config: Path | None) -> None:
     sys.exit(0)
 
 
+cli.add_command(importlib.import_module("hafailover.cli.importer").import_keepalived)
+
+
 def main() -> None:
     """Console-script entry point (`hafailover = hafailover.cli:main`)."""
     # Fixed names: completion works the same whether started as `hafailover` or `python -m`.
