@@ -6,14 +6,16 @@ import json
 import re
 from collections.abc import Iterable
 
-import yaml
-
 from hafailover.config.durations import format_duration
 from hafailover.config.keepalived.cluster import Check, Group, Layout
 
 __all__ = ["render"]
 
-_PLAIN = re.compile(r"[A-Za-z0-9_/.][A-Za-z0-9_/.:@+=,-]*")
+# Plain (unquoted) only what YAML cannot read as anything but this text: a name or path that
+# starts with a letter, '_' or '/', or a dotted IPv4 address (with prefix); everything else is
+# written double-quoted.
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_/.:@+=,-]*|\d+\.\d+\.\d+\.\d+(/\d+)?")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
 
 
 def scalar(value: object) -> str:
@@ -23,7 +25,7 @@ def scalar(value: object) -> str:
     if isinstance(value, int | float):
         return str(value)
     text = str(value)
-    if _PLAIN.fullmatch(text) and yaml.safe_load(text) == text:
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
         return text
     # A JSON string is a valid YAML double-quoted scalar.
     return json.dumps(text, ensure_ascii=False)
