@@ -1,104 +1,85 @@
-"""Operator commands: switchover, maintenance and graceful stop.
+"""Operator-command helpers with no access to a node's private state.
 
-Functions of a `Node`, kept apart so node.py reads as the election protocol. Role changes
-still happen only in Node's `_become_*` methods (reached here through `_hand_over`).
+`check_target` judges a switchover target from the facts in a `PeerTable`; `PendingCommands`
+remembers the requests this node forwarded until the `CommandReply` or the timeout. The
+commands themselves (what a switchover or maintenance change does to the roles) are `Node`
+methods: they are state transitions like any other.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from hafailover.core.actions import Notify, NotifyKind
-from hafailover.core.messages import MaintenanceRequest, TransferRequest
-from hafailover.core.reasons import Reason, Role
+from hafailover.core.peers import PeerTable
+from hafailover.core.reasons import Reason
 
-if TYPE_CHECKING:
-    from hafailover.core.node import Node
+INF = float("inf")
+
+# What carrying out a command came to: (accepted, reason, detail), answered to the operator as a
+# `CommandResult` on this node or as a `CommandReply` to the node that forwarded it.
+Outcome = tuple[bool, Reason, str]
 
 
-def check_target(node: Node, target: str, now: float) -> Reason | None:
-    if target == node.name and node.role is Role.LEADER:
+def check_target(
+    peers: PeerTable, me: str, leading: bool, target: str, now: float, window: float
+) -> Reason | None:
+    """Why `target` cannot take over (None: it can, as far as this node knows).
+
+    Only a leader has fresh facts about health and reachability; a follower checks the names
+    only and the leader checks again.
+    """
+    if target == me and leading:
         return Reason.TARGET_IS_LEADER
-    info = node.peers.get(target)
+    info = peers.get(target)
     if info is None:
-        return None if target == node.name else Reason.TARGET_UNKNOWN
+        return None if target == me else Reason.TARGET_UNKNOWN
     if info.spec.witness:
         return Reason.TARGET_IS_WITNESS
-    if node.role is not Role.LEADER:
-        return None  # only the leader has fresh facts; it checks again
+    if not leading:
+        return None
     if info.healthy is not True:
         return Reason.TARGET_UNHEALTHY
     if info.maintenance:
         return Reason.TARGET_IN_MAINTENANCE
-    if not info.reachable(now, node._t.failover_timeout):
+    if not info.reachable(now, window):
         return Reason.TARGET_UNREACHABLE
     return None
 
 
-def on_switchover(node: Node, rid: int, target: str, now: float) -> None:
-    if node.role is Role.LEADER:
-        switchover_as_leader(node, rid, target, now)
-        return
-    problem = check_target(node, target, now) if target else None
-    if problem is None and target == node.name and node.me.witness:
-        problem = Reason.TARGET_IS_WITNESS
-    if problem is not None:
-        node._result(rid, False, problem, target)
-    elif not node.leader or now - node._leader_contact > node._t.failover_timeout:
-        node._result(rid, False, Reason.NO_LEADER, "no leader is reachable from this node")
-    else:
-        node._send(node.leader, TransferRequest(node.term, target))
-        node._result(rid, True, Reason.FORWARDED, node.leader)
+@dataclass(frozen=True)
+class Pending:
+    request_id: int
+    node: str
+    deadline: float
 
 
-def switchover_as_leader(node: Node, rid: int | None, target: str, now: float) -> None:
-    problem = check_target(node, target, now) if target else None
-    if problem is None and not target:
-        target = node.peers.best_target(now, node._t.failover_timeout)
-        if not target:
-            problem = Reason.NO_ELIGIBLE_TARGET
-    if problem is not None:
-        node._decide(problem, target=target, refused="switchover")
-        if rid is not None:
-            node._result(rid, False, problem, target)
-        return
-    node._hand_over(Reason.SWITCHOVER, target, now)
-    if rid is not None:
-        node._result(rid, True, Reason.ACCEPTED, target)
+class PendingCommands:
+    """Requests this node forwarded and whose `CommandReply` it still waits for."""
 
+    def __init__(self) -> None:
+        self._by_id: dict[int, Pending] = {}
 
-def on_set_maintenance(node: Node, rid: int, on: bool, target: str, now: float) -> None:
-    if target in ("", node.name):
-        set_own_maintenance(node, rid, on, now)
-    elif node.peers.get(target) is None:
-        node._result(rid, False, Reason.TARGET_UNKNOWN, target)
-    else:
-        node._send(target, MaintenanceRequest(node.term, on))
-        node._result(rid, True, Reason.FORWARDED, target)
+    def add(self, request_id: int, node: str, deadline: float) -> None:
+        self._by_id[request_id] = Pending(request_id, node, deadline)
 
+    def answer(self, request_id: int, sender: str) -> Pending | None:
+        """The request a reply from `sender` answers (removed), or None for a stray reply."""
+        pending = self._by_id.get(request_id)
+        if pending is None or pending.node != sender:
+            return None
+        return self._by_id.pop(request_id)
 
-def set_own_maintenance(node: Node, rid: int | None, on: bool, now: float) -> None:
-    if on == node.maintenance:
-        if rid is not None:
-            node._result(rid, True, Reason.UNCHANGED, node.name)
-        return
-    node.maintenance = on
-    node._persist()
-    reason = Reason.MAINTENANCE_ON if on else Reason.MAINTENANCE_OFF
-    node._decide(reason)
-    if on:
-        node._out.append(Notify(NotifyKind.MAINTENANCE, node.role, node.term, node.leader))
-        if node.role is Role.LEADER:
-            node._hand_over(reason, "", now)
-        elif node.role is not Role.FOLLOWER:
-            node._become_follower(node.term, "", reason, now)
-    if rid is not None:
-        node._result(rid, True, reason, node.name)
+    def expired(self, now: float) -> list[Pending]:
+        """Requests whose deadline has passed (removed), oldest first."""
+        out = sorted(
+            (p for p in self._by_id.values() if now >= p.deadline), key=lambda p: p.deadline
+        )
+        for p in out:
+            del self._by_id[p.request_id]
+        return out
 
+    def next_deadline(self) -> float:
+        return min((p.deadline for p in self._by_id.values()), default=INF)
 
-def on_stop(node: Node, now: float) -> None:
-    if node.role is Role.LEADER:
-        node._hand_over(Reason.STOPPING, "", now)
-    else:
-        node._decide(Reason.STOPPING)
-    node._out.append(Notify(NotifyKind.STOP, node.role, node.term, node.leader))
+    def __len__(self) -> int:
+        return len(self._by_id)

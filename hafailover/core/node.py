@@ -12,34 +12,49 @@ Design (the intended Raft-with-leases design, kept to what a VIP needs; no repli
   VIP, which costs one round trip after an election but lets failed candidacies block nobody.
 * A node that starts refuses every vote for one `failover_timeout`: promises made before a
   crash are not persisted, so this is how they are kept.
+* Cold start: until it has seen a leader, a node also waits `startup_settle` per better-ranked
+  node that may be eligible before it stands, so priority picks the first leader without a
+  preemption hop. The wait is bounded, so a one-way partition delays but never blocks.
 * PreVote: a node first asks whether it *could* win at term+1 without raising its term; voters
   that still keep a promise refuse. A node cut off and rejoining therefore never inflates terms.
   Refusals carry how long the promise still runs so the candidate retries right when it ends.
-* Health gating: unhealthy, maintenance and witness nodes never stand; voters refuse requests
-  that say the candidate is unhealthy or in maintenance. A leader that becomes unhealthy
-  releases the VIP *then* tells its best peer to stand at once (leadership transfer).
+* Terms: every peer message carries one and `_on_message` compares it once, first (as
+  etcd-io/raft's `Step`): a later term makes this node a follower of that term (except a
+  pre-vote, and a vote request met by a promise: Raft's lease rule); an earlier one is answered
+  as stale (a heartbeat gets a failed ack, a vote request a refusal, a forwarded command a
+  `STALE_TERM` reply) or dropped. A `CommandReply` is matched whatever its term.
+* Health gating: unhealthy, maintenance, stopped and witness nodes never stand; voters refuse
+  requests that say the candidate is unhealthy or in maintenance. A leader that becomes
+  unhealthy releases the VIP *then* tells its best peer to stand at once (leadership transfer).
 * Transfer: the leader releases the VIP, sends TimeoutNow and steps down; the target stands
   immediately naming the old leader, and voters may ignore their promise to exactly that leader
   for exactly the next term. A stale or duplicated TimeoutNow is ignored unless it comes from
   the leader of the receiver's current term.
+* Effects that fail (`EffectFailed`, rules in `hafailover.core.actions`): a node that cannot
+  save refuses votes and does not stand; a node whose release failed refuses votes, acks with
+  success=False, retries, and exits after one failover timeout; a failed acquire hands over
+  like an unhealthy leader and keeps the node ineligible for a back-off.
+* Stop is final: the node never stands, never takes the VIP, and tells peers it is not eligible.
+* Operator commands carried out elsewhere are answered by a `CommandReply`; the forwarding
+  node reports the reply, or `COMMAND_TIMEOUT` after `Timings.command_timeout`.
 * Freeze safety: every entry point first releases the VIP if the lease has run out, before it
   looks at the event.
 
-Role changes happen only in the `_become_*` methods. The action list of one step is ordered
-as documented in `hafailover.core.actions`.
+Role changes happen only in the `_become_*` methods, which refuse an illegal transition. The
+action list of one step is ordered as documented in `hafailover.core.actions`.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from hafailover.core import commands
 from hafailover.core.actions import (
     AcquireVip,
     Action,
     Announce,
     CommandResult,
     Decision,
+    Exit,
     Notify,
     NotifyKind,
     Persist,
@@ -47,7 +62,11 @@ from hafailover.core.actions import (
     ReleaseVip,
     Send,
 )
+from hafailover.core.commands import Outcome, PendingCommands, check_target
 from hafailover.core.events import (
+    Effect,
+    EffectFailed,
+    EffectSucceeded,
     Event,
     HealthChanged,
     MessageReceived,
@@ -57,7 +76,9 @@ from hafailover.core.events import (
     TimerFired,
     VipConflict,
 )
+from hafailover.core.faults import EffectFaults
 from hafailover.core.messages import (
+    CommandReply,
     Heartbeat,
     HeartbeatAck,
     MaintenanceRequest,
@@ -70,20 +91,41 @@ from hafailover.core.messages import (
 )
 from hafailover.core.peers import NEVER, PeerTable
 from hafailover.core.reasons import Reason, Role
-from hafailover.core.spec import ClusterSpec
-from hafailover.core.view import NodeView, node_view
+from hafailover.core.spec import ClusterSpec, SpecError
+from hafailover.core.view import NodeFacts, NodeView, build_view
+from hafailover.errors import HafailoverError, LocalError
 
 INF = float("inf")
+
+# A retry scheduled on a voter's `retry_after` lands this much later, so its promise has ended.
+RETRY_SLACK = 0.002
+
+_LEGAL: dict[Role, frozenset[Role]] = {
+    Role.FOLLOWER: frozenset({Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE}),
+    Role.PRE_CANDIDATE: frozenset({Role.FOLLOWER, Role.CANDIDATE}),
+    Role.CANDIDATE: frozenset({Role.FOLLOWER, Role.LEADER}),
+    Role.LEADER: frozenset({Role.FOLLOWER}),
+}
+
+_FAILED = {
+    Effect.PERSIST: Reason.PERSIST_FAILED,
+    Effect.RELEASE: Reason.RELEASE_FAILED,
+    Effect.ACQUIRE: Reason.ACQUIRE_FAILED,
+}
+
+
+class InvalidTransition(HafailoverError):
+    """A role change the protocol forbids: a bug in the core, never an input's fault."""
+
+
+class NotStarted(LocalError):
+    """`Node.handle` was called before `Node.start`: the caller's misuse."""
 
 
 class RandomSource(Protocol):
     """The injected randomness (a seeded `random.Random`); the core never creates its own."""
 
     def uniform(self, a: float, b: float) -> float: ...
-
-
-# A retry scheduled on a voter's `retry_after` lands this much later, so its promise has ended.
-RETRY_SLACK = 0.002
 
 
 class Node:
@@ -97,7 +139,7 @@ class Node:
     ) -> None:
         me = spec.node(name)
         if me is None:
-            raise ValueError(f"node {name!r} is not in the cluster ({', '.join(spec.names)})")
+            raise SpecError(f"node {name!r} is not in the cluster ({', '.join(spec.names)})")
         spec.timings.validate()
         self.spec = spec
         self.me = me
@@ -109,10 +151,13 @@ class Node:
         self.voted_for = state.voted_for
         self.maintenance = state.maintenance
         self.healthy = healthy
+        self.stopped = False
         self.role = Role.FOLLOWER
         self.leader = ""
         self.holds_vip = False
         self.peers = PeerTable(spec, name)
+        self.faults = EffectFaults(spec.timings)
+        self._pending = PendingCommands()
         self._out: list[Action] = []
         self._started = False
         # Follower: the promise not to vote for anyone but `_promise_to` (in `_promise_term`).
@@ -121,6 +166,8 @@ class Node:
         self._promise_term = -1
         self._leader_contact = NEVER
         self._election_at = INF
+        # Cold start: no standing before this until a leader has been seen.
+        self._settle_until = NEVER
         # (Pre-)candidate.
         self._votes: set[str] = set()
         self._round_deadline = INF
@@ -130,7 +177,9 @@ class Node:
         self._heartbeat_at = INF
         self._lease_until = NEVER
         self._stepdown_at = INF
-        self._last_now = NEVER
+        # The last hand-over (target, term): its TimeoutNow is sent again once a failed
+        # release has succeeded.
+        self._handover = ("", -1)
 
     # ------------------------------------------------------------------ public interface
 
@@ -138,22 +187,22 @@ class Node:
         """First call after construction (a start or a restart with persisted state)."""
         self._out = []
         self._started = True
-        self._last_now = now
         # Promises given before a crash were not persisted: keep them by refusing all votes
         # for one failover timeout.
         self._promise_until = now + self._t.failover_timeout
         self._promise_to = ""
         self._election_at = self._promise_until + self._election_delay(exclude="")
+        rank = self.peers.better_ranked(self.me, exclude="")
+        self._settle_until = self._promise_until + rank * self._t.startup_settle
         self._decide(Reason.STARTED, maintenance=self.maintenance, healthy=self.healthy)
         self._out.append(Notify(NotifyKind.FOLLOWER, self.role, self.term, self.leader))
-        return self._flush()
+        return self._finish(now)
 
     def handle(self, event: Event, now: float) -> list[Action]:
         """Feed one event at monotonic time `now`; returns the actions, in execution order."""
         if not self._started:
-            raise RuntimeError("Node.start() must be called first")
+            raise NotStarted("Node.start() must be called first")
         self._out = []
-        self._last_now = max(self._last_now, now)
         # Freeze safety: before anything else, a lease that ran out while we were not looking
         # (stopped process, starved loop, late timer) drops the VIP.
         self._expire_lease(now)
@@ -166,22 +215,31 @@ class Node:
             case HealthChanged(healthy=healthy, detail=detail):
                 self._on_health(healthy, detail, now)
             case Switchover(request_id=rid, target=target):
-                commands.on_switchover(self, rid, target, now)
+                self._on_switchover(rid, target, now)
             case SetMaintenance(request_id=rid, on=on, node=node):
-                commands.on_set_maintenance(self, rid, on, node, now)
+                self._on_set_maintenance(rid, on, node, now)
             case VipConflict(address=address):
                 if self.holds_vip:
                     self._decide(Reason.VIP_CONFLICT, address=address)
                     self._out.append(Announce(Reason.VIP_CONFLICT))
             case Stop():
-                commands.on_stop(self, now)
-        self._maybe_acquire(now)
-        return self._flush()
+                self._on_stop(now)
+            case EffectFailed(effect=effect, detail=detail):
+                self._on_effect_failed(effect, detail, now)
+            case EffectSucceeded(effect=effect):
+                self._on_effect_succeeded(effect)
+        return self._finish(now)
 
     def next_deadline(self) -> float:
-        """The monotonic time at which `handle(TimerFired(), now)` must next be called."""
+        """The monotonic time at which `handle(TimerFired(), now)` must next be called.
+
+        A leader woken up to `Timings.heartbeat_slack` before its heartbeat is due sends it
+        then, so a caller that wakes several nodes at the earliest of their deadlines gets
+        their heartbeats in one round.
+        """
+        deadline = min(self.faults.next_deadline(), self._pending.next_deadline())
         if self.role is Role.LEADER:
-            deadline = min(self._heartbeat_at, self._stepdown_at)
+            deadline = min(deadline, self._heartbeat_at, self._stepdown_at)
             if self.holds_vip:
                 deadline = min(deadline, self._lease_until)
             if self.spec.preempt:
@@ -190,12 +248,19 @@ class Node:
                         deadline = min(deadline, p.eligible_since + self._t.preempt_delay)
             return deadline
         if self.role is Role.FOLLOWER:
-            return self._election_at
-        return self._round_deadline
+            return min(deadline, max(self._election_at, self._settle_until))
+        return min(deadline, self._round_deadline)
 
     @property
     def eligible(self) -> bool:
-        return self.healthy and not self.maintenance and not self.me.witness
+        """Could lead and hold the VIP; what peers are told (as `healthy`) and shown."""
+        return (
+            self.healthy
+            and not self.maintenance
+            and not self.me.witness
+            and not self.stopped
+            and not self.faults.blocks_acquire
+        )
 
     @property
     def promise(self) -> tuple[str, int, float]:
@@ -206,6 +271,11 @@ class Node:
     def lease_until(self) -> float:
         return self._lease_until if self.role is Role.LEADER else NEVER
 
+    @property
+    def settle_until(self) -> float:
+        """Cold start: no standing before this (monotonic; -inf once a leader was seen)."""
+        return self._settle_until
+
     def persistent_state(self) -> PersistentState:
         return PersistentState(self.term, self.voted_for, self.maintenance)
 
@@ -215,9 +285,19 @@ class Node:
         return self._leader_contact
 
     def view(self, now: float) -> NodeView:
-        return node_view(self, now)
+        facts = NodeFacts(
+            self.name, self.role, self.term, self.leader, self.holds_vip, self.healthy,
+            self.maintenance, self.stopped, self.eligible, self.faults.describe(now),
+            self.lease_until, self.leader_contact,
+        )
+        return build_view(facts, self.peers, self._t, now)
 
     # ------------------------------------------------------------------ role changes
+
+    def _set_role(self, role: Role) -> None:
+        if role not in _LEGAL[self.role]:
+            raise InvalidTransition(f"invalid transition [{self.role} -> {role}]")
+        self.role = role
 
     def _become_follower(self, term: int, leader: str, reason: Reason, now: float) -> None:
         was = self.role
@@ -227,7 +307,7 @@ class Node:
             self.term = term
             self.voted_for = ""
             self._persist()
-        self.role = Role.FOLLOWER
+        self._set_role(Role.FOLLOWER)
         self.leader = leader
         self._votes = set()
         self._round_deadline = INF
@@ -244,13 +324,13 @@ class Node:
             self._out.append(Notify(NotifyKind.FOLLOWER, self.role, self.term, self.leader))
 
     def _become_pre_candidate(self, reason: Reason, now: float) -> None:
-        self.role = Role.PRE_CANDIDATE
+        self._set_role(Role.PRE_CANDIDATE)
         self.leader = ""
         self._decide(reason, proposed_term=self.term + 1)
         self._start_round(pre=True, transfer_from="", now=now)
 
     def _become_candidate(self, reason: Reason, transfer_from: str, now: float) -> None:
-        self.role = Role.CANDIDATE
+        self._set_role(Role.CANDIDATE)
         self.leader = ""
         self.term += 1
         self.voted_for = self.name
@@ -259,8 +339,9 @@ class Node:
         self._start_round(pre=False, transfer_from=transfer_from, now=now)
 
     def _become_leader(self, now: float) -> None:
-        self.role = Role.LEADER
+        self._set_role(Role.LEADER)
         self.leader = self.name
+        self._settle_until = NEVER
         self._round_deadline = INF
         self._election_at = INF
         self._lease_until = NEVER
@@ -276,6 +357,15 @@ class Node:
         self._decide(Reason.ELECTED, votes=len(self._votes), voters=len(self.spec.nodes))
         self._send_heartbeats(now)
 
+    @property
+    def _can_stand(self) -> bool:
+        return self.eligible and not self.faults.refuses_votes
+
+    @property
+    def _reported_healthy(self) -> bool:
+        """What peers are told as `healthy`: false also when stopped or after a failed acquire."""
+        return self.healthy and not self.stopped and not self.faults.blocks_acquire
+
     # ------------------------------------------------------------------ timers and leases
 
     def _expire_lease(self, now: float) -> None:
@@ -287,19 +377,22 @@ class Node:
             self._become_follower(self.term, "", Reason.LEASE_EXPIRED, now)
 
     def _on_timer(self, now: float) -> None:
+        self._effect_timers(now)
+        for p in self._pending.expired(now):
+            self._result(p.request_id, False, Reason.COMMAND_TIMEOUT, f"no answer from {p.node}")
         if self.role is Role.LEADER:
-            if now >= self._heartbeat_at:
+            if now >= self._heartbeat_at - self._t.heartbeat_slack:
                 self._send_heartbeats(now)
             self._track_reachability(now)
             self._maybe_preempt(now)
         elif self.role is Role.FOLLOWER:
-            if now >= self._election_at:
-                if self.eligible:
+            if now >= self._election_at and now >= self._settle_until:
+                if self._can_stand:
                     self._become_pre_candidate(Reason.LEADER_LOST, now)
                 else:
-                    self._election_at = now + self._t.failover_timeout
+                    self._election_at = INF if self.stopped else now + self._t.failover_timeout
         elif now >= self._round_deadline:
-            if self.role is Role.PRE_CANDIDATE and self.eligible:
+            if self.role is Role.PRE_CANDIDATE and self._can_stand:
                 self._start_round(pre=True, transfer_from="", now=now)
             else:
                 self._become_follower(self.term, "", Reason.ELECTION_TIMEOUT, now)
@@ -317,7 +410,7 @@ class Node:
         self._round_sent[self._round] = now
         self._round_sent.pop(self._round - 64, None)
         self._heartbeat_at = now + self._t.heartbeat_interval
-        own = PeerSummary(self.name, self.healthy, self.maintenance, True)
+        own = PeerSummary(self.name, self._reported_healthy, self.maintenance, True)
         summaries = self.peers.summaries(now, self._t.failover_timeout, own)
         for peer in self.peers.peers:
             self._send(peer, Heartbeat(self.term, self._round, summaries))
@@ -371,6 +464,20 @@ class Node:
     # ------------------------------------------------------------------ messages
 
     def _on_message(self, sender: str, msg: Message, now: float) -> None:
+        # The term, once, before anything else (etcd-io/raft `Step`).
+        if msg.term > self.term and not self._keeps_term(sender, msg, now):
+            leader = sender if isinstance(msg, Heartbeat) else ""
+            self._become_follower(msg.term, leader, Reason.HIGHER_TERM, now)
+            if isinstance(msg, VoteResponse):
+                # A refusal from a later term. No leader is known, so stand again as soon as
+                # the voter's promise (if any) allows, not a whole timeout later: a node
+                # restarted with a stale term would otherwise lose one round for it.
+                wait = msg.retry_after + RETRY_SLACK if msg.retry_after > 0 else 0.0
+                self._election_at = now + wait + self._election_delay("")
+                return
+        elif msg.term < self.term and not isinstance(msg, CommandReply):
+            self._on_stale(sender, msg, now)
+            return
         match msg:
             case Heartbeat():
                 self._on_heartbeat(sender, msg, now)
@@ -381,24 +488,50 @@ class Node:
             case VoteResponse():
                 self._on_vote_response(sender, msg, now)
             case TimeoutNow():
-                self._on_timeout_now(sender, msg, now)
-            case TransferRequest(target=target):
+                if sender == self.leader and self.role is Role.FOLLOWER and self._can_stand:
+                    self._become_candidate(Reason.TRANSFER_RECEIVED, sender, now)
+            case TransferRequest(target=target, request_id=rid):
                 if self.role is Role.LEADER:
-                    commands.switchover_as_leader(self, None, target, now)
-            case MaintenanceRequest(on=on):
-                commands.set_own_maintenance(self, None, on, now)
+                    self._reply(sender, rid, self._switchover(target, now))
+                else:
+                    detail = f"{self.name} is not the leader"
+                    self._reply(sender, rid, (False, Reason.NOT_LEADER, detail))
+            case MaintenanceRequest(on=on, request_id=rid):
+                self._reply(sender, rid, self._set_maintenance(on, now))
+            case CommandReply(request_id=rid, accepted=accepted, reason=reason, detail=detail):
+                if self._pending.answer(rid, sender) is not None:
+                    self._result(rid, accepted, reason, detail)
+
+    def _keeps_term(self, sender: str, msg: Message, now: float) -> bool:
+        """A later term that does not make this node follow it."""
+        match msg:
+            case VoteRequest(pre=True) | VoteResponse(granted=True):
+                return True  # a pre-vote proposes term+1; nobody has it yet
+            case VoteRequest():
+                # Raft's lease rule: a voter keeping a promise ignores even a higher term.
+                return self._refusal_wait(sender, msg, now) is not None
+        return False
+
+    def _on_stale(self, sender: str, msg: Message, now: float) -> None:
+        match msg:
+            case Heartbeat():
+                self._ack(sender, msg.round, success=False)
+            case VoteRequest():
+                wait = self._refusal_wait(sender, msg, now)
+                self._send(sender, self._vote_response(self.term, msg.pre, False, wait))
+            case TransferRequest() | MaintenanceRequest():
+                detail = f"{self.name} is in term {self.term}, the request in {msg.term}"
+                self._reply(sender, msg.request_id, (False, Reason.STALE_TERM, detail))
+            case _:
+                pass  # acks, vote responses and TimeoutNow of an earlier term mean nothing now
 
     def _on_heartbeat(self, sender: str, hb: Heartbeat, now: float) -> None:
-        if hb.term < self.term:
-            self._ack(sender, hb.round, success=False)
-            return
-        if self.role is Role.LEADER and hb.term == self.term:
+        if self.role is Role.LEADER:
             return  # impossible with one leader per term; never follow a same-term rival
-        if hb.term > self.term or self.role is not Role.FOLLOWER or self.leader != sender:
-            reason = Reason.HIGHER_TERM if hb.term > self.term else Reason.NEW_LEADER
-            self._become_follower(hb.term, sender, reason, now)
-        self.leader = sender
+        if self.role is not Role.FOLLOWER or self.leader != sender:
+            self._become_follower(self.term, sender, Reason.NEW_LEADER, now)
         self._leader_contact = now
+        self._settle_until = NEVER
         self._promise_until = now + self._t.failover_timeout
         self._promise_to = sender
         self._promise_term = hb.term
@@ -407,16 +540,15 @@ class Node:
         if info is not None:
             info.last_heard = now
         self._election_at = self._promise_until + self._election_delay(exclude=sender)
-        self._ack(sender, hb.round, success=True)
+        # A node whose release failed may still hold the VIP: it backs no lease.
+        self._ack(sender, hb.round, success=not self.faults.failing(Effect.RELEASE))
 
     def _ack(self, to: str, rnd: int, success: bool) -> None:
-        self._send(to, HeartbeatAck(self.term, rnd, success, self.healthy, self.maintenance))
+        ack = HeartbeatAck(self.term, rnd, success, self._reported_healthy, self.maintenance)
+        self._send(to, ack)
 
     def _on_ack(self, sender: str, ack: HeartbeatAck, now: float) -> None:
-        if ack.term > self.term:
-            self._become_follower(ack.term, "", Reason.HIGHER_TERM, now)
-            return
-        if self.role is not Role.LEADER or ack.term != self.term:
+        if self.role is not Role.LEADER:
             return
         info = self.peers.heard(sender, now, ack.healthy, ack.maintenance)
         if info is None:
@@ -449,51 +581,35 @@ class Node:
         return None if transfer else self._promise_until - now
 
     def _on_vote_request(self, sender: str, req: VoteRequest, now: float) -> None:
-        spec = self.peers.get(sender)
+        info = self.peers.get(sender)
         wait = self._refusal_wait(sender, req, now)
         refuse = (
-            spec is None or spec.spec.witness or not req.healthy or req.maintenance
-            or wait is not None
+            info is None or info.spec.witness or not req.healthy or req.maintenance
+            or wait is not None or self.faults.refuses_votes
         )
         if req.pre:
             granted = not refuse and req.term > self.term
             self._send(sender, self._vote_response(req.term if granted else self.term, True,
                                                    granted, wait))
             return
-        if wait is not None:
-            # Raft's lease rule: a voter keeping a promise ignores even a higher term.
-            self._send(sender, self._vote_response(self.term, False, False, wait))
-            return
-        if req.term > self.term:
-            self._become_follower(req.term, "", Reason.HIGHER_TERM, now)
-        granted = (
-            not refuse and req.term == self.term and self.voted_for in ("", sender)
-        )
+        granted = not refuse and req.term == self.term and self.voted_for in ("", sender)
         if granted and self.voted_for != sender:
             self.voted_for = sender
             self._persist()
         if granted:
             # Give the candidate time to finish before standing ourselves.
             self._election_at = max(self._election_at, now + self._t.failover_timeout)
-        self._send(sender, self._vote_response(self.term, False, granted, None))
+        self._send(sender, self._vote_response(self.term, False, granted, wait))
 
     def _vote_response(
         self, term: int, pre: bool, granted: bool, wait: float | None
     ) -> VoteResponse:
         return VoteResponse(
-            term, pre, granted, self.healthy, self.maintenance, max(wait or 0.0, 0.0)
+            term, pre, granted, self._reported_healthy, self.maintenance, max(wait or 0.0, 0.0)
         )
 
     def _on_vote_response(self, sender: str, resp: VoteResponse, now: float) -> None:
         self.peers.heard(sender, now, resp.healthy, resp.maintenance)
-        if resp.term > self.term and not resp.granted:
-            # A refusal from a later term: that term exists, follow it. No leader is known, so
-            # stand again as soon as the voter's promise (if any) allows, not a whole timeout
-            # later: a node restarted with a stale term would otherwise lose one round for it.
-            self._become_follower(resp.term, "", Reason.HIGHER_TERM, now)
-            wait = resp.retry_after + RETRY_SLACK if resp.retry_after > 0 else 0.0
-            self._election_at = now + wait + self._election_delay("")
-            return
         expected_pre = self.role is Role.PRE_CANDIDATE
         if self.role not in (Role.PRE_CANDIDATE, Role.CANDIDATE) or resp.pre != expected_pre:
             return
@@ -508,21 +624,12 @@ class Node:
         elif not resp.granted and resp.retry_after > 0:
             self._round_deadline = min(self._round_deadline, now + resp.retry_after + RETRY_SLACK)
 
-    def _on_timeout_now(self, sender: str, msg: TimeoutNow, now: float) -> None:
-        if (
-            msg.term == self.term
-            and sender == self.leader
-            and self.role is Role.FOLLOWER
-            and self.eligible
-        ):
-            self._become_candidate(Reason.TRANSFER_RECEIVED, sender, now)
-
     def _start_round(self, pre: bool, transfer_from: str, now: float) -> None:
         self._votes = {self.name}
         self._round_deadline = now + self._t.election_round_timeout
         term = self.term + 1 if pre else self.term
         for peer in self.peers.peers:
-            req = VoteRequest(term, pre, self.healthy, self.maintenance, transfer_from)
+            req = VoteRequest(term, pre, self._reported_healthy, self.maintenance, transfer_from)
             self._send(peer, req)
         if len(self._votes) >= self.spec.quorum:  # a one-node cluster
             if pre:
@@ -530,20 +637,23 @@ class Node:
             else:
                 self._become_leader(now)
 
-    # ------------------------------------------------------------------ health and operators
+    # ------------------------------------------------------------------ health and effects
 
     def _on_health(self, healthy: bool, detail: str, now: float) -> None:
         if healthy == self.healthy:
             return
         self.healthy = healthy
         self._decide(Reason.HEALTHY if healthy else Reason.UNHEALTHY, detail=detail)
-        if healthy:
-            return
-        self._out.append(Notify(NotifyKind.UNHEALTHY, self.role, self.term, self.leader))
+        if not healthy:
+            self._step_aside(Reason.UNHEALTHY, NotifyKind.UNHEALTHY, now)
+
+    def _step_aside(self, reason: Reason, kind: NotifyKind, now: float) -> None:
+        """This node can no longer lead: a leader hands over, a candidate gives up."""
+        self._out.append(Notify(kind, self.role, self.term, self.leader))
         if self.role is Role.LEADER:
-            self._hand_over(Reason.UNHEALTHY, "", now)
+            self._hand_over(reason, "", now)
         elif self.role is not Role.FOLLOWER:
-            self._become_follower(self.term, "", Reason.UNHEALTHY, now)
+            self._become_follower(self.term, "", reason, now)
 
     def _hand_over(self, reason: Reason, target: str, now: float) -> None:
         """Release the VIP, then (if anyone can take it) tell the successor to stand now."""
@@ -554,12 +664,125 @@ class Node:
         if target:
             self._decide(reason, target=target)
             self._send(target, TimeoutNow(self.term))
+            self._handover = (target, self.term)
         self._become_follower(self.term, "", reason, now)
+
+    def _on_effect_failed(self, effect: Effect, detail: str, now: float) -> None:
+        reason = _FAILED[effect]
+        if self.faults.fail(effect, detail, now) or effect is Effect.ACQUIRE:
+            self._decide(reason, detail=detail)
+        if effect is Effect.ACQUIRE:
+            # Ineligible for a back-off: hand over like an unhealthy leader (releasing whatever
+            # the failed add may have left), then try again when elected after the back-off.
+            self._step_aside(reason, NotifyKind.UNHEALTHY, now)
+        elif self.role is not Role.FOLLOWER and (
+            effect is Effect.RELEASE or self.role is not Role.LEADER
+        ):
+            # A release that failed: lead no more (the VIP may still be here). A save that
+            # failed: a candidate's own vote was not kept, so its candidacy ends.
+            self._become_follower(self.term, "", reason, now)
+
+    def _on_effect_succeeded(self, effect: Effect) -> None:
+        if not self.faults.clear(effect):
+            return
+        self._decide(Reason.EFFECT_RECOVERED, effect=effect.value)
+        target, term = self._handover
+        if effect is Effect.RELEASE and target and term == self.term and not self.leader:
+            # The hand-over's TimeoutNow was held back while the VIP might still be here.
+            self._send(target, TimeoutNow(self.term))
+            self._handover = ("", -1)
+
+    def _effect_timers(self, now: float) -> None:
+        if self.faults.due(Effect.RELEASE, now):
+            self.faults.retried(Effect.RELEASE, now)
+            self._out.append(ReleaseVip(Reason.RELEASE_FAILED))
+        if self.faults.exit_due(now):
+            self.faults.exit_sent = True
+            detail = (
+                f"the VIP could not be removed for {self._t.failover_timeout:g}s; exiting so "
+                "that release-vips removes it"
+            )
+            self._out.append(Exit(Reason.RELEASE_FAILED, detail))
+        if self.faults.due(Effect.ACQUIRE, now):
+            self.faults.end_backoff()
+            self._decide(Reason.HEALTHY, detail="back-off after a failed VIP acquire is over")
+
+    # ------------------------------------------------------------------ operator commands
+
+    def _on_switchover(self, rid: int, target: str, now: float) -> None:
+        ft = self._t.failover_timeout
+        if self.role is Role.LEADER:
+            self._result(rid, *self._switchover(target, now))
+            return
+        problem = check_target(self.peers, self.name, False, target, now, ft) if target else None
+        if problem is None and target == self.name and self.me.witness:
+            problem = Reason.TARGET_IS_WITNESS
+        if problem is not None:
+            self._result(rid, False, problem, target)
+        elif not self.leader or now - self._leader_contact > ft:
+            self._result(rid, False, Reason.NO_LEADER, "no leader is reachable from this node")
+        else:
+            self._forward(rid, self.leader, TransferRequest(self.term, target, rid), now)
+
+    def _switchover(self, target: str, now: float) -> Outcome:
+        """A leader carries out a switchover (to `target`, or the best other node)."""
+        ft = self._t.failover_timeout
+        problem = check_target(self.peers, self.name, True, target, now, ft) if target else None
+        if problem is None and not target:
+            target = self.peers.best_target(now, ft)
+            if not target:
+                problem = Reason.NO_ELIGIBLE_TARGET
+        if problem is not None:
+            self._decide(problem, target=target, refused="switchover")
+            return (False, problem, target)
+        self._hand_over(Reason.SWITCHOVER, target, now)
+        return (True, Reason.ACCEPTED, target)
+
+    def _on_set_maintenance(self, rid: int, on: bool, node: str, now: float) -> None:
+        if node in ("", self.name):
+            self._result(rid, *self._set_maintenance(on, now))
+        elif self.peers.get(node) is None:
+            self._result(rid, False, Reason.TARGET_UNKNOWN, node)
+        else:
+            self._forward(rid, node, MaintenanceRequest(self.term, on, rid), now)
+
+    def _set_maintenance(self, on: bool, now: float) -> Outcome:
+        if on == self.maintenance:
+            return (True, Reason.UNCHANGED, self.name)
+        self.maintenance = on
+        self._persist()
+        reason = Reason.MAINTENANCE_ON if on else Reason.MAINTENANCE_OFF
+        self._decide(reason)
+        if on:
+            self._step_aside(reason, NotifyKind.MAINTENANCE, now)
+        return (True, reason, self.name)
+
+    def _forward(self, rid: int, to: str, request: Message, now: float) -> None:
+        self._send(to, request)
+        self._pending.add(rid, to, now + self._t.command_timeout)
+        self._decide(Reason.FORWARDED, target=to, request=rid)
+
+    def _on_stop(self, now: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.role is Role.LEADER:
+            self._hand_over(Reason.STOPPING, "", now)
+        elif self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, "", Reason.STOPPING, now)
+        else:
+            self._decide(Reason.STOPPING)
+        self._out.append(Notify(NotifyKind.STOP, self.role, self.term, self.leader))
+        self._election_at = INF
 
     # ------------------------------------------------------------------ output helpers
 
     def _send(self, to: str, message: Message) -> None:
         self._out.append(Send(to, message))
+
+    def _reply(self, to: str, rid: int, outcome: Outcome) -> None:
+        if rid:
+            self._send(to, CommandReply(self.term, rid, *outcome))
 
     def _persist(self) -> None:
         self._out.append(Persist(self.persistent_state()))
@@ -570,6 +793,16 @@ class Node:
     def _result(self, rid: int, accepted: bool, reason: Reason, detail: str) -> None:
         self._out.append(CommandResult(rid, accepted, reason, detail))
 
-    def _flush(self) -> list[Action]:
+    def _finish(self, now: float) -> list[Action]:
+        """End a step: acquire if due, retry a failed save, put operator answers last."""
+        self._maybe_acquire(now)
         out, self._out = self._out, []
-        return out
+        results = [a for a in out if isinstance(a, CommandResult)]
+        actions = [a for a in out if not isinstance(a, CommandResult)]
+        if self.faults.due(Effect.PERSIST, now):
+            self.faults.retried(Effect.PERSIST, now)
+            # Not in a step that saves anyway, nor ahead of an operator's answer (a failure
+            # would turn it into a refusal); the next retry comes one interval later.
+            if not results and not any(isinstance(a, Persist) for a in actions):
+                actions.append(Persist(self.persistent_state()))
+        return actions + results

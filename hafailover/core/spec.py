@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hafailover.errors import LocalError
 
-class TimingError(ValueError):
+
+class SpecError(LocalError, ValueError):
+    """A cluster description the core cannot run (the operator's configuration is wrong).
+
+    Also a `ValueError`, so configuration validators report it like any other bad value.
+    """
+
+
+class TimingError(SpecError):
     """Timings that cannot work together; the message says which and how to fix it."""
 
 
@@ -30,6 +39,10 @@ class Timings:
     # removes the VIP before any follower's promise can run out.
     lease_guard: float = 0.05
     preempt_delay: float = 30.0
+    # Cold start: a node that has not seen a leader since it started waits this long per
+    # better-ranked node that may be eligible before it stands, so priority decides the first
+    # leader among nodes started within this time of each other (see docs/architecture.md).
+    startup_settle: float = 1.0
 
     def validate(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -55,6 +68,8 @@ class Timings:
             )
         if self.preempt_delay < 0:
             raise TimingError("preempt_delay must not be negative")
+        if not 0 <= self.startup_settle <= 60:
+            raise TimingError("startup_settle must be between 0 and 60 seconds")
 
     @property
     def lease_duration(self) -> float:
@@ -79,6 +94,23 @@ class Timings:
         """How long a (pre-)candidate waits for a majority before it tries again."""
         return self.heartbeat_interval
 
+    @property
+    def heartbeat_slack(self) -> float:
+        """A leader woken this close before its heartbeat is due sends it then, so that the
+        nodes of several groups woken by one timer send in the same round (leases are measured
+        from the actual send time, so an early heartbeat is never unsafe)."""
+        return self.heartbeat_interval / 10
+
+    @property
+    def command_timeout(self) -> float:
+        """How long a forwarded operator request waits for the `CommandReply`."""
+        return 2 * self.failover_timeout
+
+    @property
+    def acquire_backoff(self) -> float:
+        """After a failed VIP acquire, how long the node stays ineligible before it retries."""
+        return 5 * self.failover_timeout
+
 
 @dataclass(frozen=True)
 class NodeSpec:
@@ -96,9 +128,9 @@ class ClusterSpec:
     def __post_init__(self) -> None:
         names = [n.name for n in self.nodes]
         if not names:
-            raise ValueError("a cluster needs at least one node")
+            raise SpecError("a cluster needs at least one node")
         if len(set(names)) != len(names):
-            raise ValueError("node names must be unique")
+            raise SpecError("node names must be unique")
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -1,15 +1,16 @@
-"""Read-only snapshots of a node for status output (kept out of the state machine's file)."""
+"""Read-only snapshots of a node for status output, built from public facts only.
+
+`Node.view(now)` calls `build_view` with its public fields; this module never imports the
+state machine, so the snapshot cannot reach into it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from hafailover.core.peers import NEVER
+from hafailover.core.peers import NEVER, PeerTable
 from hafailover.core.reasons import Role
-
-if TYPE_CHECKING:
-    from hafailover.core.node import Node
+from hafailover.core.spec import Timings
 
 
 @dataclass(frozen=True)
@@ -38,26 +39,52 @@ class NodeView:
     quorum: bool
     lease_remaining: float | None
     peers: tuple[PeerView, ...]
+    # Stopped (final): never stands or takes the VIP again.
+    stopped: bool = False
+    # Could stand for election now (healthy, not in maintenance, no witness, not stopped, no
+    # effect fault that forbids it).
+    eligible: bool = True
+    # One sentence naming the failing effect(s) and why ("" when nothing fails).
+    fault: str = ""
 
 
-def node_view(node: Node, now: float) -> NodeView:
-    """A read-only snapshot of `node` at `now`, for status output."""
-    ft = node.spec.timings.failover_timeout
-    leading = node.role is Role.LEADER
-    quorum = now < node.lease_until if leading else now - node.leader_contact <= ft
-    peers = []
-    for p in node.peers.peers.values():
+@dataclass(frozen=True)
+class NodeFacts:
+    """The public facts of a node that a snapshot is built from."""
+
+    name: str
+    role: Role
+    term: int
+    leader: str
+    holds_vip: bool
+    healthy: bool
+    maintenance: bool
+    stopped: bool
+    eligible: bool
+    fault: str
+    lease_until: float
+    leader_contact: float
+
+
+def build_view(facts: NodeFacts, peers: PeerTable, timings: Timings, now: float) -> NodeView:
+    """A read-only snapshot at `now`, for status output."""
+    ft = timings.failover_timeout
+    leading = facts.role is Role.LEADER
+    contact = facts.leader_contact
+    quorum = now < facts.lease_until if leading else now - contact <= ft
+    views = []
+    for p in peers.peers.values():
         if leading:
             reachable = p.reachable(now, ft)
-        elif p.spec.name == node.leader:
-            reachable = now - node.leader_contact <= ft
+        elif p.spec.name == facts.leader:
+            reachable = now - contact <= ft
         else:
             reachable = bool(p.reported_reachable) and quorum
         heard = p.last_heard if p.last_heard != NEVER else None
-        if p.spec.name == node.leader and node.leader_contact != NEVER:
-            heard = node.leader_contact
-        role = Role.LEADER.value if p.spec.name == node.leader else Role.FOLLOWER.value
-        peers.append(
+        if p.spec.name == facts.leader and contact != NEVER:
+            heard = contact
+        role = Role.LEADER.value if p.spec.name == facts.leader else Role.FOLLOWER.value
+        views.append(
             PeerView(
                 name=p.spec.name,
                 role=role if reachable else "unreachable",
@@ -69,16 +96,19 @@ def node_view(node: Node, now: float) -> NodeView:
                 last_heard=heard,
             )
         )
-    remaining = node.lease_until - now if leading and node.lease_until > now else None
+    remaining = facts.lease_until - now if leading and facts.lease_until > now else None
     return NodeView(
-        name=node.name,
-        role=node.role,
-        term=node.term,
-        leader=node.leader,
-        holds_vip=node.holds_vip,
-        healthy=node.healthy,
-        maintenance=node.maintenance,
+        name=facts.name,
+        role=facts.role,
+        term=facts.term,
+        leader=facts.leader,
+        holds_vip=facts.holds_vip,
+        healthy=facts.healthy,
+        maintenance=facts.maintenance,
         quorum=quorum,
         lease_remaining=remaining,
-        peers=tuple(peers),
+        peers=tuple(views),
+        stopped=facts.stopped,
+        eligible=facts.eligible,
+        fault=facts.fault,
     )

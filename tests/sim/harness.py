@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from hafailover.core.actions import (
     AcquireVip,
     Action,
+    CommandResult,
     Decision,
     Persist,
     PersistentState,
@@ -113,6 +114,7 @@ class Simulator:
         self.observers: list[Callable[[Simulator, str, list[Action]], None]] = []
         self.decisions: list[tuple[float, str, Decision]] = []
         self.vip_log: list[tuple[float, str, bool]] = []
+        self.results: list[tuple[float, str, CommandResult]] = []
         for sn in self.nodes.values():
             self._boot(sn)
 
@@ -294,6 +296,8 @@ class Simulator:
                 sn.holds_vip = False
             case Decision():
                 self.decisions.append((self.t, sn.name, action))
+            case CommandResult():
+                self.results.append((self.t, sn.name, action))
             case _:
                 pass
 
@@ -353,6 +357,13 @@ class Simulator:
         for t, name, held in self.vip_log:
             if t >= t0 and held and name != exclude:
                 return t
+        return None
+
+    def result(self, name: str, request_id: int) -> tuple[float, CommandResult] | None:
+        """When and how `name` answered its operator's request `request_id` (None: not yet)."""
+        for t, n, r in self.results:
+            if n == name and r.request_id == request_id:
+                return t, r
         return None
 
     def elected(self) -> list[tuple[float, str, int]]:

@@ -9,7 +9,8 @@
 4. A holder that cannot reach a majority of live nodes (running or frozen; ignoring random
    loss) releases the VIP within the failover timeout.
 5. Liveness: when the network is clean, nothing is frozen, and an eligible node is running in a
-   majority, some node holds the VIP within twice the failover timeout of the last disturbance.
+   majority, some node holds the VIP within twice the failover timeout of the last disturbance,
+   or of the end of the cold-start settle time of the first eligible node allowed to stand.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Invariants:
         self.last_majority: dict[str, float] = dict.fromkeys(sim.nodes, 0.0)
         self.holderless_since: float | None = None
         self.checks = 0
+        # Per node: (start time, real time its cold-start settle ends), taken at its start.
+        self.settle_end: dict[str, tuple[float, float]] = {}
         sim.observers.append(self.check)
 
     def check(self, sim: Simulator, name: str, actions: list[Action]) -> None:
@@ -104,7 +107,7 @@ class Invariants:
         if self.holderless_since is None:
             self.holderless_since = sim.t
         ft = sim.spec.timings.failover_timeout
-        since = max(sim.last_disturbance, self.holderless_since)
+        since = max(sim.last_disturbance, self.holderless_since, self._first_settled(sim))
         if sim.t - since <= 2 * ft or not sim.net.clean():
             return
         nodes = sim.nodes.values()
@@ -119,7 +122,23 @@ class Invariants:
         )
 
 
+    def _first_settled(self, sim: Simulator) -> float:
+        """When the first running eligible node may stand after its cold-start settle time."""
+        ends = []
+        for name, sn in sim.nodes.items():
+            if not sn.running or sn.node is None:
+                continue
+            start, end = self.settle_end.get(name, (None, 0.0))
+            if start != sn.started_at:
+                start, end = sn.started_at, sn.real(sn.node.settle_until)
+                self.settle_end[name] = (start, end)
+            if _eligible(sim, sn):
+                ends.append(end)
+        return min(ends, default=float("-inf"))
+
+
 def _eligible(sim: Simulator, sn: SimNode) -> bool:
     spec = sim.spec.node(sn.name)
     assert spec is not None and sn.node is not None
     return sn.healthy and not sn.node.maintenance and not spec.witness
+
