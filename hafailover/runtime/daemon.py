@@ -27,7 +27,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from hafailover.config import ConfigError, NodeResolutionError, load_config, resolve_self
+from hafailover.config import (
+    ConfigError,
+    LoadedConfig,
+    NodeResolutionError,
+    load_config,
+    resolve_self,
+)
 from hafailover.config.schema import CheckKind, Config, NodeConfig
 from hafailover.control.server import ControlServer, ControlServerError
 from hafailover.core.events import Stop
@@ -40,6 +46,7 @@ from hafailover.runtime.engine import Engine, Ports, lag_ticker
 from hafailover.runtime.interfaces import interface_networks
 from hafailover.runtime.logs import setup_logging
 from hafailover.runtime.notify import Notifier
+from hafailover.runtime.reload import Reloader
 from hafailover.runtime.sdnotify import SystemdNotifier
 from hafailover.runtime.status import StatusHandler
 from hafailover.runtime.store import EventLog, StateError, StateStore
@@ -266,13 +273,30 @@ class Daemon:
         if engine is not None:
             engine.feed(VipConflict(address))
 
+    # The SIGHUP reloads (runtime/reload.py), made by the first SIGHUP.
+    _reloader: Reloader | None = None
+
     def _reload(self) -> None:
-        """SIGHUP: checks, notify hooks and log level apply live; the rest is refused."""
-        try:
-            new = load_config(self.config_path).config
-        except ConfigError as e:
-            log.error("reload refused, configuration invalid; keeping the old one:\n%s", e)
+        """SIGHUP: read and parse the file off the loop, then apply it (`_apply_reload`).
+
+        The file is parsed in a child process with a time and a memory limit, so neither a huge
+        nor a broken file can stall heartbeats and leases; over a limit the reload is refused.
+        Checks, notify hooks and log level apply live; the rest is refused.
+        """
+        if self._reloader is None:
+            self._reloader = Reloader(self.config_path, self._apply_reload, self._refuse_reload)
+        self._reloader.request()
+
+    def _refuse_reload(self, reason: str) -> None:
+        log.error("reload refused, the old configuration stays in force: %s", reason)
+
+    def _apply_reload(self, loaded: LoadedConfig) -> None:
+        if self.engine.stopping:
+            log.info("reload not applied: the daemon is stopping")
             return
+        new = loaded.config
+        for w in loaded.warnings:
+            log.warning("%s", w)
         old = self.config
         fixed = {
             "cluster name": (old.cluster.name, new.cluster.name),
@@ -288,6 +312,8 @@ class Daemon:
             "announce": (old.announce, new.announce),
             "max_loop_lag": (old.cluster.max_loop_lag, new.cluster.max_loop_lag),
             "watchdog": (old.cluster.watchdog, new.cluster.watchdog),
+            "vip_lifetime": (old.cluster.vip_lifetime, new.cluster.vip_lifetime),
+            "groups": (old.groups, new.groups),
         }
         changed = [name for name, (a, b) in fixed.items() if a != b]
         if changed:

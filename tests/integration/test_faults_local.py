@@ -12,15 +12,23 @@ The netns tests build the lab (10.213.0.0/16, nothing joined to the host) and re
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import os
 import time
 import tracemalloc
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from hafailover.config import LoadedConfig, load_config
+from hafailover.runtime.reload import Reloader, ReloadError, load_config_off_loop
 from hafailover.wire.keys import MAX_KEY_FILE_BYTES, KeyFileError, generate_key, load_key
+
+T = TypeVar("T")
 
 # ------------------------------------------------------------------------------- key file
 
@@ -59,3 +67,107 @@ def test_oversized_key_file_is_refused_naming_the_limit(tmp_path: Path, size: in
     assert "WlpaWlpa" not in message  # nothing of the content is echoed
     assert len(message) < 400
     assert elapsed < 0.5 and peak < 64 * 1024, (elapsed, peak)
+
+
+# ------------------------------------------------------------------------ off-loop reload
+
+
+def _config(tmp_path: Path, checks: int, *, name: str = "lab") -> Path:
+    """A valid configuration with `checks` checks (10 000 of them: ~0.5 MB, seconds of CPU)."""
+    lines = [
+        "cluster:",
+        f"  name: {name}",
+        f"  key_file: {tmp_path / 'cluster.key'}",
+        "nodes:",
+        "  - {name: n1, address: 10.213.0.11, priority: 150}",
+        "  - {name: n2, address: 10.213.0.12, priority: 100}",
+        "vips:",
+        "  - {address: 10.213.0.100/24, interface: eth0}",
+        "checks:",
+        *(f"  - {{name: c{i}, script: [/bin/true], interval: 1s}}" for i in range(checks)),
+    ]
+    path = tmp_path / "hafailover.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def _with_lag(coro: Awaitable[T]) -> tuple[T | BaseException, float]:
+    """Run `coro`, measuring the loop's worst lateness meanwhile (10 ms ticks)."""
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.monotonic() - t - 0.01)
+
+    task = asyncio.create_task(ticker())
+    try:
+        result: T | BaseException = await coro
+    except Exception as e:
+        result = e
+    finally:
+        task.cancel()
+    return result, worst
+
+
+def test_reload_reads_a_valid_file_off_the_loop(tmp_path: Path) -> None:
+    path = _config(tmp_path, 3)
+    loaded, lag = asyncio.run(_with_lag(load_config_off_loop(path)))
+    assert isinstance(loaded, LoadedConfig)
+    assert loaded.config == load_config(path).config
+    assert lag < 0.1
+
+
+def test_reload_of_an_invalid_file_is_refused_with_its_lines(tmp_path: Path) -> None:
+    path = _config(tmp_path, 1)
+    path.write_text(path.read_text().replace("priority: 100", "priority: lots"))
+    error, _ = asyncio.run(_with_lag(load_config_off_loop(path)))
+    assert isinstance(error, ReloadError)
+    assert str(error).startswith("configuration invalid:\n")
+    assert f"{path}:6: nodes[1].priority" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({"cpu_seconds": 1}, "took more than 1s of CPU time (the limit"),
+        ({"memory": 64 * 1024 * 1024}, "needed more than 64 MiB (the limit)"),
+        ({"timeout": 0.2}, "did not finish within 0.2s (the limit)"),
+    ],
+)
+def test_reload_over_a_limit_is_refused_and_the_loop_stays_on_time(
+    tmp_path: Path, limits: dict[str, Any], expected: str
+) -> None:
+    # Parsed on the loop, this file stalled it for seconds (10 000 checks, quadratic checks).
+    path = _config(tmp_path, 10_000)
+    start = time.monotonic()
+    error, lag = asyncio.run(_with_lag(load_config_off_loop(path, **limits)))
+    elapsed = time.monotonic() - start
+    assert isinstance(error, ReloadError), error
+    assert expected in str(error) and str(path) in str(error)
+    assert lag < 0.1, f"loop {lag * 1000:.0f} ms late"
+    print(f"refused after {elapsed:.1f}s: {error}")
+
+
+def test_reloader_runs_one_reload_at_a_time_and_reads_the_last_edit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _config(tmp_path, 1, name="first")
+    applied: list[str] = []
+    refused: list[str] = []
+
+    async def main() -> None:
+        reloader = Reloader(path, lambda c: applied.append(c.config.cluster.name), refused.append)
+        reloader.request()
+        await asyncio.sleep(0)
+        _config(tmp_path, 1, name="second")  # edited while the first read runs
+        reloader.request()
+        reloader.request()
+        await reloader.wait()
+
+    caplog.set_level(logging.INFO)
+    asyncio.run(main())
+    assert refused == [] and applied[-1] == "second" and len(applied) <= 2
+    assert "reload already running" in caplog.text

@@ -1,0 +1,255 @@
+"""Reading the configuration for a SIGHUP reload, off the event loop, bounded in time and memory.
+
+Parsing a file runs Python code for as long as the file makes it: on the event loop that is a
+stall (heartbeats and lease timing stop; a blocked leader keeps its VIP while the others elect a
+new one), and a worker thread would hold the GIL the same way. So the file is read and parsed by
+a child process (`python -c ... child_main`): it runs at a lower priority under an address-space
+limit (`RELOAD_MEMORY_BYTES`) and a CPU-time limit for the parse (`RELOAD_CPU_S`; CPU time, so a
+busy machine does not make a normal file fail), is killed if it has not answered after
+`RELOAD_TIMEOUT_S` (a file on a hung mount), and sends back the parsed `LoadedConfig` pickled on
+its stdout (at most `MAX_RESULT_BYTES`). The loop only waits
+on pipes, so it keeps its timing throughout; the result comes back to it as one event.
+
+`Reloader` is what the daemon's SIGHUP handler drives: one reload at a time; a SIGHUP during a
+reload reads the file once more when that one ends (the latest edit wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from hafailover.config import ConfigError, LoadedConfig, load_config
+from hafailover.errors import LocalError
+from hafailover.runtime.logs import printable
+
+log = logging.getLogger("hafailover.reload")
+
+# A real configuration parses in well under a second of CPU time.
+RELOAD_CPU_S: Final = 5
+# Wall-clock bound on the whole reload (start-up included), for a reader that hangs.
+RELOAD_TIMEOUT_S: Final = 30.0
+# The child's address-space limit: far above a real configuration (~50 MiB with the runtime).
+RELOAD_MEMORY_BYTES: Final = 512 * 1024 * 1024
+# The pickled result; a real configuration's is a few KiB, and unpickling it runs in the daemon.
+MAX_RESULT_BYTES: Final = 1024 * 1024
+# What is kept of the child's stderr for the log (a traceback's tail).
+MAX_STDERR_BYTES: Final = 2048
+# The loader's problems as logged: the first few say what is wrong.
+MAX_PROBLEM_TEXT: Final = 4096
+
+_CHILD = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from hafailover.runtime.reload import child_main; child_main(sys.argv[2:])"
+)
+
+
+class ReloadError(LocalError):
+    """The reload is refused; the message is one sentence for the log (then the loader's list)."""
+
+
+def _package_root() -> str:
+    # The directory holding the `hafailover` package: the child imports this very code.
+    return str(Path(__file__).resolve().parents[2])
+
+
+async def load_config_off_loop(
+    path: Path,
+    *,
+    cpu_seconds: int = RELOAD_CPU_S,
+    timeout: float = RELOAD_TIMEOUT_S,
+    memory: int = RELOAD_MEMORY_BYTES,
+) -> LoadedConfig:
+    """Read and validate `path` in a child process; ReloadError says why if that fails."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CHILD, _package_root(), os.fspath(path), str(memory),
+            str(cpu_seconds),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as e:
+        raise ReloadError(f"cannot start the configuration reader: {e.strerror or e}") from e
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await asyncio.gather(
+                _read_capped(proc.stdout, MAX_RESULT_BYTES, fail=True),
+                _read_capped(proc.stderr, MAX_STDERR_BYTES, fail=False),
+            )
+            status = await proc.wait()
+    except TimeoutError:
+        raise ReloadError(
+            f"reading {path} did not finish within {timeout:g}s (the limit): is it on a mount "
+            "that hangs?"
+        ) from None
+    finally:
+        if proc.returncode is None:  # timed out, too large, or the daemon is stopping
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if status != 0 or not out:
+        raise ReloadError(_child_failure(path, status, err, memory, cpu_seconds))
+    # Unpickled in a thread: bounded in size, but the loop need not wait for it either.
+    verdict, value = await asyncio.to_thread(pickle.loads, out)
+    if verdict == "ok":
+        assert isinstance(value, LoadedConfig)
+        return value
+    if verdict == "memory":
+        raise ReloadError(
+            f"reading {path} needed more than {memory // (1024 * 1024)} MiB (the limit): "
+            "is the file far larger than it should be?"
+        )
+    text = str(value)
+    if len(text) > MAX_PROBLEM_TEXT:
+        text = text[:MAX_PROBLEM_TEXT] + "\n... (more problems not shown)"
+    raise ReloadError(f"configuration invalid:\n{text}")
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int, *, fail: bool) -> bytes:
+    """Everything `stream` delivers up to `cap` bytes; beyond that ReloadError if `fail`, else
+    the rest is read and dropped (so that the child never blocks on a full pipe)."""
+    data = bytearray()
+    while chunk := await stream.read(65536):
+        if len(data) + len(chunk) > cap:
+            if fail:
+                raise ReloadError(
+                    f"the parsed configuration is larger than {cap // 1024} KiB (the limit; a "
+                    "real one is a few KiB): is the file far larger than it should be?"
+                )
+            data += chunk[: max(0, cap - len(data))]
+            continue
+        data += chunk
+    return bytes(data)
+
+
+def _child_failure(path: Path, status: int, err: bytes, memory: int, cpu_seconds: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        if -status in (signal.SIGXCPU, signal.SIGKILL):  # the soft, then the hard CPU limit
+            return (
+                f"reading {path} took more than {cpu_seconds}s of CPU time (the limit; a real "
+                "configuration takes well under a second): is the file far larger than it "
+                "should be?"
+            )
+        how = f"was killed by {name}"
+    else:
+        how = f"exited with status {status}"
+    tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] if err else []
+    detail = f" ({printable(tail[0])})" if tail else ""
+    if b"MemoryError" in err:
+        return (f"reading {path} needed more than {memory // (1024 * 1024)} MiB (the limit): is "
+                "the file far larger than it should be?")
+    return f"the configuration reader for {path} {how}{detail}"
+
+
+def child_main(args: list[str]) -> None:
+    """In the child: limit itself, load the file, write the pickled verdict to stdout."""
+    import resource
+
+    path, memory, cpu_seconds = args[0], int(args[1]), int(args[2])
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the daemon, not its reader, gets the CPU when both want it
+    # Set after the imports, so that they bound the parse only: RLIMIT_CPU counts from the
+    # process start, and SIGXCPU (then SIGKILL one second later) ends the process.
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = math.ceil(usage.ru_utime + usage.ru_stime) + cpu_seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    result: tuple[str, object]
+    try:
+        result = ("ok", load_config(path))
+    except ConfigError as e:
+        # As text: ConfigError's problems do not survive pickling.
+        result = ("invalid", str(e))
+    except MemoryError:
+        result = ("memory", None)
+    except RecursionError:
+        result = ("invalid", f"{path}: the file nests too deeply")
+    sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+
+
+class Reloader:
+    """Runs one off-loop reload at a time and hands each result to `apply` on the loop.
+
+    `apply(loaded)` gets the new configuration; `refuse(reason)` the ReloadError's text.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        apply: Callable[[LoadedConfig], None],
+        refuse: Callable[[str], None],
+        *,
+        cpu_seconds: int = RELOAD_CPU_S,
+        timeout: float = RELOAD_TIMEOUT_S,
+        memory: int = RELOAD_MEMORY_BYTES,
+    ) -> None:
+        self.path = path
+        self._apply = apply
+        self._refuse = refuse
+        self._cpu_seconds, self._timeout, self._memory = cpu_seconds, timeout, memory
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def request(self) -> None:
+        """SIGHUP: start a reload, or read the file once more when the running one ends."""
+        if self.running:
+            if not self._again:
+                log.info("reload already running; %s will be read again when it ends", self.path)
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def wait(self) -> None:
+        """Until no reload runs (tests)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def cancel(self) -> None:
+        """Stop a running reload (its child is killed) and forget a pending one."""
+        self._again = False
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            log.info("reloading %s", self.path)
+            try:
+                loaded = await load_config_off_loop(
+                    self.path,
+                    cpu_seconds=self._cpu_seconds,
+                    timeout=self._timeout,
+                    memory=self._memory,
+                )
+                if self._again:  # edited again meanwhile: this result is already stale
+                    continue
+                self._apply(loaded)
+            except ReloadError as e:
+                self._refuse(str(e))
+            except Exception:  # a bug here must not end in "Task exception never retrieved"
+                log.exception("reload of %s failed", self.path)
+            if not self._again:
+                return
