@@ -1,0 +1,338 @@
+"""Prometheus metrics: the daemon's state for a scraper, built with the official prometheus_client.
+
+Threads: the HTTP endpoint is prometheus_client's own server in a daemon thread, so a slow or
+hostile scraper can never hold up the event loop. That thread never touches the core or the
+runtime's objects: the loop *publishes* an immutable `MetricsSnapshot` (e.g. on every loop-lag
+tick, or after each step) and the collector reads whichever snapshot was published last (one
+reference read, atomic). Times in a snapshot are `time.monotonic()` instants (the asyncio loop's
+clock), so ages and remaining leases are computed at scrape time, not at publish time.
+
+Counters and histograms (transitions, check durations, loop lag) are prometheus_client
+`Counter`/`Histogram` objects the loop updates through `observe_*`; their locks are held for
+microseconds. Dropped packets are cumulative counts the transport keeps anyway: they travel in the
+snapshot.
+
+`METRICS` is the interface (docs/metrics.md, the alert rules and the dashboard use these names).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from hafailover.errors import LocalError
+
+__all__ = [
+    "CHECK_DURATION_BUCKETS",
+    "LOOP_LAG_BUCKETS",
+    "METRICS",
+    "GroupSnapshot",
+    "MetricInfo",
+    "MetricsError",
+    "MetricsServer",
+    "MetricsSnapshot",
+]
+
+CHECK_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class MetricInfo(NamedTuple):
+    name: str  # as exposed (counters with their _total)
+    type: str  # gauge, counter or histogram
+    labels: tuple[str, ...]
+    help: str
+
+
+METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo(
+        "hafailover_group_vip_holder",
+        "gauge",
+        ("group",),
+        "1 while this node holds the group's VIPs, else 0",
+    ),
+    MetricInfo(
+        "hafailover_group_leader", "gauge", ("group",), "1 while this node leads the group, else 0"
+    ),
+    MetricInfo("hafailover_group_term", "gauge", ("group",), "The group's current term"),
+    MetricInfo(
+        "hafailover_group_lease_remaining_seconds",
+        "gauge",
+        ("group",),
+        "The leader's remaining lease on the group; 0 on followers",
+    ),
+    MetricInfo(
+        "hafailover_group_eligible",
+        "gauge",
+        ("group",),
+        "1 if this node may stand for the group (checks, links, maintenance)",
+    ),
+    MetricInfo(
+        "hafailover_transitions_total",
+        "counter",
+        ("group", "reason"),
+        "Decisions that changed this node's role in a group, by reason",
+    ),
+    MetricInfo("hafailover_check_up", "gauge", ("check",), "1 while the check passes, 0 failing"),
+    MetricInfo(
+        "hafailover_check_duration_seconds",
+        "histogram",
+        ("check",),
+        "How long each probe of the check took",
+    ),
+    MetricInfo(
+        "hafailover_peer_last_heard_seconds",
+        "gauge",
+        ("peer",),
+        "Seconds since the last valid message from the peer (+Inf: never)",
+    ),
+    MetricInfo(
+        "hafailover_packets_dropped_total",
+        "counter",
+        ("reason",),
+        "Datagrams rejected (bad HMAC, replay, malformed, ...), by reason",
+    ),
+    MetricInfo(
+        "hafailover_loop_lag_seconds",
+        "histogram",
+        (),
+        "How late the event loop ran a timer (lag ticks)",
+    ),
+    MetricInfo("hafailover_maintenance", "gauge", (), "1 while this node is in maintenance"),
+    MetricInfo("hafailover_build_info", "gauge", ("version",), "Always 1; the version label"),
+)
+_INFO = {m.name: m for m in METRICS}
+
+
+class MetricsError(LocalError):
+    """The metrics endpoint cannot listen where the configuration says."""
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """One group as this node sees it. `lease_expires` is a monotonic instant (None: no lease)."""
+
+    name: str
+    holder: bool
+    leader: bool
+    term: int
+    eligible: bool
+    lease_expires: float | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What the loop publishes; frozen, and built from copies (tuples), never live objects.
+
+    `checks`: (name, passing) pairs. `peers_heard`: (peer, monotonic instant of its last valid
+    message, or None if never). `dropped`: (reason, cumulative count) pairs, e.g.
+    `tuple(transport.drops.items())`.
+    """
+
+    groups: tuple[GroupSnapshot, ...] = ()
+    checks: tuple[tuple[str, bool], ...] = ()
+    peers_heard: tuple[tuple[str, float | None], ...] = ()
+    dropped: tuple[tuple[str, int], ...] = ()
+    maintenance: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        groups: tuple[GroupSnapshot, ...] = (),
+        checks: Mapping[str, bool] | None = None,
+        peers_heard: Mapping[str, float | None] | None = None,
+        dropped: Mapping[str, int] | None = None,
+        maintenance: bool = False,
+    ) -> MetricsSnapshot:
+        """Copy mappings the loop owns into an immutable snapshot."""
+        return cls(
+            groups=tuple(groups),
+            checks=tuple((checks or {}).items()),
+            peers_heard=tuple((peers_heard or {}).items()),
+            dropped=tuple((dropped or {}).items()),
+            maintenance=maintenance,
+        )
+
+
+@dataclass
+class _Published:
+    snapshot: MetricsSnapshot | None = None
+    publishes: int = field(default=0)
+
+
+class _SnapshotCollector(Collector):
+    """Turns the last published snapshot into metric families at scrape time."""
+
+    def __init__(self, state: _Published, version: str, clock: Callable[[], float]) -> None:
+        self._state = state
+        self._version = version
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._state.snapshot  # one reference read: the loop may publish meanwhile
+        build = GaugeMetricFamily(
+            "hafailover_build_info", _INFO["hafailover_build_info"].help, labels=["version"]
+        )
+        build.add_metric([self._version], 1)
+        yield build
+        if snap is None:
+            return
+        now = self._clock()
+        per_group: dict[str, Callable[[GroupSnapshot], float]] = {
+            "hafailover_group_vip_holder": lambda g: float(g.holder),
+            "hafailover_group_leader": lambda g: float(g.leader),
+            "hafailover_group_term": lambda g: float(g.term),
+            "hafailover_group_lease_remaining_seconds": lambda g: (
+                max(0.0, g.lease_expires - now) if g.leader and g.lease_expires is not None else 0.0
+            ),
+            "hafailover_group_eligible": lambda g: float(g.eligible),
+        }
+        for name, value in per_group.items():
+            family = GaugeMetricFamily(name, _INFO[name].help, labels=["group"])
+            for group in snap.groups:
+                family.add_metric([group.name], value(group))
+            yield family
+        checks = GaugeMetricFamily(
+            "hafailover_check_up", _INFO["hafailover_check_up"].help, labels=["check"]
+        )
+        for check, up in snap.checks:
+            checks.add_metric([check], float(up))
+        yield checks
+        peers = GaugeMetricFamily(
+            "hafailover_peer_last_heard_seconds",
+            _INFO["hafailover_peer_last_heard_seconds"].help,
+            labels=["peer"],
+        )
+        for peer, heard in snap.peers_heard:
+            peers.add_metric([peer], math.inf if heard is None else max(0.0, now - heard))
+        yield peers
+        dropped = CounterMetricFamily(
+            "hafailover_packets_dropped",
+            _INFO["hafailover_packets_dropped_total"].help,
+            labels=["reason"],
+        )
+        for reason, count in snap.dropped:
+            dropped.add_metric([reason], float(count))
+        yield dropped
+        maintenance = GaugeMetricFamily(
+            "hafailover_maintenance", _INFO["hafailover_maintenance"].help
+        )
+        maintenance.add_metric([], float(snap.maintenance))
+        yield maintenance
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hafailover")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class MetricsServer:
+    """The registry, the update methods the loop calls, and the HTTP endpoint.
+
+    Loop side: `publish(snapshot)`, `observe_transition`, `observe_check_duration`,
+    `observe_loop_lag` (all cheap, none blocks on the scraper). `start(listen)` and `stop()`
+    run the endpoint; `render()` gives the exposition text without HTTP.
+    """
+
+    def __init__(self, version: str | None = None, clock: Callable[[], float] = time.monotonic):
+        if version is None:
+            version = _package_version()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._state = _Published()
+        self.registry.register(_SnapshotCollector(self._state, version, clock))
+        self._transitions = Counter(
+            "hafailover_transitions",
+            _INFO["hafailover_transitions_total"].help,
+            ["group", "reason"],
+            registry=self.registry,
+        )
+        self._check_duration = Histogram(
+            "hafailover_check_duration_seconds",
+            _INFO["hafailover_check_duration_seconds"].help,
+            ["check"],
+            buckets=CHECK_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._loop_lag = Histogram(
+            "hafailover_loop_lag_seconds",
+            _INFO["hafailover_loop_lag_seconds"].help,
+            buckets=LOOP_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.address: tuple[str, int] | None = None
+
+    # --- loop side ---------------------------------------------------------------------------
+
+    def publish(self, snapshot: MetricsSnapshot) -> None:
+        """Make `snapshot` what the next scrape reports (replaces the previous one)."""
+        if not isinstance(snapshot, MetricsSnapshot):
+            raise TypeError("publish takes a MetricsSnapshot")
+        self._state.snapshot = snapshot
+        self._state.publishes += 1
+
+    def observe_transition(self, group: str, reason: str) -> None:
+        self._transitions.labels(group=group, reason=reason).inc()
+
+    def observe_check_duration(self, check: str, seconds: float) -> None:
+        self._check_duration.labels(check=check).observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self._loop_lag.observe(max(0.0, seconds))
+
+    # --- endpoint ----------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything, as a scrape would get it."""
+        return generate_latest(self.registry)
+
+    def start(self, listen: tuple[str, int]) -> tuple[str, int]:
+        """Serve /metrics at `listen` (host, port; port 0 picks one) in a daemon thread.
+
+        Returns the address actually bound. Raises MetricsError if it cannot listen.
+        """
+        if self._server is not None:
+            raise MetricsError("the metrics endpoint is already running")
+        host, port = listen
+        bind = host.strip("[]")
+        try:
+            server, thread = start_http_server(port, addr=bind, registry=self.registry)
+        except OSError as exc:
+            raise MetricsError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}. Pick a free "
+                "port in metrics.listen, or remove the metrics section"
+            ) from None
+        thread.name = "hafailover-metrics"
+        self._server, self._thread = server, thread
+        self.address = (bind, int(server.server_port))
+        return self.address
+
+    def stop(self) -> None:
+        """Stop serving and free the port; safe to call when not started."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)

@@ -1,0 +1,248 @@
+"""The metrics endpoint: the real HTTP server on 127.0.0.1, read with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import threading
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from hafailover.runtime.metrics import (
+    METRICS,
+    GroupSnapshot,
+    MetricsError,
+    MetricsServer,
+    MetricsSnapshot,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def server(clock: Clock) -> Iterator[MetricsServer]:
+    metrics = MetricsServer(version="9.9.9", clock=clock)
+    metrics.start(("127.0.0.1", 0))
+    try:
+        yield metrics
+    finally:
+        metrics.stop()
+
+
+def scrape(metrics: MetricsServer) -> dict[str, list[Sample]]:
+    assert metrics.address is not None
+    host, port = metrics.address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as reply:
+        assert reply.status == 200
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        text = reply.read().decode()
+    return _merge(text)
+
+
+def _merge(text: str) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    found = [s.value for s in samples.get(name, []) if s.labels == labels]
+    assert len(found) == 1, (name, labels, samples.get(name))
+    return found[0]
+
+
+def snapshot(term: int = 4, maintenance: bool = False) -> MetricsSnapshot:
+    return MetricsSnapshot.build(
+        groups=(
+            GroupSnapshot(
+                "web", holder=True, leader=True, term=term, eligible=True, lease_expires=1000.45
+            ),
+            GroupSnapshot(
+                "db", holder=False, leader=False, term=2, eligible=False, lease_expires=1003.0
+            ),
+        ),
+        checks={"nginx": True, "pg": False},
+        peers_heard={"node2": 999.75, "node3": None},
+        dropped={"bad_hmac": 3, "replay": 1},
+        maintenance=maintenance,
+    )
+
+
+def test_every_metric_of_the_table_is_served_with_its_type_and_labels(
+    server: MetricsServer,
+) -> None:
+    server.publish(snapshot())
+    server.observe_transition("web", "elected")
+    server.observe_check_duration("nginx", 0.02)
+    server.observe_loop_lag(0.004)
+    host, port = server.address or ("", 0)
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as reply:
+        families = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+    for info in METRICS:
+        base = info.name.removesuffix("_total") if info.type == "counter" else info.name
+        assert base in families, info.name
+        family = families[base]
+        assert family.type == info.type, info.name
+        samples = [s for s in family.samples if s.name == info.name or info.type == "histogram"]
+        assert samples, info.name
+        for sample in samples:
+            assert set(sample.labels) - {"le"} == set(info.labels), (info.name, sample.labels)
+
+
+def test_values_come_from_the_published_snapshot_at_scrape_time(
+    server: MetricsServer, clock: Clock
+) -> None:
+    server.publish(snapshot())
+    got = scrape(server)
+    assert value(got, "hafailover_build_info", version="9.9.9") == 1
+    assert value(got, "hafailover_group_vip_holder", group="web") == 1
+    assert value(got, "hafailover_group_vip_holder", group="db") == 0
+    assert value(got, "hafailover_group_leader", group="db") == 0
+    assert value(got, "hafailover_group_term", group="web") == 4
+    assert value(got, "hafailover_group_eligible", group="db") == 0
+    assert value(got, "hafailover_group_lease_remaining_seconds", group="web") == pytest.approx(
+        0.45
+    )
+    # A follower reports no lease even if it remembers an expiry.
+    assert value(got, "hafailover_group_lease_remaining_seconds", group="db") == 0
+    assert value(got, "hafailover_check_up", check="pg") == 0
+    assert value(got, "hafailover_peer_last_heard_seconds", peer="node2") == pytest.approx(0.25)
+    assert math.isinf(value(got, "hafailover_peer_last_heard_seconds", peer="node3"))
+    assert value(got, "hafailover_packets_dropped_total", reason="bad_hmac") == 3
+    assert value(got, "hafailover_maintenance") == 0
+    # Ages grow with the clock between scrapes, without a new publish.
+    clock.now += 1.0
+    later = scrape(server)
+    assert value(later, "hafailover_peer_last_heard_seconds", peer="node2") == pytest.approx(1.25)
+    assert value(later, "hafailover_group_lease_remaining_seconds", group="web") == 0
+
+
+def test_counters_and_histograms_accumulate(server: MetricsServer) -> None:
+    for _ in range(3):
+        server.observe_transition("web", "leader_lost")
+    server.observe_transition("db", "elected")
+    for seconds in (0.0005, 0.003, 0.2):
+        server.observe_loop_lag(seconds)
+    server.observe_check_duration("pg", 0.007)
+    got = scrape(server)
+    assert value(got, "hafailover_transitions_total", group="web", reason="leader_lost") == 3
+    assert value(got, "hafailover_transitions_total", group="db", reason="elected") == 1
+    assert value(got, "hafailover_loop_lag_seconds_count") == 3
+    assert value(got, "hafailover_loop_lag_seconds_bucket", le="0.005") == 2
+    assert value(got, "hafailover_loop_lag_seconds_sum") == pytest.approx(0.2035)
+    assert value(got, "hafailover_check_duration_seconds_bucket", check="pg", le="0.01") == 1
+    assert value(got, "hafailover_check_duration_seconds_bucket", check="pg", le="0.005") == 0
+
+
+def test_before_the_first_publish_only_build_info_and_observations(server: MetricsServer) -> None:
+    got = scrape(server)
+    assert value(got, "hafailover_build_info", version="9.9.9") == 1
+    assert "hafailover_group_vip_holder" not in got
+    assert "hafailover_maintenance" not in got
+
+
+def test_snapshot_is_a_copy_of_the_loops_mappings(server: MetricsServer) -> None:
+    drops = {"bad_hmac": 1}
+    checks = {"nginx": True}
+    server.publish(MetricsSnapshot.build(checks=checks, dropped=drops))
+    drops["bad_hmac"] = 50
+    checks["nginx"] = False
+    got = scrape(server)
+    assert value(got, "hafailover_packets_dropped_total", reason="bad_hmac") == 1
+    assert value(got, "hafailover_check_up", check="nginx") == 1
+    with pytest.raises(TypeError):
+        server.publish({"groups": ()})  # type: ignore[arg-type]
+
+
+def test_each_scrape_sees_one_whole_snapshot_while_the_loop_publishes(
+    server: MetricsServer,
+) -> None:
+    """The loop publishes 2000 snapshots while a thread scrapes: no scrape mixes two."""
+    seen: list[tuple[float, float, float]] = []
+    failures: list[BaseException] = []
+
+    def scraper() -> None:
+        try:
+            for _ in range(30):
+                got = scrape(server)
+                if "hafailover_group_term" in got:
+                    term = value(got, "hafailover_group_term", group="web")
+                    seen.append(
+                        (
+                            term,
+                            value(got, "hafailover_group_leader", group="web"),
+                            value(got, "hafailover_maintenance"),
+                        )
+                    )
+        except BaseException as exc:  # reported in the main thread
+            failures.append(exc)
+
+    async def loop_side() -> None:
+        thread = threading.Thread(target=scraper)
+        thread.start()
+        term = 0
+        while thread.is_alive():
+            term += 1
+            group = GroupSnapshot("web", True, term % 2 == 0, term, True, None)
+            server.publish(MetricsSnapshot.build((group,), maintenance=term % 3 == 0))
+            await asyncio.sleep(0)
+        thread.join()
+
+    asyncio.run(loop_side())
+    assert not failures
+    assert len(seen) >= 20
+    for term, leader, maintenance in seen:
+        assert leader == float(int(term) % 2 == 0)
+        assert maintenance == float(int(term) % 3 == 0)
+
+
+def test_stop_frees_the_port_and_a_busy_port_is_a_clear_error(clock: Clock) -> None:
+    first = MetricsServer(clock=clock)
+    host, port = first.start(("127.0.0.1", 0))
+    second = MetricsServer(clock=clock)
+    with pytest.raises(MetricsError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+        second.start(("127.0.0.1", port))
+    with pytest.raises(MetricsError, match="already running"):
+        first.start(("127.0.0.1", 0))
+    first.stop()
+    first.stop()  # idempotent
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    second.start(("127.0.0.1", port))
+    second.stop()
+
+
+def test_ipv6_loopback_listen(clock: Clock) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    metrics = MetricsServer(clock=clock)
+    try:
+        host, port = metrics.start(("[::1]", 0))
+    except MetricsError as exc:
+        pytest.skip(f"no ::1 here: {exc}")
+    try:
+        metrics.publish(snapshot(maintenance=True))
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as reply:
+            assert b"hafailover_maintenance 1.0" in reply.read()
+        assert host == "::1"
+    finally:
+        metrics.stop()
