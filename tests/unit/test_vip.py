@@ -1,4 +1,4 @@
-"""VIP manager: wire-format helpers and the fake anywhere, the netlink manager in namespaces.
+"""VIP port: the fake, the record and the value object anywhere; the netlink port in namespaces.
 
 The namespace lab: one namespace holds a bridge; each node has its own namespace joined to it
 by a veth pair (eth0 inside the node). Nothing touches the root namespace.
@@ -6,18 +6,28 @@ by a veth pair (eth0 inside the node). Nothing touches the root namespace.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hafailover.net import vip as vipmod
-from hafailover.net.vip import FakeVipManager, Vip, VipError
+from hafailover.errors import HafailoverError
+from hafailover.net.vip import (
+    FakeVipPort,
+    Vip,
+    VipError,
+    kernel_lifetime,
+    record_vips,
+    recorded_vips,
+)
 from tests.unit.vipnet import VipNet
 
 V4 = Vip(ipaddress.ip_interface("10.213.0.100/24"), "eth0")
@@ -31,49 +41,116 @@ V6 = Vip(ipaddress.ip_interface("fd00:213::100/64"), "eth0")
 def test_vip_value_object() -> None:
     assert str(V4) == "10.213.0.100/24 dev eth0"
     assert V4.ip == ipaddress.ip_address("10.213.0.100") and V4.version == 4 and V6.version == 6
+    assert V4.prefixlen == 24 and V6.prefixlen == 64
     assert len({V4, Vip(ipaddress.ip_interface("10.213.0.100/24"), "eth0")}) == 1
     with pytest.raises(ValueError):
         Vip(ipaddress.ip_interface("10.213.0.100/24"), "x" * 16)
     with pytest.raises(TypeError):
         Vip("10.213.0.100/24", "eth0")  # type: ignore[arg-type]
+    assert issubclass(VipError, HafailoverError)
 
 
-def test_rtattr_round_trip_and_alignment() -> None:
-    packed = vipmod._rtattr(1, b"\x0a\xd5\x00\x64") + vipmod._rtattr(3, b"eth0\0")
-    assert len(packed) % 4 == 0
-    assert vipmod._parse_rtattrs(packed, 0) == {1: b"\x0a\xd5\x00\x64", 3: b"eth0\0"}
+def test_kernel_lifetime_rounds_up_to_whole_seconds() -> None:
+    # The kernel counts lifetimes in whole seconds and refuses 0: never give it less than asked.
+    assert kernel_lifetime(None) == 0xFFFFFFFF
+    assert [kernel_lifetime(x) for x in (0.001, 1, 1.0001, 2.5, 3)] == [1, 1, 2, 3, 3]
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            kernel_lifetime(bad)
 
 
-def test_extack_text_is_extracted() -> None:
-    orig = vipmod._NLMSGHDR.pack(16, 20, 5, 7, 0)
-    payload = b"\xea\xff\xff\xff" + orig + vipmod._rtattr(1, b"Invalid prefix\0")
-    flags = vipmod.NLM_F_CAPPED | vipmod.NLM_F_ACK_TLVS
-    assert vipmod._extack_text(payload, flags) == "Invalid prefix"
-    assert vipmod._extack_text(payload, 0) == ""
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
 
 
-def test_fake_manager_records_calls_and_state() -> None:
+def test_fake_port_state_calls_and_failures() -> None:
     stale = Vip(ipaddress.ip_interface("10.213.0.100/16"), "eth0")
-    fake = FakeVipManager([V4, V6], stale=[stale])
-    assert fake.cleanup_stale() == [stale]
-    assert fake.present() == []
-    fake.acquire()
-    fake.acquire()
-    assert fake.present() == [V4, V6] and fake.holding
-    fake.release()
-    assert fake.present() == [] and not fake.holding
-    assert fake.interface_mac("eth0") == fake.interface_mac("eth0")
-    fake.fail["acquire"] = VipError("boom")
+    fake = FakeVipPort(stale=[stale])
+    assert run(fake.cleanup_stale([V4, V6])) == [stale]
+    assert run(fake.present([V4, V6])) == []
+    run(fake.add([V4, V6], 3.0))
+    run(fake.add([V4, V6], None))
+    assert run(fake.present([V4, V6])) == [V4, V6] and fake.holds([V4, V6])
+    assert fake.lifetimes[V4] is None
+
+    fake.fail_next("renew", VipError("once"))
+    with pytest.raises(VipError, match="once"):
+        run(fake.renew([V4], 5))
+    run(fake.renew([V4], 5))
+    assert fake.lifetimes[V4] == 5
+
+    fake.drop(V6)  # removed behind the port's back
+    with pytest.raises(VipError, match="fd00:213::100/64 dev eth0 is gone"):
+        run(fake.renew([V4, V6], 5))
+    assert fake.state == {V4}  # renew never re-adds
+
+    fake.fail["add"] = VipError("boom")
     with pytest.raises(VipError, match="boom"):
-        fake.acquire()
-    fake.close()
-    assert fake.calls[:4] == ["cleanup_stale", "present", "acquire", "acquire"]
-    assert fake.calls[-1] == "close" and fake.closed
+        run(fake.add([V6], None))
+    assert fake.state == {V4}  # a failed add leaves nothing behind
+    del fake.fail["add"]
+    fake.fail["remove"] = VipError("stuck")
+    with pytest.raises(VipError, match="stuck"):
+        run(fake.remove([V4]))
+    del fake.fail["remove"]
+    run(fake.remove([V4]))
+    assert fake.state == set()
+    assert fake.interface_mac("eth0") == fake.interface_mac("eth0")
+    run(fake.close())
+    with pytest.raises(VipError, match="closed"):
+        run(fake.present([V4]))
+    assert [name for name, _ in fake.calls[:4]] == ["cleanup_stale", "present", "add", "add"]
+    assert fake.calls[2] == ("add", (V4, V6))
 
 
-def test_daemon_side_modules_load_neither_scapy_nor_pyroute2() -> None:
+def test_fake_port_expires_addresses_like_the_kernel() -> None:
+    now = [100.0]
+    fake = FakeVipPort(clock=lambda: now[0])
+    run(fake.add([V4], 1.5))  # the kernel rounds up: 2 s
+    run(fake.add([V6], None))
+    now[0] = 101.9
+    assert fake.state == {V4, V6}
+    run(fake.renew([V4], 2))
+    now[0] = 103.8
+    assert fake.state == {V4, V6}
+    now[0] = 103.9
+    assert fake.state == {V6}
+    with pytest.raises(VipError, match="is gone"):
+        run(fake.renew([V4], 2))
+
+
+def test_record_round_trip(tmp_path: Path) -> None:
+    assert recorded_vips(tmp_path) is None
+    path = record_vips(tmp_path, [V4, V6, V4])
+    assert path == tmp_path / "vips.json"
+    assert recorded_vips(tmp_path) == [V4, V6]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vips.json"]  # no temporary left
+    record_vips(tmp_path, [V6])  # replaced whole
+    assert recorded_vips(tmp_path) == [V6]
+    assert json.loads(path.read_text())["version"] == 1
+
+
+def test_record_refuses_a_bad_or_huge_file(tmp_path: Path) -> None:
+    path = tmp_path / "vips.json"
+    for body in (
+        "{",
+        '{"version": 2, "vips": []}',
+        '{"version": 1, "vips": [{"a": 1}]}',
+        '{"version": 1, "vips": [{"address": "nope", "interface": "eth0"}]}',
+    ):
+        path.write_text(body)
+        with pytest.raises(VipError, match=r"vips\.json"):
+            recorded_vips(tmp_path)
+    path.write_bytes(b" " * ((1 << 20) + 1))
+    with pytest.raises(VipError, match="larger than"):
+        recorded_vips(tmp_path)
+
+
+def test_importing_the_vip_module_loads_neither_scapy_nor_pyroute2() -> None:
+    # pyroute2 (~13 MB) is imported when a port first talks to the kernel, so CLI commands
+    # that only read the record or the socket stay light; scapy never enters the daemon.
     code = (
-        "import sys, hafailover.net.vip, hafailover.net.announce;"
+        "import sys, hafailover.net.vip, hafailover.net.links, hafailover.net.announce;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'scapy', 'pyroute2'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -86,34 +163,42 @@ def test_daemon_side_modules_load_neither_scapy_nor_pyroute2() -> None:
 
 PRELUDE = """
 import asyncio, ipaddress, json, statistics, sys, time
-from hafailover.net.vip import NetlinkVipManager, Vip, VipError
+from hafailover.net.vip import NetlinkVipPort, Vip, VipError, interface_mac
 VIPS = [Vip(ipaddress.ip_interface(a), i) for a, i in json.loads(sys.argv[1])]
-m = NetlinkVipManager(VIPS)
 def out(x): print(json.dumps(x), flush=True)
+def strs(vips): return [str(v) for v in vips]
+async def attempt(coro):
+    try:
+        await coro
+        return "ok"
+    except VipError as e:
+        return str(e)
+def main(body):
+    async def runner():
+        p = NetlinkVipPort()
+        try:
+            return await body(p)
+        finally:
+            await p.close()
+    out(asyncio.run(runner()))
 """
 
 
 class Lab(VipNet):
-    """The shared namespace network plus this file's helpers."""
+    def py(self, ns: str, code: str, *vips: Vip, timeout: float = 30) -> Any:
+        return self.run_py(ns, PRELUDE + code, vips_arg(*vips), timeout=timeout)
 
-    def py(self, ns: str, code: str, *args: str, timeout: float = 30) -> Any:
-        """Run PRELUDE + code in `ns`; return the JSON of its last output line."""
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", PRELUDE + code, *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    def addrs(self, ns: str) -> list[str]:
-        return self.ip("-n", ns, "-o", "addr", "show", "dev", "eth0").splitlines()
-
-    def mac(self, ns: str) -> str:
-        link = json.loads(self.ip("-n", ns, "-j", "link", "show", "dev", "eth0"))
-        return str(link[0]["address"])
+    def entry(self, ns: str, address: str) -> dict[str, Any] | None:
+        ip, prefix = address.split("/")
+        for a in self.addrs(ns):
+            if a["local"] == ip and a["prefixlen"] == int(prefix):
+                return a
+        return None
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    lab = Lab(nodes=2)
+    lab = Lab(nodes=1)
     try:
         lab.create()
         yield lab
@@ -125,101 +210,201 @@ def vips_arg(*vips: Vip) -> str:
     return json.dumps([[str(v.address), v.interface] for v in vips])
 
 
-def lines_with(lines: list[str], needle: str) -> list[str]:
-    return [line for line in lines if f" {needle} " in line]
+@pytest.mark.netns
+def test_add_is_idempotent_and_remove_removes(lab: Lab) -> None:
+    n1 = lab.nodes[0]
+    code = """
+async def body(p):
+    await p.add(VIPS, None); await p.add(VIPS, None)
+    return strs(await p.present(VIPS))
+main(body)
+"""
+    assert lab.py(n1, code, V4, V6) == [str(V4), str(V6)]
+    v4, v6 = lab.entry(n1, "10.213.0.100/24"), lab.entry(n1, "fd00:213::100/64")
+    assert v4 is not None and v4["broadcast"] == "10.213.0.255"
+    assert v4["valid_life_time"] == 0xFFFFFFFF
+    assert v6 is not None and v6.get("nodad") and not v6.get("tentative")
+
+    code = """
+async def body(p):
+    await p.remove(VIPS); await p.remove(VIPS)
+    return strs(await p.present(VIPS))
+main(body)
+"""
+    assert lab.py(n1, code, V4, V6) == []
+    assert lab.entry(n1, "10.213.0.100/24") is None and lab.entry(n1, "fd00:213::100/64") is None
+    # The node's own addresses are untouched.
+    assert lab.entry(n1, "10.213.0.11/24") and lab.entry(n1, "fd00:213::11/64")
 
 
 @pytest.mark.netns
-def test_acquire_is_idempotent_and_release_removes(lab: Lab) -> None:
+def test_lifetimes_are_set_and_renewed_and_a_gone_address_is_not_renewed(lab: Lab) -> None:
     n1 = lab.nodes[0]
-    code = "m.acquire(); m.acquire(); out([str(v) for v in m.present()])"
-    assert lab.py(n1, code, vips_arg(V4, V6)) == [str(V4), str(V6)]
-    addrs = lab.addrs(n1)
-    (v4,) = lines_with(addrs, "10.213.0.100/24")
-    assert "brd 10.213.0.255" in v4
-    (v6,) = lines_with(addrs, "fd00:213::100/64")
-    assert "tentative" not in v6 and "nodad" in v6
-    assert lines_with(addrs, "10.213.0.11/24")  # the node's own address is untouched
+    lab.py(n1, "main(lambda p: p.add(VIPS, 30.2))", V4, V6)  # rounded up to 31 s
+    for address in ("10.213.0.100/24", "fd00:213::100/64"):
+        e = lab.entry(n1, address)
+        assert e is not None and 29 <= e["valid_life_time"] <= 31, e
+        assert e["preferred_life_time"] == e["valid_life_time"]
 
-    code = "m.release(); m.release(); out([str(v) for v in m.present()])"
-    assert lab.py(n1, code, vips_arg(V4, V6)) == []
-    addrs = lab.addrs(n1)
-    assert not lines_with(addrs, "10.213.0.100/24") and not lines_with(addrs, "fd00:213::100/64")
-    assert lines_with(addrs, "10.213.0.11/24") and lines_with(addrs, "fd00:213::11/64")
+    lab.py(n1, "main(lambda p: p.renew(VIPS, 300))", V4, V6)
+    for address in ("10.213.0.100/24", "fd00:213::100/64"):
+        e = lab.entry(n1, address)
+        assert e is not None and 298 <= e["valid_life_time"] <= 300, e
+
+    lab.ip("-n", n1, "addr", "del", "fd00:213::100/64", "dev", "eth0")
+    code = "main(lambda p: attempt(p.renew(VIPS, 300)))"
+    assert lab.py(n1, code, V4, V6) == "fd00:213::100/64 dev eth0 is gone"
+    assert lab.entry(n1, "fd00:213::100/64") is None  # not re-added
+
+    # add() on a present address sets the new lifetime (here: back to forever).
+    lab.py(n1, "main(lambda p: p.add(VIPS, None))", V4)
+    e = lab.entry(n1, "10.213.0.100/24")
+    assert e is not None and e["valid_life_time"] == 0xFFFFFFFF
+
+
+@pytest.mark.netns
+def test_a_failed_add_takes_back_what_it_added(lab: Lab) -> None:
+    n1 = lab.nodes[0]
+    missing = Vip(ipaddress.ip_interface("10.213.0.101/24"), "nope")
+    code = "main(lambda p: attempt(p.add(VIPS, 10)))"
+    error = lab.py(n1, code, V4, V6, missing)
+    assert error == "cannot add 10.213.0.101/24 dev nope: interface does not exist"
+    assert lab.entry(n1, "10.213.0.100/24") is None and lab.entry(n1, "fd00:213::100/64") is None
+
+    # An address the kernel refuses: the error is the kernel's reason, in one sentence.
+    bad = Vip(ipaddress.ip_interface("fd00:213::100/64"), "lo")
+    lab.ip("-n", n1, "link", "set", "lo", "down")
+    lab.ip("netns", "exec", n1, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1")
+    error = lab.py(n1, code, V4, bad)
+    assert error == "cannot add fd00:213::100/64 dev lo: ipv6: IPv6 is disabled on this device"
+    assert lab.entry(n1, "10.213.0.100/24") is None
 
 
 @pytest.mark.netns
 def test_cleanup_stale_removes_leftovers_of_any_prefix(lab: Lab) -> None:
     n1 = lab.nodes[0]
-    lab.ip("-n", n1, "addr", "add", "10.213.0.100/16", "dev", "eth0")
-    lab.ip("-n", n1, "addr", "add", "fd00:213::100/120", "dev", "eth0", "nodad")
-    code = "out([[str(v) for v in m.cleanup_stale()], m.cleanup_stale()])"
-    removed, again = lab.py(n1, code, vips_arg(V4, V6))
+    lab.add_address(n1, "10.213.0.100/16")
+    lab.add_address(n1, "fd00:213::100/120")
+    code = """
+async def body(p):
+    return [strs(await p.cleanup_stale(VIPS)), strs(await p.cleanup_stale(VIPS))]
+main(body)
+"""
+    removed, again = lab.py(n1, code, V4, V6)
     assert sorted(removed) == ["10.213.0.100/16 dev eth0", "fd00:213::100/120 dev eth0"]
     assert again == []
-    addrs = lab.addrs(n1)
-    assert not [a for a in addrs if "10.213.0.100/" in a or "fd00:213::100/" in a]
-    assert lines_with(addrs, "10.213.0.11/24") and lines_with(addrs, "fd00:213::11/64")
+    assert not [a for a in lab.addrs(n1) if a["local"] in ("10.213.0.100", "fd00:213::100")]
+    assert lab.entry(n1, "10.213.0.11/24") and lab.entry(n1, "fd00:213::11/64")
 
 
 @pytest.mark.netns
-def test_interface_lookups_match_ip_link(lab: Lab) -> None:
-    n1 = lab.nodes[0]
-    code = "out([m.interface_mac('eth0').hex(':'), m.interface_index('eth0')])"
-    mac, index = lab.py(n1, code, vips_arg(V4))
-    link = json.loads(lab.ip("-n", n1, "-j", "link", "show", "dev", "eth0"))[0]
-    assert mac == link["address"] and index == link["ifindex"]
-
-
-@pytest.mark.netns
-def test_errors_name_the_problem(lab: Lab) -> None:
+def test_interface_mac_matches_ip_link_and_errors_name_the_problem(lab: Lab) -> None:
     n1 = lab.nodes[0]
     code = """
 errors = []
-for call in (m.acquire, lambda: m.interface_mac("nope"), lambda: m.interface_mac("lo")):
+for name in ("nope", "lo"):
     try:
-        call()
+        interface_mac(name)
     except VipError as e:
         errors.append(str(e))
-m.release()  # a missing interface holds no VIPs: not an error
-out(errors)
+out([interface_mac("eth0").hex(":"), errors])
 """
-    missing = Vip(ipaddress.ip_interface("10.213.0.101/24"), "nope")
-    errors = lab.py(n1, code, vips_arg(V4, missing))
-    assert len(errors) == 3
-    assert "10.213.0.101/24 dev nope" in errors[0] and "does not exist" in errors[0]
-    assert "'nope' does not exist" in errors[1]
-    assert "'lo' has no hardware address" in errors[2]
+    mac, errors = lab.py(n1, code)
+    link = json.loads(lab.ip("-n", n1, "-j", "link", "show", "dev", "eth0"))[0]
+    assert mac == link["address"]
+    assert errors == [
+        "interface 'nope' does not exist in this network namespace",
+        "interface 'lo' has no hardware address",
+    ]
 
+
+@pytest.mark.netns
+def test_permission_error_names_the_capability(lab: Lab) -> None:
     if shutil.which("setpriv") is None:
         pytest.fail("setpriv (util-linux) is needed to test the permission error")
-    code = """
-try:
-    m.acquire()
-    out("no error")
-except VipError as e:
-    out(str(e))
-"""
-    argv = ["ip", "netns", "exec", n1, "setpriv", "--reuid=65534", "--regid=65534",
-            "--clear-groups", sys.executable, "-c", PRELUDE + code, vips_arg(V4)]
+    code = PRELUDE + "main(lambda p: attempt(p.add(VIPS, None)))"
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        lab.nodes[0],
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        code,
+        vips_arg(V4),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert "permission denied" in done.stdout and "CAP_NET_ADMIN" in done.stdout, done
+    assert "cannot add 10.213.0.100/24 dev eth0: permission denied" in done.stdout, done
+    assert "CAP_NET_ADMIN" in done.stdout
+
+
+EXPIRY = """
+async def body(p):
+    runs = []
+    for _ in range(int(sys.argv[2])):
+        await p.add(VIPS, float(sys.argv[3]))
+        t0, gone = time.monotonic(), {}
+        while len(gone) < len(VIPS) and time.monotonic() - t0 < 10:
+            here = await p.present(VIPS)
+            for v in VIPS:
+                if v not in here and str(v) not in gone:
+                    gone[str(v)] = time.monotonic() - t0
+            await asyncio.sleep(0.005)
+        await p.remove(VIPS)
+        runs.append(gone)
+    return runs
+main(body)
+"""
+
+
+@pytest.mark.netns
+def test_the_kernel_removes_an_address_whose_lifetime_ran_out(lab: Lab) -> None:
+    # The safety net of a frozen holder. Runs and lifetime from the environment for the
+    # measurement in the report: HAFAILOVER_EXPIRY_RUNS=5.
+    runs = int(os.environ.get("HAFAILOVER_EXPIRY_RUNS", "2"))
+    lifetime = 2
+    argv = (vips_arg(V4, V6), str(runs), str(lifetime))
+    result = lab.run_py(lab.nodes[0], PRELUDE + EXPIRY, *argv, timeout=30 + 12 * runs)
+    for family, vip in (("IPv4", V4), ("IPv6", V6)):
+        times = sorted(r[str(vip)] for r in result)
+        print(
+            f"\n{family}: valid_lft {lifetime} s, gone after "
+            f"{', '.join(f'{t:.3f}' for t in times)} s (median {times[len(times) // 2]:.3f})"
+        )
+        # The kernel deletes up to HZ/50 early and up to about a second late.
+        assert all(lifetime - 0.05 <= t <= lifetime + 1.5 for t in times), times
+
+
+LATENCY = """
+async def body(p):
+    add, rem = [], []
+    import resource
+    user = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    cpu = user()
+    for _ in range(int(sys.argv[2])):
+        t0 = time.perf_counter(); await p.add(VIPS, None); add.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); await p.remove(VIPS); rem.append(time.perf_counter() - t0)
+    cpu = (user() - cpu) / (2 * len(add))
+    return [statistics.median(add) * 1e3, statistics.median(rem) * 1e3, cpu * 1e3]
+main(body)
+"""
 
 
 @pytest.mark.netns
 def test_fast_enough_inside_a_running_event_loop(lab: Lab) -> None:
-    # The daemon calls acquire()/release() from its asyncio loop (pyroute2's sync IPRoute
-    # cannot run there), and the failover budget assumes they take well under a millisecond.
-    code = """
-async def main():
-    acq, rel = [], []
-    for _ in range(200):
-        t0 = time.perf_counter(); m.acquire(); acq.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); m.release(); rel.append(time.perf_counter() - t0)
-    m.close()
-    return [statistics.median(acq) * 1e3, statistics.median(rel) * 1e3]
-out(asyncio.run(main()))
-"""
-    acquire_ms, release_ms = lab.py(lab.nodes[0], code, vips_arg(V4, V6), timeout=60)
-    print(f"\nacquire() median {acquire_ms:.3f} ms, release() median {release_ms:.3f} ms (v4+v6)")
-    assert acquire_ms < 2.0 and release_ms < 2.0
+    # One request each (the kernel's answer is the verification). Wall time depends on the
+    # machine's load (and on other namespaces' users of the kernel's global RTNL lock); the
+    # user CPU the call costs in this process (pyroute2's Python) does not: that is bounded.
+    n = int(os.environ.get("HAFAILOVER_LATENCY_RUNS", "200"))
+    argv = (vips_arg(V4), str(n))
+    add_ms, remove_ms, cpu_ms = lab.run_py(lab.nodes[0], PRELUDE + LATENCY, *argv, timeout=120)
+    print(
+        f"\nadd() median {add_ms:.3f} ms, remove() median {remove_ms:.3f} ms, "
+        f"{cpu_ms:.3f} ms user CPU per call (one IPv4 address, n={n}, "
+        f"load {os.getloadavg()[0]:.1f})"
+    )
+    assert cpu_ms < 3.0 and add_ms < 50 and remove_ms < 50
