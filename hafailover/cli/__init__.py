@@ -61,6 +61,22 @@ class Duration(click.ParamType[float]):
         return seconds
 
 
+class SocketPath(click.ParamType[Path]):
+    """The control socket's path, taken as given (no existence or permission check here).
+
+    Whether the socket can be used is for the connection to tell: a missing socket, a refused
+    connection or a permission denied exit 3 with the reason, the same for `--socket`,
+    HAFAILOVER_SOCKET and `-c` (click's readable-path check would exit 2, "no VIP holder").
+    """
+
+    name = "path"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Path:
+        return value if isinstance(value, Path) else Path(value)
+
+
 @dataclass
 class Settings:
     socket: Path | None  # --socket or HAFAILOVER_SOCKET
@@ -133,7 +149,7 @@ _config_option = click.option(
 @click.group(context_settings=CONTEXT)
 @click.option(
     "--socket",
-    type=click.Path(path_type=Path),
+    type=SocketPath(),
     envvar="HAFAILOVER_SOCKET",
     help="Control socket [env HAFAILOVER_SOCKET; default: control_socket of the config, "
     f"else {DEFAULT_SOCKET}].",

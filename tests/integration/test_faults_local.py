@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
+import pwd
+import socket
+import tempfile
 import time
 import tracemalloc
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -171,3 +175,79 @@ def test_reloader_runs_one_reload_at_a_time_and_reads_the_last_edit(
     asyncio.run(main())
     assert refused == [] and applied[-1] == "second" and len(applied) <= 2
     assert "reload already running" in caplog.text
+
+
+# ------------------------------------------------------------------------- CLI exit codes
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: the test drops a forked child to the `nobody` user"
+)
+
+
+def _cli_as_nobody(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI in a forked child that dropped to `nobody` (who may not read the venv, so
+    nothing is exec'd); returns its exit code and output."""
+    from click.testing import CliRunner
+
+    from hafailover.cli import cli
+
+    nobody = pwd.getpwnam("nobody")
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no pytest machinery from here on, only os._exit
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result = CliRunner().invoke(cli, args, env=env)
+            os.write(wfd, json.dumps([result.exit_code, result.output]).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    chunks = []
+    while chunk := os.read(rfd, 65536):
+        chunks.append(chunk)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    code, output = json.loads(b"".join(chunks))
+    return int(code), str(output)
+
+
+@pytest.fixture
+def root_only_socket() -> Iterator[Path]:
+    """A control socket file as the daemon leaves it for a group `nobody` is not in (0660)."""
+    d = Path(tempfile.mkdtemp(prefix="h12sock-"))
+    d.chmod(0o755)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(d / "control.sock"))
+        sock.listen()
+        (d / "control.sock").chmod(0o660)
+        yield d / "control.sock"
+    finally:
+        sock.close()
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["--socket", "HAFAILOVER_SOCKET", "-c"])
+def test_socket_permission_denied_exits_3_however_it_is_named(
+    root_only_socket: Path, how: str
+) -> None:
+    env: dict[str, str] = {}
+    if how == "--socket":
+        args = ["--socket", str(root_only_socket), "status"]
+    elif how == "HAFAILOVER_SOCKET":
+        args, env = ["status"], {"HAFAILOVER_SOCKET": str(root_only_socket)}
+    else:
+        config = _config(root_only_socket.parent, 1)
+        config.write_text(config.read_text() + f"control_socket: {root_only_socket}\n")
+        config.chmod(0o644)
+        args = ["-c", str(config), "status"]
+    code, output = _cli_as_nobody(args, env)
+    assert code == 3, output
+    assert f"permission denied on {root_only_socket}" in output
+    assert "control group" in output and "not readable" not in output
