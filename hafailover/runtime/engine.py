@@ -204,7 +204,17 @@ class Engine:
     def feed(self, event: Event) -> None:
         """Queue an event; it is handled after every event queued before it."""
         if not self._closed:
+            self._silence_if_lease_expired()
             self._inbox.put_nowait((event, None))
+
+    def _silence_if_lease_expired(self) -> None:
+        """A lease that ran out while this process could not run (frozen, starved) silences the
+        announcements at once, synchronously, before any other callback queued on the loop
+        (an ARP refresh due since the freeze) can claim the address; the core's release
+        follows in order. Stopping announcements never needs the core's consent."""
+        if self._added and self.node.holds_vip and self.clock() >= self.node.lease_until:
+            self.ports.announcer.cancel()
+            self.ports.on_holding(False)
 
     async def process(self, event: Event) -> list[Action]:
         """Queue an event and wait until its whole step has been carried out."""
