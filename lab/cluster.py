@@ -49,6 +49,8 @@ class ClusterOptions:
     check_rise: int = 2
     with_check: bool = True
     log_level: str = "info"
+    # cluster.vip_lifetime as written in the file ("false" turns it off); empty: the default.
+    vip_lifetime: str = ""
 
 
 class HaCluster:
@@ -94,8 +96,10 @@ class HaCluster:
             f"  failover_timeout: {o.failover}",
             f"  preempt: {str(o.preempt).lower()}",
             f"  preempt_delay: {o.preempt_delay}",
-            "nodes:",
         ]
+        if o.vip_lifetime:
+            lines.append(f"  vip_lifetime: {o.vip_lifetime}")
+        lines += ["nodes:"]
         for i, n in enumerate(self.lab.nodes):
             default = max(10, 150 - 50 * i)
             witness = n in o.witnesses

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from lab import probe as probe_mod
-from lab.cluster import VIP
+from lab.cluster import VIP, ClusterOptions
 from tests.integration.faultlab import (
     ETH_P_ARP,
     VIP_BYTES,
@@ -97,7 +97,10 @@ def test_leader_daemon_sigkill_stale_address_conflict_and_restart_cleanup() -> N
 
 @pytest.mark.netns
 def test_frozen_leader_is_replaced_and_drops_the_vip_silently_on_resume() -> None:
-    with running_cluster() as rig:
+    # Without the kernel-backed lifetime (vip_lifetime: false) the frozen holder keeps its
+    # address until it resumes; with it (the default) the kernel removes it within about the
+    # lifetime: tests/integration/test_faults_effects.py measures that.
+    with running_cluster(options=ClusterOptions(vip_lifetime="false")) as rig:
         lab, cluster, old = rig.lab, rig.cluster, rig.first_holder
         old_mac = mac_of(lab, old)
         with Capture(lab, "client", proto=ETH_P_ARP, max_seconds=30.0) as cap:
