@@ -479,34 +479,67 @@ def check_config(settings: Settings, config: Path | None, node: str | None, no_h
 @_config_option
 @click.pass_obj
 def release_vips(settings: Settings, config: Path | None) -> None:
-    """Remove this host's configured VIPs from its interfaces (for systemd's ExecStopPost).
+    """Remove this host's VIPs from its interfaces (for systemd's ExecStopPost).
 
     A daemon killed with SIGKILL, or by the watchdog, runs no clean-up and would leave the
     address on its interface until it restarts; systemd runs this right after the process died,
     so a dead node does not keep answering ARP for the VIP. Safe at any time the daemon is not
     running; idempotent. Exit status: 0 done (or nothing to remove), 1 failed.
 
+    The daemon records every VIP it may add in its state directory (vips.json) when it starts;
+    that record is used first, without parsing the configuration (which may be large or
+    broken): the state directory is systemd's $STATE_DIRECTORY, or /var/lib/hafailover with the
+    default configuration file. Only when there is no record is the configuration read (its
+    state_dir's record, else its VIPs).
+
     \b
     Example:
       hafailover release-vips -c /etc/hafailover/hafailover.yaml
     """
-    from hafailover.config import ConfigError, load_config
-    from hafailover.net.vip import NetlinkVipManager, Vip, VipError
+    import asyncio
+
+    from hafailover.net.vip import NetlinkVipPort, Vip, VipError, recorded_vips
 
     path = config or settings.config or DEFAULT_CONFIG
+    vips: list[Vip] | None = None
+    source = ""
+    state_dirs = [d for d in os.environ.get("STATE_DIRECTORY", "").split(":")[:1] if d]
+    if not state_dirs and path == DEFAULT_CONFIG:
+        state_dirs = ["/var/lib/hafailover"]  # the configuration's default state_dir
+    for state_dir in state_dirs:
+        try:
+            vips, source = recorded_vips(state_dir), "recorded"
+        except VipError as e:
+            click.echo(f"warning: {e}; reading the configuration instead", err=True)
+    if vips is None:
+        from hafailover.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(path).config
+        except ConfigError as e:
+            _fail(f"invalid configuration:\n{e}", 1)
+        try:
+            vips, source = recorded_vips(cfg.state_dir), "recorded"
+        except VipError as e:
+            click.echo(f"warning: {e}; using the configured VIPs", err=True)
+        if vips is None:
+            vips, source = [Vip(v.address, v.interface) for v in cfg.all_vips], "configured"
+
+    async def release(vips: list[Vip]) -> list[Vip]:
+        port = NetlinkVipPort()
+        try:
+            return await port.cleanup_stale(vips)
+        finally:
+            await port.close()
+
     try:
-        cfg = load_config(path).config
-    except ConfigError as e:
-        _fail(f"invalid configuration:\n{e}", 1)
-    try:
-        with NetlinkVipManager([Vip(v.address, v.interface) for v in cfg.vips]) as vips:
-            removed = vips.cleanup_stale()
+        removed = asyncio.run(release(vips))
     except VipError as e:
         _fail(f"could not remove the VIPs: {e}", 1)
     for v in removed:
         click.echo(f"removed {v}")
     if not removed:
-        click.echo("no VIP of this configuration was present")
+        click.echo(f"no {source} VIP was present")
     sys.exit(0)
 
 

@@ -408,3 +408,37 @@ def test_fast_enough_inside_a_running_event_loop(lab: Lab) -> None:
         f"load {os.getloadavg()[0]:.1f})"
     )
     assert cpu_ms < 3.0 and add_ms < 50 and remove_ms < 50
+
+
+@pytest.mark.netns
+def test_release_vips_uses_the_record_without_reading_the_configuration(
+    lab: Lab, tmp_path: Path
+) -> None:
+    n1 = lab.nodes[0]
+    lab.add_address(n1, "10.213.0.100/16")  # a leftover of an older prefix length goes too
+    lab.add_address(n1, "fd00:213::100/64")
+    record_vips(tmp_path, [V4, V6])
+    broken = tmp_path / "broken.yaml"
+    broken.write_bytes(b"nodes: [\0\f" + b"x" * 100_000)  # never parsed
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        n1,
+        sys.executable,
+        "-m",
+        "hafailover",
+        "release-vips",
+        "-c",
+        str(broken),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [
+        "removed 10.213.0.100/16 dev eth0",
+        "removed fd00:213::100/64 dev eth0",
+    ]
+    assert not [a for a in lab.addrs(n1) if a["local"] in ("10.213.0.100", "fd00:213::100")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert (done.returncode, done.stdout) == (0, "no recorded VIP was present\n"), done
