@@ -41,7 +41,7 @@ RELOAD_TIMEOUT_S: Final = 30.0
 # The child's address-space limit: far above a real configuration (~50 MiB with the runtime).
 RELOAD_MEMORY_BYTES: Final = 512 * 1024 * 1024
 # The pickled result; a real configuration's is a few KiB, and unpickling it runs in the daemon.
-MAX_RESULT_BYTES: Final = 1024 * 1024
+MAX_RESULT_BYTES: Final = 256 * 1024
 # What is kept of the child's stderr for the log (a traceback's tail).
 MAX_STDERR_BYTES: Final = 2048
 # The loader's problems as logged: the first few say what is wrong.
@@ -73,10 +73,13 @@ async def load_config_off_loop(
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _CHILD, _package_root(), os.fspath(path), str(memory),
-            str(cpu_seconds),
+            str(cpu_seconds), str(os.getpid()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            # Its own process group: a signal meant for the daemon's group (a second SIGHUP,
+            # Ctrl-C) does not kill the reader; the daemon kills it when it gives up on it.
+            start_new_session=True,
         )
     except OSError as e:
         raise ReloadError(f"cannot start the configuration reader: {e.strerror or e}") from e
@@ -90,8 +93,8 @@ async def load_config_off_loop(
             status = await proc.wait()
     except TimeoutError:
         raise ReloadError(
-            f"reading {path} did not finish within {timeout:g}s (the limit): is it on a mount "
-            "that hangs?"
+            f"reading {path} did not finish within {timeout:g}s (the limit): is the file far "
+            "larger than it should be, or on a mount that hangs?"
         ) from None
     finally:
         if proc.returncode is None:  # timed out, too large, or the daemon is stopping
@@ -160,7 +163,8 @@ def child_main(args: list[str]) -> None:
     """In the child: limit itself, load the file, write the pickled verdict to stdout."""
     import resource
 
-    path, memory, cpu_seconds = args[0], int(args[1]), int(args[2])
+    path, memory, cpu_seconds, parent = args[0], int(args[1]), int(args[2]), int(args[3])
+    _die_with_parent(parent)
     with contextlib.suppress(OSError):
         os.nice(10)  # the daemon, not its reader, gets the CPU when both want it
     # Set after the imports, so that they bound the parse only: RLIMIT_CPU counts from the
@@ -181,6 +185,16 @@ def child_main(args: list[str]) -> None:
         result = ("invalid", f"{path}: the file nests too deeply")
     sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
+
+
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG: a reader whose daemon was killed does not parse on for nobody."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before the call took effect
+        os._exit(1)
 
 
 class Reloader:

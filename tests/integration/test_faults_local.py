@@ -77,7 +77,8 @@ def test_oversized_key_file_is_refused_naming_the_limit(tmp_path: Path, size: in
 
 
 def _config(tmp_path: Path, checks: int, *, name: str = "lab") -> Path:
-    """A valid configuration with `checks` checks (10 000 of them: ~0.5 MB, seconds of CPU)."""
+    """A valid configuration with `checks` checks (18 000 of them: just under the 1 MiB limit
+    for a configuration file, seconds of CPU time to parse)."""
     lines = [
         "cluster:",
         f"  name: {name}",
@@ -144,8 +145,9 @@ def test_reload_of_an_invalid_file_is_refused_with_its_lines(tmp_path: Path) -> 
 def test_reload_over_a_limit_is_refused_and_the_loop_stays_on_time(
     tmp_path: Path, limits: dict[str, Any], expected: str
 ) -> None:
-    # Parsed on the loop, this file stalled it for seconds (10 000 checks, quadratic checks).
-    path = _config(tmp_path, 10_000)
+    # Parsed on the loop, this file stalls it for seconds.
+    path = _config(tmp_path, 18_000)
+    assert 900_000 < path.stat().st_size < 1024 * 1024
     start = time.monotonic()
     error, lag = asyncio.run(_with_lag(load_config_off_loop(path, **limits)))
     elapsed = time.monotonic() - start
@@ -251,3 +253,11 @@ def test_socket_permission_denied_exits_3_however_it_is_named(
     assert code == 3, output
     assert f"permission denied on {root_only_socket}" in output
     assert "control group" in output and "not readable" not in output
+
+
+def test_reload_whose_parsed_result_is_oversized_is_refused(tmp_path: Path) -> None:
+    path = _config(tmp_path, 2_000)  # ~110 KB of YAML, ~450 KB parsed: no real configuration
+    error, lag = asyncio.run(_with_lag(load_config_off_loop(path, cpu_seconds=30)))
+    assert isinstance(error, ReloadError), error
+    assert "the parsed configuration is larger than 256 KiB (the limit" in str(error)
+    assert lag < 0.1
