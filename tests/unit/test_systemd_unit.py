@@ -21,8 +21,9 @@ from hafailover.core.spec import Timings
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "hafailover.service"
-# Where packaging/install.sh puts the venv's console script.
+# Where the package (packaging/build-deb.sh) puts the runtime's console script.
 VENV_BIN = "/opt/hafailover/bin/hafailover"
+CONTROL = REPO / "packaging" / "debian" / "control.in"
 
 Unit = dict[str, dict[str, list[str]]]
 
@@ -134,14 +135,36 @@ def test_watchdog_is_shorter_than_the_default_failover_timeout(unit: Unit) -> No
 def test_execstart_runs_the_installed_console_script(unit: Unit) -> None:
     argv = shlex.split(one(unit, "Service", "ExecStart"))
     assert argv == [VENV_BIN, "run", "-c", "/etc/hafailover/hafailover.yaml"]
-    install_sh = (REPO / "packaging" / "install.sh").read_text()
-    assert re.search(r"^VENV=/opt/hafailover$", install_sh, re.M), "install.sh venv path moved"
+    build = (REPO / "packaging" / "build-deb.sh").read_text()
+    assert re.search(r"^PREFIX=/opt/hafailover$", build, re.M), "the package's runtime moved"
 
 
-def test_execreload_sends_sighup_to_the_main_pid(unit: Unit) -> None:
+def package_depends() -> set[str]:
+    line = next(ln for ln in CONTROL.read_text().splitlines() if ln.startswith("Depends:"))
+    return {dep.split()[0] for dep in line.removeprefix("Depends:").split(",") if dep.strip()}
+
+
+def test_execreload_sends_sighup_with_a_kill_the_package_depends_on(unit: Unit) -> None:
     argv = shlex.split(one(unit, "Service", "ExecReload"))
-    assert Path(argv[0]).name == "kill"
+    # /bin/kill is procps' (a minimal Debian has no procps: reload failed there with 203/EXEC).
+    assert argv[0] == "/bin/kill"
+    assert "procps" in package_depends()
     assert argv[1:] in (["-HUP", "$MAINPID"], ["-s", "HUP", "$MAINPID"], ["-1", "$MAINPID"])
+
+
+def test_documentation_is_where_the_package_puts_it(unit: Unit) -> None:
+    doc = one(unit, "Unit", "Documentation")
+    assert doc == "file:///usr/share/doc/hafailover/operations.md"
+    assert "/usr/local" not in UNIT.read_text()
+    assert 'DOC=$STAGE/usr/share/doc/hafailover' in (REPO / "packaging/build-deb.sh").read_text()
+
+
+def test_does_not_start_without_config_and_key(unit: Unit) -> None:
+    assert unit["Unit"]["ConditionPathExists"] == [
+        "/etc/hafailover/hafailover.yaml", "/etc/hafailover/cluster.key"]
+    # The example config (the package's conffile) names the key the condition waits for.
+    example = (REPO / "etc" / "hafailover" / "hafailover.yaml").read_text()
+    assert re.search(r"^  key_file: /etc/hafailover/cluster\.key$", example, re.M)
 
 
 def test_root_with_only_the_network_capabilities(unit: Unit) -> None:
@@ -171,6 +194,11 @@ def test_restart_policy(unit: Unit) -> None:
         ("ProtectKernelTunables", "yes"),
         ("ProtectKernelModules", "yes"),
         ("ProtectControlGroups", "yes"),
+        ("ProtectClock", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectHostname", "yes"),
+        ("PrivateDevices", "yes"),
+        ("UMask", "0027"),
         ("RestrictNamespaces", "yes"),
         ("LockPersonality", "yes"),
         ("MemoryDenyWriteExecute", "yes"),
