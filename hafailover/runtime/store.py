@@ -1,13 +1,26 @@
 """Durable state: the term/vote file and the bounded event history.
 
-``StateStore`` holds what the protocol needs to survive a restart (``PersistentState``: term,
-vote, maintenance flag). Losing or resetting it could let this node vote twice in one term - two
-leaders holding the VIP - so an unreadable or corrupt file is a hard error (``StateError``), never
-a silent fresh start. Only a *missing* file means "never ran here": fresh state.
+``StateStore`` holds what the protocol needs to survive a restart: for every VIP group its
+election term and vote, and the node's maintenance flag (``GroupsState``). Losing or resetting
+it could let this node vote twice in one term of a group - two holders of that group's VIPs -
+so an unreadable or corrupt file is a hard error (``StateError``), never a silent fresh start.
+Only a *missing* file means "never ran here": fresh state.
 
 Writes are atomic and durable: a temp file in the same directory, flushed and fsynced, renamed
 over the old file, then the directory fsynced so the rename itself survives power loss. A crash at
-any point leaves either the old or the new file, never a mix.
+any point leaves either the old or the new file, never a mix. All groups live in one file, so the
+``Persist`` actions of every group in one step cost one write (see ``hafailover.core.groups``).
+
+File format, version 2 (written since VIP groups)::
+
+    {"version": 2, "maintenance": false,
+     "groups": {"web": {"term": 7, "voted_for": "node1"}, "db": {"term": 3, "voted_for": ""}}}
+
+A version-1 file (``{"version": 1, "term", "voted_for", "maintenance"}``, one election) is read
+as the group ``default`` - the group of a configuration without ``groups:`` - and rewritten as
+version 2 at the next save; a hafailover older than groups then refuses the new file with a
+clear version message rather than guess. A group that leaves the configuration keeps its entry:
+if it comes back it must remember the votes it cast in terms its peers may still be in.
 
 ``EventLog`` keeps the recent decision history (``hafailover events``) as JSON lines.
 """
@@ -26,15 +39,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hafailover.core.actions import PersistentState
+from hafailover.core.groups import DEFAULT_GROUP, GroupsState, GroupVote
+from hafailover.errors import LocalError
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 EVENTS_FILE = "events.jsonl"
-STATE_VERSION = 1
+STATE_VERSION = 2
+_MAX_GROUP = 64  # bytes of a group name, as on the wire
 
 
-class StateError(Exception):
+class StateError(LocalError):
     """The state file cannot be trusted or written; the message tells the operator what to do."""
 
 
@@ -69,35 +85,71 @@ class StatePort(Protocol):
 
     async def asave(self, state: PersistentState) -> None: ...
 
+    def load_groups(self) -> GroupsState: ...
+
+    def save_groups(self, state: GroupsState) -> None: ...
+
+    async def asave_groups(self, state: GroupsState) -> None: ...
+
+
+def _merge(known: GroupsState, new: GroupsState) -> GroupsState:
+    """``new`` over ``known``: groups ``new`` does not mention keep their last saved vote."""
+    return GroupsState(new.maintenance, {**known.votes, **new.votes})
+
+
+def _single(state: GroupsState) -> PersistentState:
+    return state.for_group(DEFAULT_GROUP)
+
+
+def _grouped(known: GroupsState, state: PersistentState) -> GroupsState:
+    vote = {DEFAULT_GROUP: GroupVote(state.term, state.voted_for)}
+    return _merge(known, GroupsState(state.maintenance, vote))
+
 
 class StateStore:
-    """``<state_dir>/state.json``: ``{"version": 1, "term": int, "voted_for": str,
-    "maintenance": bool}``."""
+    """``<state_dir>/state.json``, the format in the module docstring.
+
+    ``load_groups``/``save_groups`` are the interface of a multi-group node; ``load``/``save``
+    read and write the group ``default`` alone (a single-group node), keeping the others."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(state_dir)
         self.path = self.dir / STATE_FILE
+        self._known: GroupsState | None = None
 
     def _corrupt(self, problem: str) -> StateError:
         return StateError(
-            f"state file {self.path} is {problem}. It records this node's election term and "
-            "vote; starting from scratch could let this node vote twice in one term, so "
+            f"state file {self.path} is {problem}. It records this node's election terms and "
+            "votes; starting from scratch could let this node vote twice in one term, so "
             "hafailover refuses to start. Restore the file from a backup, or - only while the "
             "other nodes are up and agree on a leader - move it aside and start again (this node "
-            "will then rejoin as a follower at the cluster's current term)."
+            "will then rejoin as a follower at the cluster's current terms)."
         )
 
     def load(self) -> PersistentState:
+        """The group ``default``; see ``load_groups``."""
+        return _single(self.load_groups())
+
+    def save(self, state: PersistentState) -> None:
+        """Write ``state`` as the group ``default`` (the other groups are kept); see
+        ``save_groups``."""
+        self.save_groups(_grouped(self._current(), state))
+
+    async def asave(self, state: PersistentState) -> None:
+        await asyncio.to_thread(self.save, state)
+
+    def load_groups(self) -> GroupsState:
         """Read the state; a missing file is fresh state, anything unusable raises StateError."""
         self._remove_stale_temps()
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return PersistentState()
+            self._known = GroupsState()
+            return self._known
         except OSError as e:
             raise StateError(
                 f"cannot read state file {self.path}: {e.strerror or e}. Fix its permissions or "
-                "the storage under it; hafailover will not start without its term and vote."
+                "the storage under it; hafailover will not start without its terms and votes."
             ) from e
         try:
             doc = json.loads(raw)
@@ -106,34 +158,62 @@ class StateStore:
         if not isinstance(doc, dict):
             raise self._corrupt("corrupt (not a JSON object)")
         version = doc.get("version")
-        if version != STATE_VERSION:
+        if isinstance(version, bool):  # an int subclass: `true` is no version
+            version = repr(version)
+        if version == 1:
+            state = GroupsState(
+                self._flag(doc.get("maintenance")), {DEFAULT_GROUP: self._vote(doc, "")}
+            )
+        elif version == STATE_VERSION:
+            groups = doc.get("groups")
+            if not isinstance(groups, dict):
+                raise self._corrupt(f"corrupt (bad groups {groups!r})")
+            votes = {self._group(g): self._vote(v, f" of group {g!r}") for g, v in groups.items()}
+            state = GroupsState(self._flag(doc.get("maintenance")), votes)
+        else:
             raise StateError(
                 f"state file {self.path} has version {version!r}; this hafailover understands "
-                f"version {STATE_VERSION}. Run the hafailover version that wrote it, or restore "
-                "a compatible file."
+                f"versions 1 and {STATE_VERSION}. Run the hafailover version that wrote it, or "
+                "restore a compatible file."
             )
-        term, voted_for, maintenance = (
-            doc.get("term"),
-            doc.get("voted_for"),
-            doc.get("maintenance"),
-        )
-        # bool is an int subclass; a bool term would be a corrupt file, not term 0/1.
-        if not isinstance(term, int) or isinstance(term, bool) or term < 0:
-            raise self._corrupt(f"corrupt (bad term {term!r})")
-        if not isinstance(voted_for, str):
-            raise self._corrupt(f"corrupt (bad voted_for {voted_for!r})")
+        self._known = state
+        return state
+
+    def _flag(self, maintenance: object) -> bool:
         if not isinstance(maintenance, bool):
             raise self._corrupt(f"corrupt (bad maintenance {maintenance!r})")
-        return PersistentState(term=term, voted_for=voted_for, maintenance=maintenance)
+        return maintenance
 
-    def save(self, state: PersistentState) -> None:
-        """Write atomically and durably (a few ms for the fsyncs). Raises StateError on failure:
-        the caller must then not send anything that relies on this state."""
+    def _group(self, name: str) -> str:
+        if not 1 <= len(name.encode("utf-8", "surrogatepass")) <= _MAX_GROUP:
+            raise self._corrupt(f"corrupt (bad group name {name!r})")
+        return name
+
+    def _vote(self, doc: object, where: str) -> GroupVote:
+        if not isinstance(doc, dict):
+            raise self._corrupt(f"corrupt (bad entry{where} {doc!r})")
+        term, voted_for = doc.get("term"), doc.get("voted_for")
+        # bool is an int subclass; a bool term would be a corrupt file, not term 0/1.
+        if not isinstance(term, int) or isinstance(term, bool) or term < 0:
+            raise self._corrupt(f"corrupt (bad term{where} {term!r})")
+        if not isinstance(voted_for, str):
+            raise self._corrupt(f"corrupt (bad voted_for{where} {voted_for!r})")
+        return GroupVote(term, voted_for)
+
+    def _current(self) -> GroupsState:
+        return self._known if self._known is not None else self.load_groups()
+
+    def save_groups(self, state: GroupsState) -> None:
+        """Write atomically and durably (a few ms for the fsyncs). Groups that ``state`` does
+        not name keep their last saved entry. Raises StateError on failure: the caller must then
+        not send anything that relies on this state."""
+        merged = _merge(self._current(), state)
         doc = {
             "version": STATE_VERSION,
-            "term": state.term,
-            "voted_for": state.voted_for,
-            "maintenance": state.maintenance,
+            "maintenance": merged.maintenance,
+            "groups": {
+                g: {"term": v.term, "voted_for": v.voted_for} for g, v in merged.votes.items()
+            },
         }
         data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
         try:
@@ -144,11 +224,12 @@ class StateStore:
                 f"cannot write state file {self.path}: {e.strerror or e}. Check free space, "
                 "permissions and the storage under it."
             ) from e
+        self._known = merged
 
-    async def asave(self, state: PersistentState) -> None:
-        """``save`` in a worker thread, so slow storage cannot stall the loop. Await it before
-        executing any action that depends on the state (the core's ordering guarantee)."""
-        await asyncio.to_thread(self.save, state)
+    async def asave_groups(self, state: GroupsState) -> None:
+        """``save_groups`` in a worker thread, so slow storage cannot stall the loop. Await it
+        before executing any action that depends on the state (the core's ordering guarantee)."""
+        await asyncio.to_thread(self.save_groups, state)
 
     def _remove_stale_temps(self) -> None:
         # Left behind only by a crash mid-write; the real file is intact by construction.
@@ -161,23 +242,44 @@ class StateStore:
 class FakeStateStore:
     """StatePort for daemon tests: in memory; ``fail_saves`` makes the next saves raise."""
 
-    def __init__(self, state: PersistentState | None = None) -> None:
-        self.state = state if state is not None else PersistentState()
+    def __init__(self, state: PersistentState | GroupsState | None = None) -> None:
+        if isinstance(state, PersistentState):
+            state = _grouped(GroupsState(), state)
+        self.groups = state if state is not None else GroupsState()
         self.saves: list[PersistentState] = []
+        self.group_saves: list[GroupsState] = []
         self.fail_saves = 0
+
+    @property
+    def state(self) -> PersistentState:
+        return _single(self.groups)
 
     def load(self) -> PersistentState:
         return self.state
 
     def save(self, state: PersistentState) -> None:
-        if self.fail_saves > 0:
-            self.fail_saves -= 1
-            raise StateError("fake: save failed")
-        self.state = state
+        self._fail()
+        self.groups = _grouped(self.groups, state)
         self.saves.append(state)
 
     async def asave(self, state: PersistentState) -> None:
         self.save(state)
+
+    def load_groups(self) -> GroupsState:
+        return self.groups
+
+    def save_groups(self, state: GroupsState) -> None:
+        self._fail()
+        self.groups = _merge(self.groups, state)
+        self.group_saves.append(state)
+
+    async def asave_groups(self, state: GroupsState) -> None:
+        self.save_groups(state)
+
+    def _fail(self) -> None:
+        if self.fail_saves > 0:
+            self.fail_saves -= 1
+            raise StateError("fake: save failed")
 
 
 class EventLogPort(Protocol):

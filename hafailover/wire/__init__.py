@@ -6,8 +6,8 @@ randomness (for new keys). The core only ever sees `Decoded.message` and the sen
 
 from __future__ import annotations
 
+from hafailover.core.groups import DEFAULT_GROUP
 from hafailover.wire.codec import (
-    DEFAULT_GROUP,
     MAX_PACKET,
     Codec,
     Decoded,

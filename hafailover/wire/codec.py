@@ -97,6 +97,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from hafailover.core.groups import DEFAULT_GROUP
 from hafailover.core.messages import MESSAGE_TYPES, Message
 from hafailover.wire.keys import MIN_KEY_BYTES
 from hafailover.wire.payload import (
@@ -121,7 +122,6 @@ KIND_BATCH = 1
 MAX_PACKET = 1400
 MAX_NAME = MAX_STR  # node and group names, in the header and in payloads
 MAC_SIZE = 32
-DEFAULT_GROUP = "default"  # the group of a configuration without `groups:`
 
 _U64_MAX = (1 << 64) - 1
 _TS_MASK = (1 << 32) - 1

@@ -1,4 +1,5 @@
-"""StateStore and EventLog on a real filesystem, including crashes in the middle of a write."""
+"""StateStore (per-group terms and votes) and EventLog on a real filesystem, including crashes in
+the middle of a write and the version-1 (single election) file."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hafailover.core.actions import PersistentState
+from hafailover.core.groups import GroupsState, GroupVote
 from hafailover.runtime.store import (
     EventLog,
     FakeEventLog,
@@ -42,8 +44,72 @@ def test_round_trip_with_version(tmp_path: Path) -> None:
     s.save(NEW)
     assert s.load() == NEW
     doc = json.loads((tmp_path / "state" / "state.json").read_text())
-    assert doc == {"version": 1, "term": 6, "voted_for": "n3", "maintenance": True}
+    assert doc == {
+        "version": 2,
+        "maintenance": True,
+        "groups": {"default": {"term": 6, "voted_for": "n3"}},
+    }
     assert temps(tmp_path / "state") == []
+
+
+WEB_DB = GroupsState(True, {"web": GroupVote(7, "n1"), "db": GroupVote(3, "")})
+
+
+def test_groups_round_trip_one_file(tmp_path: Path) -> None:
+    s = StateStore(tmp_path)
+    s.save_groups(WEB_DB)
+    assert StateStore(tmp_path).load_groups() == WEB_DB
+    doc = json.loads((tmp_path / "state.json").read_text())
+    assert doc == {
+        "version": 2,
+        "maintenance": True,
+        "groups": {"db": {"term": 3, "voted_for": ""}, "web": {"term": 7, "voted_for": "n1"}},
+    }
+    asyncio.run(s.asave_groups(GroupsState(False, {"web": GroupVote(8, "n2")})))
+    assert StateStore(tmp_path).load_groups() == GroupsState(
+        False, {"web": GroupVote(8, "n2"), "db": GroupVote(3, "")}
+    )
+
+
+def test_a_group_left_out_keeps_its_vote(tmp_path: Path) -> None:
+    """A group removed from the configuration must still remember its vote if it comes back."""
+    StateStore(tmp_path).save_groups(WEB_DB)
+    s = StateStore(tmp_path)
+    assert s.load_groups().votes["db"] == GroupVote(3, "")
+    s.save_groups(GroupsState(False, {"web": GroupVote(9, "")}))  # db no longer configured
+    assert StateStore(tmp_path).load_groups().votes == {
+        "web": GroupVote(9, ""),
+        "db": GroupVote(3, ""),
+    }
+    # Saving without an explicit load first still merges with what is on disk.
+    StateStore(tmp_path).save_groups(GroupsState(False, {"app": GroupVote(1, "n1")}))
+    assert set(StateStore(tmp_path).load_groups().votes) == {"web", "db", "app"}
+
+
+def test_a_version_1_file_is_the_default_group_and_is_rewritten_as_version_2(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "term": 5, "voted_for": "n2", "maintenance": true}')
+    s = StateStore(tmp_path)
+    assert s.load_groups() == GroupsState(True, {"default": GroupVote(5, "n2")})
+    assert s.load() == PersistentState(5, "n2", True)
+    s.save_groups(GroupsState(True, {"web": GroupVote(1, "")}))
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 2
+    assert doc["groups"] == {
+        "default": {"term": 5, "voted_for": "n2"},
+        "web": {"term": 1, "voted_for": ""},
+    }
+
+
+def test_single_group_save_keeps_the_other_groups(tmp_path: Path) -> None:
+    StateStore(tmp_path).save_groups(WEB_DB)
+    s = StateStore(tmp_path)
+    s.save(PersistentState(4, "n3", False))
+    assert StateStore(tmp_path).load_groups() == GroupsState(
+        False, {"web": GroupVote(7, "n1"), "db": GroupVote(3, ""), "default": GroupVote(4, "n3")}
+    )
 
 
 def test_asave(tmp_path: Path) -> None:
@@ -80,6 +146,15 @@ def test_save_fsyncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.Monk
         b'{"version": 1, "term": 5, "voted_for": "n2"}',
         b'{"version": 99, "term": 5, "voted_for": "n2", "maintenance": false}',
         b'{"term": 5, "voted_for": "n2", "maintenance": false}',
+        b'{"version": true, "term": 5, "voted_for": "n2", "maintenance": false}',
+        b'{"version": 2, "maintenance": false}',
+        b'{"version": 2, "maintenance": false, "groups": []}',
+        b'{"version": 2, "maintenance": 0, "groups": {}}',
+        b'{"version": 2, "maintenance": false, "groups": {"web": 5}}',
+        b'{"version": 2, "maintenance": false, "groups": {"web": {"term": 1}}}',
+        b'{"version": 2, "maintenance": false, "groups": {"web": {"term": -1, "voted_for": ""}}}',
+        b'{"version": 2, "maintenance": false, "groups": {"": {"term": 1, "voted_for": ""}}}',
+        b'{"version": 2, "maintenance": false, "groups": {"web": {"term": 1.5, "voted_for": ""}}}',
     ],
 )
 def test_corrupt_file_raises_never_resets(tmp_path: Path, content: bytes) -> None:
@@ -148,8 +223,21 @@ def test_process_killed_between_write_and_rename_leaves_old_state(tmp_path: Path
 
 def test_save_failure_is_state_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(StateError, match="cannot write state file"):
+    with pytest.raises(StateError, match="cannot read state file"):  # to merge with it
         StateStore(tmp_path / "file" / "sub").save(OLD)
+    s = StateStore(tmp_path / "later")
+    assert s.load() == PersistentState()  # no directory yet: fresh state
+    (tmp_path / "later").write_text("")  # now a file is in the way
+    with pytest.raises(StateError, match="cannot write state file"):
+        s.save(OLD)
+
+
+def test_corrupt_group_file_names_the_group(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(
+        '{"version": 2, "maintenance": false, "groups": {"db": {"term": 1, "voted_for": 3}}}'
+    )
+    with pytest.raises(StateError, match="bad voted_for of group 'db' 3"):
+        StateStore(tmp_path).load_groups()
 
 
 def test_fake_state_store() -> None:
@@ -161,6 +249,12 @@ def test_fake_state_store() -> None:
         port.save(NEW)
     asyncio.run(port.asave(NEW))
     assert fake.saves == [NEW] and port.load() == NEW
+    fake.fail_saves = 1
+    with pytest.raises(StateError):
+        port.save_groups(WEB_DB)
+    asyncio.run(port.asave_groups(WEB_DB))
+    assert fake.group_saves == [WEB_DB]
+    assert port.load_groups() == GroupsState(True, {**WEB_DB.votes, "default": GroupVote(6, "n3")})
 
 
 def test_event_log_append_read(tmp_path: Path) -> None:

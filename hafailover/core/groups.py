@@ -1,0 +1,269 @@
+"""VIP groups: one independent election per group, multiplexed over one node.
+
+A node runs one `Node` per VIP group, each with its own `ClusterSpec` (the group's priorities,
+preempt and preempt delay over the same members), its own term, vote, promise and lease.
+`Groups` owns them and is what the runtime talks to: it routes each event to the group(s) it
+concerns, tags each action with its group, and offers one `next_deadline()` for all groups.
+
+Routing (`handle`):
+
+* `ForGroup(g, event)`: to group g only. The runtime wraps a received message, a per-group
+  health verdict (that group's checks and link state), a switchover and a failed or recovered
+  acquire/release this way. A message for a group this node does not have is dropped and
+  counted (`unknown_group_messages`): the wire codec has already dropped such items, so this
+  only happens during a reload; a switchover for one is refused (`TARGET_UNKNOWN`).
+* `TimerFired`: to every group whose deadline is due within its `Timings.heartbeat_slack`.
+  A leader woken that early sends its heartbeat at once, so once leaders have fired together
+  their heartbeats stay in the same round and, per peer, in the same datagram.
+* `Stop`, `HealthChanged` (node-wide), `VipConflict`, `EffectFailed` and `EffectSucceeded`
+  without a group: to every group (`EffectSucceeded` only where that effect is failing). The
+  state file is shared, so a failed save is every group's failed save: report persist
+  failures and recoveries without a group.
+* `Switchover` without a group: to the only group, refused if there are several.
+* `SetMaintenance` (with or without a group; maintenance is per node): to the first group,
+  whose `CommandResult` answers it; a remote node's request is forwarded in that group. Then,
+  whenever any group's maintenance flag differs from the node's, the change is applied to every
+  other group (their results are internal and dropped). A `MaintenanceRequest` from a peer is
+  therefore checked against the term of the group it came in, and then applies node-wide.
+
+Actions come back as `Tagged(group, action)`, each group's in the order its `Node` returned
+them (`hafailover.core.actions`); the barrier rule applies per group: a failed barrier of group
+g stops g's later actions of the step, never another group's.
+
+`Persist` carries one group's state, but the file holds all groups (`GroupsState`,
+`persistent_state()`): the runtime saves the whole state at the first `Persist` of a step and
+counts the step's later `Persist` actions as done (the state it wrote is at least as new as
+theirs), so one step costs one fsync however many groups persisted in it. Writing a group's
+state earlier than its own `Persist` asks is always safe: it is the node's current state.
+
+Safety per group (argued in docs/architecture.md, "VIP groups"): groups share no protocol
+state. Each `Node` has its own term, vote, promise and lease; messages are tagged with their
+group inside the authenticated datagram, so no message of one group's election ever reaches
+another's `Node`; each group's term and vote are persisted under its own name. So every
+invariant of one election (one vote per term, one leader per term, lease before VIP) holds for
+each group exactly as for a single-group node. What the groups do share, the node's
+maintenance flag, its health inputs, its clock, the state file and the socket, only ever make a
+group *less* able to act (refuse, step down, not stand), never grant a vote or a lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from hafailover.core.actions import Action, CommandResult, PersistentState
+from hafailover.core.events import (
+    EffectFailed,
+    EffectSucceeded,
+    Event,
+    HealthChanged,
+    MessageReceived,
+    SetMaintenance,
+    Stop,
+    Switchover,
+    TimerFired,
+    VipConflict,
+)
+from hafailover.core.node import Node, RandomSource
+from hafailover.core.reasons import Reason
+from hafailover.core.spec import ClusterSpec, SpecError
+from hafailover.core.view import NodeView
+
+DEFAULT_GROUP = "default"
+"""The one group of a configuration without `groups:` (top-level `vips:`)."""
+
+INF = float("inf")
+
+# The request id of the maintenance changes the multiplexer itself applies to the other groups
+# (their results are dropped). Operator request ids are positive.
+_INTERNAL = -1
+
+
+@dataclass(frozen=True)
+class GroupVote:
+    """One group's persisted election state."""
+
+    term: int = 0
+    voted_for: str = ""
+
+
+@dataclass(frozen=True)
+class GroupsState:
+    """What survives a restart: term and vote per group, maintenance once per node.
+
+    `votes` may name groups the configuration no longer has: the store keeps them, because a
+    group that comes back must not forget a vote it cast in a term its peers still know.
+    """
+
+    maintenance: bool = False
+    votes: Mapping[str, GroupVote] = field(default_factory=dict)
+
+    def for_group(self, group: str) -> PersistentState:
+        vote = self.votes.get(group, GroupVote())
+        return PersistentState(vote.term, vote.voted_for, self.maintenance)
+
+
+@dataclass(frozen=True)
+class ForGroup:
+    """An event for one group's election."""
+
+    group: str
+    event: Event
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """An action of one group's election."""
+
+    group: str
+    action: Action
+
+
+@dataclass(frozen=True)
+class GroupsView:
+    """A read-only snapshot of every group, in configuration order."""
+
+    name: str
+    maintenance: bool
+    groups: tuple[tuple[str, NodeView], ...]
+
+
+class Groups:
+    def __init__(
+        self,
+        specs: Mapping[str, ClusterSpec],
+        name: str,
+        rng: RandomSource,
+        persisted: GroupsState | None = None,
+        healthy: bool | Mapping[str, bool] = True,
+    ) -> None:
+        """`specs`: group name -> that group's cluster description, in configuration order
+        (the first group carries node-wide commands, see the module docstring). Every group
+        must have the same members; priorities, preempt and timings may differ."""
+        if not specs:
+            raise SpecError("a node needs at least one VIP group")
+        members = {frozenset(s.names) for s in specs.values()}
+        if len(members) != 1:
+            raise SpecError("every VIP group must have the same nodes")
+        state = persisted or GroupsState()
+        self.name = name
+        self.maintenance = state.maintenance
+        self._nodes: dict[str, Node] = {}
+        for group, spec in specs.items():
+            ok = healthy if isinstance(healthy, bool) else healthy.get(group, True)
+            self._nodes[group] = Node(spec, name, rng, state.for_group(group), ok)
+        self._first = next(iter(self._nodes))
+        self._deadlines: dict[str, float] = dict.fromkeys(self._nodes, INF)
+        self.unknown_group_messages = 0
+
+    # ------------------------------------------------------------------ public interface
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(self._nodes)
+
+    def node(self, group: str) -> Node:
+        """The election of `group` (read-only use: status, tests)."""
+        return self._nodes[group]
+
+    def start(self, now: float) -> list[Tagged]:
+        """First call after construction: starts every group's election."""
+        out: list[Tagged] = []
+        for group, node in self._nodes.items():
+            self._collect(group, node.start(now), out)
+        return out
+
+    def handle(self, event: Event | ForGroup, now: float) -> list[Tagged]:
+        """Feed one event at monotonic time `now`; the actions, in execution order."""
+        return self.handle_many((event,), now)
+
+    def handle_many(self, events: Iterable[Event | ForGroup], now: float) -> list[Tagged]:
+        """Feed several events as one step (e.g. every item of one received datagram), so that
+        what the step sends each peer can leave in one datagram."""
+        out: list[Tagged] = []
+        for event in events:
+            self._route(event, now, out)
+        self._sync_maintenance(now, out)
+        return out
+
+    def next_deadline(self) -> float:
+        """The earliest time at which `handle(TimerFired(), now)` must next be called."""
+        return min(self._deadlines.values())
+
+    def view(self, now: float) -> GroupsView:
+        views = tuple((g, n.view(now)) for g, n in self._nodes.items())
+        return GroupsView(self.name, self.maintenance, views)
+
+    def persistent_state(self) -> GroupsState:
+        """Every group's term and vote, and the node's maintenance flag, as now in memory."""
+        votes = {g: GroupVote(n.term, n.voted_for) for g, n in self._nodes.items()}
+        return GroupsState(self.maintenance, votes)
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, event: Event | ForGroup, now: float, out: list[Tagged]) -> None:
+        if isinstance(event, ForGroup):
+            self._route_to(event.group, event.event, now, out)
+            return
+        match event:
+            case TimerFired():
+                for group, node in self._nodes.items():
+                    if self._deadlines[group] <= now + node.spec.timings.heartbeat_slack:
+                        self._feed(group, event, now, out)
+            case SetMaintenance():
+                self._feed(self._first, event, now, out)
+            case Switchover() | MessageReceived() if len(self._nodes) == 1:
+                self._feed(self._first, event, now, out)
+            case Switchover(request_id=rid):
+                groups = ", ".join(self._nodes)
+                refusal = CommandResult(
+                    rid, False, Reason.TARGET_UNKNOWN, f"name a group (one of: {groups})"
+                )
+                out.append(Tagged("", refusal))
+            case MessageReceived():
+                self.unknown_group_messages += 1
+            case EffectSucceeded(effect=effect):
+                for group, node in self._nodes.items():
+                    if node.faults.failing(effect):
+                        self._feed(group, event, now, out)
+            case Stop() | HealthChanged() | VipConflict() | EffectFailed():
+                for group in self._nodes:
+                    self._feed(group, event, now, out)
+
+    def _route_to(self, group: str, event: Event, now: float, out: list[Tagged]) -> None:
+        if isinstance(event, SetMaintenance):
+            # Maintenance is per node: whichever group names it, the first group carries it.
+            self._feed(self._first, event, now, out)
+        elif group in self._nodes:
+            self._feed(group, event, now, out)
+        elif isinstance(event, Switchover):
+            refusal = CommandResult(
+                event.request_id, False, Reason.TARGET_UNKNOWN, f"no group named {group!r}"
+            )
+            out.append(Tagged(group, refusal))
+        elif isinstance(event, MessageReceived):
+            self.unknown_group_messages += 1
+
+    def _feed(self, group: str, event: Event, now: float, out: list[Tagged]) -> None:
+        self._collect(group, self._nodes[group].handle(event, now), out)
+
+    def _collect(self, group: str, actions: list[Action], out: list[Tagged]) -> None:
+        out.extend(Tagged(group, a) for a in actions)
+        self._deadlines[group] = self._nodes[group].next_deadline()
+
+    def _sync_maintenance(self, now: float, out: list[Tagged]) -> None:
+        """Apply a maintenance change made in one group (by the operator, or a peer's request)
+        to every other group, so the flag is the node's, as configured and persisted."""
+        changed = next(
+            (n.maintenance for n in self._nodes.values() if n.maintenance != self.maintenance),
+            None,
+        )
+        if changed is None:
+            return
+        self.maintenance = changed
+        for group, node in self._nodes.items():
+            if node.maintenance != changed:
+                for action in node.handle(SetMaintenance(_INTERNAL, changed), now):
+                    if not (isinstance(action, CommandResult) and action.request_id == _INTERNAL):
+                        out.append(Tagged(group, action))
+                self._deadlines[group] = node.next_deadline()
