@@ -218,7 +218,7 @@ class NetlinkVipPort:
     def __init__(self, *, timeout: float = 2.0) -> None:
         self._timeout = timeout
         self._ipr: AsyncIPRoute | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # binds to the running loop on first use
         self._closed = False
         self._removed: dict[Vip, float] = {}  # removed by this port -> when
         self._ifname: dict[int, str] = {}  # index -> name, as last looked up
@@ -236,11 +236,6 @@ class NetlinkVipPort:
             except OSError as e:
                 raise VipError(f"cannot open a netlink socket: {_reason(e)}") from e
         return self._ipr
-
-    def _serial(self) -> asyncio.Lock:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
 
     async def _call(self, coro: Any) -> Any:
         """Await one pyroute2 request; its failures become `_Failed` (timeouts included)."""
@@ -308,12 +303,8 @@ class NetlinkVipPort:
                 # Split-brain is prevented by the lease, not by DAD.
                 kwargs["flags"] = IFA_F_NODAD
             valid = INFINITY_LIFE_TIME if lifetime is None else lifetime
-            kwargs["IFA_CACHEINFO"] = {
-                "ifa_valid": valid,
-                "ifa_preferred": valid,
-                "cstamp": 0,
-                "tstamp": 0,
-            }
+            cacheinfo = {"ifa_valid": valid, "ifa_preferred": valid, "cstamp": 0, "tstamp": 0}
+            kwargs["IFA_CACHEINFO"] = cacheinfo
         await self._call(ipr.addr(command, **kwargs))
 
     def _note_removal(self, index: int, ip: IPAddress, prefixlen: int) -> None:
@@ -329,7 +320,7 @@ class NetlinkVipPort:
 
     async def add(self, vips: Sequence[Vip], lifetime: float | None) -> None:
         seconds = kernel_lifetime(lifetime)
-        async with self._serial():
+        async with self._lock:
             added: list[tuple[int, Vip]] = []
             errors: list[str] = []
             for ifname, group in _by_interface(vips).items():
@@ -379,7 +370,7 @@ class NetlinkVipPort:
 
     async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
         seconds = kernel_lifetime(lifetime)
-        async with self._serial():
+        async with self._lock:
             errors: list[str] = []
             for ifname, group in _by_interface(vips).items():
                 index = await self._index(ifname)
@@ -399,7 +390,7 @@ class NetlinkVipPort:
                 raise VipError("; ".join(errors))
 
     async def remove(self, vips: Sequence[Vip]) -> None:
-        async with self._serial():
+        async with self._lock:
             await self._remove(vips)
 
     async def _remove(self, vips: Sequence[Vip]) -> None:
@@ -423,7 +414,7 @@ class NetlinkVipPort:
             raise VipError("; ".join(errors))
 
     async def present(self, vips: Sequence[Vip]) -> list[Vip]:
-        async with self._serial():
+        async with self._lock:
             out: list[Vip] = []
             for ifname, group in _by_interface(vips).items():
                 index = await self._index(ifname)
@@ -434,7 +425,7 @@ class NetlinkVipPort:
             return out
 
     async def cleanup_stale(self, vips: Sequence[Vip]) -> list[Vip]:
-        async with self._serial():
+        async with self._lock:
             removed: list[Vip] = []
             errors: list[str] = []
             for ifname, group in _by_interface(vips).items():
@@ -660,13 +651,3 @@ def recorded_vips(state_dir: str | os.PathLike[str]) -> list[Vip] | None:
         ]
     except (ValueError, TypeError, KeyError) as e:
         raise VipError(f"{path} is not a VIP record: {e}") from e
-
-
-def __getattr__(name: str) -> Any:
-    # TRANSITIONAL: the synchronous manager the engine and daemon use until they move to
-    # VipPort; it goes away with hafailover/net/_rtnl_legacy.py.
-    if name in ("VipManager", "NetlinkVipManager", "FakeVipManager"):
-        from hafailover.net import _rtnl_legacy
-
-        return getattr(_rtnl_legacy, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

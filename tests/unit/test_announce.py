@@ -222,10 +222,13 @@ def test_fake_announcer() -> None:
 PRELUDE = """
 import asyncio, ipaddress, json, statistics, sys, time
 from hafailover.net.announce import ConflictWatcher, RawAnnouncer
-from hafailover.net.vip import NetlinkVipManager, Vip
+from hafailover.net.vip import NetlinkVipPort, Vip, interface_mac
 VIPS = [Vip(ipaddress.ip_interface(a), i) for a, i in json.loads(sys.argv[1])]
 def out(x): print(json.dumps(x), flush=True)
 """
+
+ADD = "asyncio.run(NetlinkVipPort().add(VIPS, None)); out(0)"
+REMOVE = "asyncio.run(NetlinkVipPort().remove(VIPS)); out(0)"
 
 CAPTURE = """
 import json, socket, sys, time
@@ -317,7 +320,7 @@ def vips_arg(*vips: Vip) -> str:
 def test_peer_receives_the_announcements(lab: Lab) -> None:
     n1, n2, _ = lab.nodes
     mac = lab.mac(n1)
-    lab.py(n1, "NetlinkVipManager(VIPS).acquire(); out(0)", vips_arg(V4, V6))
+    lab.py(n1, ADD, vips_arg(V4, V6))
     capture = lab.spawn(n2, CAPTURE, mac, "9", "10")
     assert read_line(capture, 10) == "ready"
     _, max_ms, sent, errors = lab.py(n1, ANNOUNCE, vips_arg(V4, V6), "3", "1")
@@ -342,7 +345,7 @@ def test_peer_receives_the_announcements(lab: Lab) -> None:
 @pytest.mark.netns
 def test_announce_leaves_quickly(lab: Lab) -> None:
     n1 = lab.nodes[0]
-    lab.py(n1, "NetlinkVipManager(VIPS).acquire(); out(0)", vips_arg(V4, V6))
+    lab.py(n1, ADD, vips_arg(V4, V6))
     median_ms, max_ms, sent, errors = lab.py(n1, ANNOUNCE, vips_arg(V4, V6), "1", "30")
     print(f"\nannounce() median {median_ms:.3f} ms, max {max_ms:.3f} ms (3 frames)")
     assert (sent, errors) == (90, 0) and max_ms < 5.0
@@ -352,15 +355,15 @@ def test_announce_leaves_quickly(lab: Lab) -> None:
 def test_client_neighbour_tables_follow_a_takeover(lab: Lab) -> None:
     n1, n2, client = lab.nodes
     vips = vips_arg(V4, V6)
-    lab.py(n1, "NetlinkVipManager(VIPS).acquire(); out(0)", vips)
+    lab.py(n1, ADD, vips)
     for address in ("10.213.0.100", "fd00:213::100"):
         ping = ["ip", "netns", "exec", client, "ping", "-c1", "-W2", address]
         subprocess.run(ping, check=True, capture_output=True, timeout=10)
     old, new = lab.mac(n1), lab.mac(n2)
     assert lab.neigh(client, "10.213.0.100") == old and lab.neigh(client, "fd00:213::100") == old
 
-    lab.py(n1, "NetlinkVipManager(VIPS).release(); out(0)", vips)
-    lab.py(n2, "NetlinkVipManager(VIPS).acquire(); out(0)", vips)
+    lab.py(n1, REMOVE, vips)
+    lab.py(n2, ADD, vips)
     # Without an announcement the client keeps sending to the old holder.
     assert lab.neigh(client, "10.213.0.100") == old and lab.neigh(client, "fd00:213::100") == old
 
@@ -377,10 +380,10 @@ def test_client_neighbour_tables_follow_a_takeover(lab: Lab) -> None:
 WATCH = """
 async def main():
     loop = asyncio.get_running_loop()
-    m = NetlinkVipManager(VIPS); m.acquire()
+    await NetlinkVipPort().add(VIPS, None)
     ann = RawAnnouncer(VIPS, count=2, interval=0.05); await ann.start()
     got = []
-    w = ConflictWatcher(VIPS, m.interface_mac("eth0"), got.append, quiet_period=0.0)
+    w = ConflictWatcher(VIPS, interface_mac("eth0"), got.append, quiet_period=0.0)
     w.start()
     out("phase1")  # not holding yet: the peer's announcements are no conflict
     await loop.run_in_executor(None, sys.stdin.readline)
