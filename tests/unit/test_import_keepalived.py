@@ -372,3 +372,48 @@ def test_yaml_scalars_read_back_as_the_same_text(text: str) -> None:
     from hafailover.config.keepalived.emit import scalar
 
     assert yaml.safe_load(f"key: {scalar(text)}") == {"key": text}
+
+
+def test_the_migration_guides_worked_example_is_what_the_importer_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "migration.md").read_text()
+    lb1 = doc.split("This is lb1's `keepalived.conf`:\n\n```\n", 1)[1].split("```", 1)[0]
+    shown_yaml = doc.split("stdout, `hafailover.yaml`:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    shown_notes = doc.split("stderr, what was not carried over:\n\n```\n", 1)[1].split("```")[0]
+    # lb2 as the guide describes it: priorities and states reversed, addresses swapped.
+    swaps = [
+        ("router_id lb1", "router_id lb2"),
+        ("state MASTER", "state @B"),
+        ("state BACKUP", "state MASTER"),
+        ("state @B", "state BACKUP"),
+        ("priority 150", "priority @1"),
+        ("priority 100", "priority 150"),
+        ("priority @1", "priority 100"),
+        ("unicast_src_ip 10.0.0.11", "unicast_src_ip @2"),
+        ("        10.0.0.12\n", "        10.0.0.11\n"),
+        ("unicast_src_ip @2", "unicast_src_ip 10.0.0.12"),
+    ]
+    lb2 = lb1
+    for old, new in swaps:
+        lb2 = lb2.replace(old, new)
+    (tmp_path / "lb1.conf").write_text(lb1)
+    (tmp_path / "lb2.conf").write_text(lb2)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["import-keepalived", "lb1.conf", "lb2.conf"])
+    assert result.exit_code == 1
+    assert result.stdout == shown_yaml
+    assert result.stderr == shown_notes
+
+
+def test_parameters_braces_on_the_next_line_and_comments(tmp_path: Path) -> None:
+    text = (
+        "$IF=eth7\n"
+        "vrrp_instance A   # the web VIP\n"
+        "{\n"
+        "  interface $IF ! keepalived's other comment\n"
+        "  virtual_ipaddress { 10.0.0.5/24 }\n"
+        "}\r\n"
+    )
+    config = load(import_texts([("a.conf", text)]), tmp_path)
+    assert [(str(v.address), v.interface) for v in config.all_vips] == [("10.0.0.5/24", "eth7")]

@@ -61,6 +61,15 @@ def render(layout: Layout, cluster_name: str) -> str:
         out.append(
             f"  - {{name: {scalar(node.name)}, address: {scalar(str(node.address))}}}  # {comment}"
         )
+    voters = len(layout.nodes)
+    if voters % 2 == 0:
+        out += [
+            f"  # {voters} voters need {voters // 2 + 1} for a majority: with one node down the "
+            "rest cannot",
+            "  # elect a leader. Add a third voter, e.g. a witness (any small host; it never "
+            "holds VIPs):",
+            "  # - {name: witness, address: ADDRESS, witness: true}",
+        ]
     if layout.checks:
         out += ["", "checks:"]
         for check in layout.checks:
