@@ -10,6 +10,7 @@ import math
 import re
 
 from hafailover.config.excerpt import excerpt, shorten
+from hafailover.errors import LocalError
 
 __all__ = ["DurationError", "format_duration", "parse_duration"]
 
@@ -20,7 +21,7 @@ _DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>ms|
 _HOW = "write a number with a unit (100ms, 1.5s, 2m, 1h) or a plain number of seconds (0.1)"
 
 
-class DurationError(ValueError):
+class DurationError(LocalError, ValueError):
     """A value that is not a duration; the message says what was wrong and what to write."""
 
 

@@ -22,6 +22,7 @@ from pydantic import PlainValidator, ValidationInfo
 
 from hafailover.config.durations import parse_duration
 from hafailover.config.excerpt import excerpt, shorten
+from hafailover.errors import LocalError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -43,11 +44,15 @@ def format_key(path: KeyPath) -> str:
     """('checks', 1, 'timeout') -> 'checks[1].timeout'."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = shorten(part)  # a key can be as long as the file: name it, don't echo it
+            out += f".{name}" if out else name
     return out
 
 
-class SchemaError(ValueError):
+class SchemaError(LocalError, ValueError):
     """Raised inside validators; pydantic keeps the instance so the loader can place each issue."""
 
     def __init__(self, issues: Iterable[Issue]) -> None:

@@ -138,6 +138,15 @@ class Fingerprint(Mapping[str, str]):
     def __repr__(self) -> str:
         return f"Fingerprint({self._sections!r})"
 
+    def as_bytes(self) -> dict[str, bytes]:
+        """Section -> raw digest bytes, as the wire carries them (8 bytes each)."""
+        return {k: bytes.fromhex(v) for k, v in self._sections.items()}
+
+    @classmethod
+    def from_bytes(cls, sections: Mapping[str, bytes]) -> Fingerprint:
+        """A peer's fingerprint as received, to compare with `differing`."""
+        return cls({k: v.hex() for k, v in sections.items()})
+
     @property
     def digest(self) -> str:
         """One digest of every section: equal exactly when every section is."""

@@ -10,6 +10,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from hafailover.errors import LocalError
+
 if TYPE_CHECKING:  # keeps pydantic out of callers that only resolve
     from hafailover.config.schema import Config, NodeConfig
 
@@ -19,7 +21,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
-class NodeResolutionError(ValueError):
+class NodeResolutionError(LocalError, ValueError):
     """This host is not (unambiguously) one of the configured nodes; the message says why."""
 
 

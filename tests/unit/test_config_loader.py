@@ -62,18 +62,18 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
-    path.write_bytes(b"cluster: {name: caf\xe9}\n")
+    path.write_bytes(b"cluster:\n  name: caf\xe9\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value) == (
-        f"{path}: not UTF-8 text (invalid continuation byte). Save it as UTF-8"
+        f"{path}:2: not UTF-8 text (invalid continuation byte). Save it as UTF-8"
     )
 
 
 def test_invalid_yaml_names_its_line() -> None:
     assert problems("cluster:\n  name: web\n nodes: [\n") == [
-        "t.yaml:3: invalid YAML: while parsing a block mapping expected <block end>, but found "
-        "'<block mapping start>'. Check indentation, quoting and colons around this line"
+        "t.yaml:3: invalid YAML: while parsing a block mapping did not find expected key. Check "
+        "indentation, quoting and colons around this line"
     ]
 
 
