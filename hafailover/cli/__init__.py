@@ -87,14 +87,16 @@ class Settings:
             return self.socket
         # The daemon reads the default config too, so its control_socket is the right guess.
         path = self.config or DEFAULT_CONFIG
-        if os.access(path, os.R_OK):
+        if self.config is not None or os.access(path, os.R_OK):
             from hafailover.config import ConfigError, load_config
 
             try:
                 return load_config(path).config.control_socket
-            except ConfigError:
+            except ConfigError as e:
                 if self.config is not None:
-                    click.echo(f"warning: {path} is invalid; using {DEFAULT_SOCKET}", err=True)
+                    # The file named with -c says where the daemon is; guessing another socket
+                    # could show another daemon. Exit 3: this daemon cannot be reached.
+                    _fail(f"cannot find the control socket in {path}:\n{e}", fmt.EXIT_UNREACHABLE)
         return DEFAULT_SOCKET
 
     def client(self, timeout: float = 5.0) -> ControlClient:
@@ -126,7 +128,12 @@ def _complete_nodes(
     try:
         from hafailover.config import load_config
 
-        path = ctx.params.get("config") or ctx.find_root().params.get("config") or DEFAULT_CONFIG
+        path = (
+            ctx.params.get("config")
+            or ctx.meta.get("hafailover.config")
+            or ctx.find_root().params.get("config")
+            or DEFAULT_CONFIG
+        )
         nodes = load_config(path).config.nodes
     except Exception:  # completion must never print a traceback into the shell
         return []
@@ -146,7 +153,54 @@ _config_option = click.option(
 )
 
 
-@click.group(context_settings=CONTEXT)
+def _set_setting(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """A subcommand's -c/--socket: given after the command, it wins over the one before it."""
+    if value is None or param.name is None:
+        return
+    ctx.meta[f"hafailover.{param.name}"] = value  # for completion, which runs no group callback
+    settings = ctx.find_object(Settings)
+    if settings is not None:
+        setattr(settings, param.name, value)
+
+
+def _shared_options() -> list[click.Option]:
+    return [
+        click.Option(
+            ["-c", "--config"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            expose_value=False,
+            callback=_set_setting,
+            help=f"Configuration file [default: {DEFAULT_CONFIG}].",
+        ),
+        click.Option(
+            ["--socket"],
+            type=SocketPath(),
+            expose_value=False,
+            callback=_set_setting,
+            help="Control socket [env HAFAILOVER_SOCKET; default: control_socket of the "
+            f"config, else {DEFAULT_SOCKET}].",
+        ),
+    ]
+
+
+class _Group(click.Group):
+    """Gives every subcommand `-c/--config` and `--socket`, so both work on either side of the
+    command name (`hafailover status -c FILE` as well as `hafailover -c FILE status`)."""
+
+    # Commands that neither read this host's configuration nor talk to the daemon.
+    STANDALONE = frozenset({"genkey", "import-keepalived"})
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        taken = {opt for p in cmd.params for opt in p.opts} | {p.name for p in cmd.params}
+        if (name or cmd.name) in self.STANDALONE:
+            taken.update(("config", "socket"))
+        for option in _shared_options():
+            if option.name not in taken and not taken.intersection(option.opts):
+                cmd.params.append(option)
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
 @click.option(
     "--socket",
     type=SocketPath(),
