@@ -35,7 +35,7 @@ from hafailover.runtime.logs import printable
 log = logging.getLogger("hafailover.reload")
 
 # A real configuration parses in well under a second of CPU time.
-RELOAD_CPU_S: Final = 5
+RELOAD_CPU_S: Final = 5.0
 # Wall-clock bound on the whole reload (start-up included), for a reader that hangs.
 RELOAD_TIMEOUT_S: Final = 30.0
 # The child's address-space limit: far above a real configuration (~50 MiB with the runtime).
@@ -65,7 +65,7 @@ def _package_root() -> str:
 async def load_config_off_loop(
     path: Path,
     *,
-    cpu_seconds: int = RELOAD_CPU_S,
+    cpu_seconds: float = RELOAD_CPU_S,
     timeout: float = RELOAD_TIMEOUT_S,
     memory: int = RELOAD_MEMORY_BYTES,
 ) -> LoadedConfig:
@@ -136,15 +136,17 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int, *, fail: bool) ->
     return bytes(data)
 
 
-def _child_failure(path: Path, status: int, err: bytes, memory: int, cpu_seconds: int) -> str:
+def _child_failure(
+    path: Path, status: int, err: bytes, memory: int, cpu_seconds: float
+) -> str:
     if status < 0:
         try:
             name = signal.Signals(-status).name
         except ValueError:
             name = f"signal {-status}"
-        if -status in (signal.SIGXCPU, signal.SIGKILL):  # the soft, then the hard CPU limit
+        if -status in (signal.SIGPROF, signal.SIGXCPU):  # the CPU timer, the rlimit backstop
             return (
-                f"reading {path} took more than {cpu_seconds}s of CPU time (the limit; a real "
+                f"reading {path} took more than {cpu_seconds:g}s of CPU time (the limit; a real "
                 "configuration takes well under a second): is the file far larger than it "
                 "should be?"
             )
@@ -163,15 +165,17 @@ def child_main(args: list[str]) -> None:
     """In the child: limit itself, load the file, write the pickled verdict to stdout."""
     import resource
 
-    path, memory, cpu_seconds, parent = args[0], int(args[1]), int(args[2]), int(args[3])
+    path, memory, cpu_seconds, parent = args[0], int(args[1]), float(args[2]), int(args[3])
     _die_with_parent(parent)
     with contextlib.suppress(OSError):
         os.nice(10)  # the daemon, not its reader, gets the CPU when both want it
-    # Set after the imports, so that they bound the parse only: RLIMIT_CPU counts from the
-    # process start, and SIGXCPU (then SIGKILL one second later) ends the process.
+    # Set after the imports, so that they bound the parse only. The profiling timer counts
+    # this process's CPU time; its SIGPROF (not handled) ends the process. RLIMIT_CPU (whole
+    # seconds since the start) is a backstop: SIGXCPU, then SIGKILL.
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    signal.setitimer(signal.ITIMER_PROF, cpu_seconds)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = math.ceil(usage.ru_utime + usage.ru_stime) + cpu_seconds
+    cpu = math.ceil(usage.ru_utime + usage.ru_stime + cpu_seconds) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     result: tuple[str, object]
     try:
@@ -209,7 +213,7 @@ class Reloader:
         apply: Callable[[LoadedConfig], None],
         refuse: Callable[[str], None],
         *,
-        cpu_seconds: int = RELOAD_CPU_S,
+        cpu_seconds: float = RELOAD_CPU_S,
         timeout: float = RELOAD_TIMEOUT_S,
         memory: int = RELOAD_MEMORY_BYTES,
     ) -> None:

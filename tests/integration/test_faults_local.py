@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ import pytest
 from hafailover.config import LoadedConfig, load_config
 from hafailover.runtime.reload import Reloader, ReloadError, load_config_off_loop
 from hafailover.wire.keys import MAX_KEY_FILE_BYTES, KeyFileError, generate_key, load_key
+from lab.cluster import HaCluster
+from tests.integration.faultlab import running_cluster, wait_for
 
 T = TypeVar("T")
 
@@ -76,9 +79,17 @@ def test_oversized_key_file_is_refused_naming_the_limit(tmp_path: Path, size: in
 # ------------------------------------------------------------------------ off-loop reload
 
 
+# 11 000 checks: within the loader's limits (1 MiB, 100 000 lines, list items and keys), just
+# under the size limit, and seconds of CPU time to parse.
+SLOW_CHECKS = 11_000
+
+
+def _check_line(i: int) -> str:
+    return f"  - {{name: pad{i:05d}-{'x' * 30}, script: [/bin/true], interval: 1s}}"
+
+
 def _config(tmp_path: Path, checks: int, *, name: str = "lab") -> Path:
-    """A valid configuration with `checks` checks (18 000 of them: just under the 1 MiB limit
-    for a configuration file, seconds of CPU time to parse)."""
+    """A valid configuration with `checks` checks."""
     lines = [
         "cluster:",
         f"  name: {name}",
@@ -89,7 +100,7 @@ def _config(tmp_path: Path, checks: int, *, name: str = "lab") -> Path:
         "vips:",
         "  - {address: 10.213.0.100/24, interface: eth0}",
         "checks:",
-        *(f"  - {{name: c{i}, script: [/bin/true], interval: 1s}}" for i in range(checks)),
+        *(_check_line(i) for i in range(checks)),
     ]
     path = tmp_path / "hafailover.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -137,7 +148,7 @@ def test_reload_of_an_invalid_file_is_refused_with_its_lines(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("limits", "expected"),
     [
-        ({"cpu_seconds": 1}, "took more than 1s of CPU time (the limit"),
+        ({"cpu_seconds": 0.5}, "took more than 0.5s of CPU time (the limit"),
         ({"memory": 64 * 1024 * 1024}, "needed more than 64 MiB (the limit)"),
         ({"timeout": 0.2}, "did not finish within 0.2s (the limit)"),
     ],
@@ -146,8 +157,9 @@ def test_reload_over_a_limit_is_refused_and_the_loop_stays_on_time(
     tmp_path: Path, limits: dict[str, Any], expected: str
 ) -> None:
     # Parsed on the loop, this file stalls it for seconds.
-    path = _config(tmp_path, 18_000)
+    path = _config(tmp_path, SLOW_CHECKS)
     assert 900_000 < path.stat().st_size < 1024 * 1024
+    load_config(path)  # within the loader's limits: it is the reload's limits that refuse it
     start = time.monotonic()
     error, lag = asyncio.run(_with_lag(load_config_off_loop(path, **limits)))
     elapsed = time.monotonic() - start
@@ -261,3 +273,58 @@ def test_reload_whose_parsed_result_is_oversized_is_refused(tmp_path: Path) -> N
     assert isinstance(error, ReloadError), error
     assert "the parsed configuration is larger than 256 KiB (the limit" in str(error)
     assert lag < 0.1
+
+
+# -------------------------------------------------------- reload on a leader (netns lab)
+
+
+def _log_since(cluster: HaCluster, node: str, offset: int) -> str:
+    return cluster.log(node)[offset:]
+
+
+def _refusal(cluster: HaCluster, node: str, offset: int) -> str | None:
+    """The "reload refused" line logged since `offset`, with the next line (the loader's)."""
+    lines = _log_since(cluster, node, offset).splitlines()
+    at = next((i for i, x in enumerate(lines) if "reload refused" in x), None)
+    return None if at is None else "\n".join(lines[at : at + 2])
+
+
+@pytest.mark.netns
+def test_reload_of_oversized_configs_on_the_leader_keeps_its_timing_and_its_vip() -> None:
+    """SIGHUP on the leader with a file just under the 1 MiB limit that takes seconds of CPU to
+    parse, then with one over the limit: both refused with a clear line, and meanwhile the loop
+    stays within max_loop_lag, the leader keeps the VIP and no other node takes it."""
+    with running_cluster() as rig:
+        cluster, leader = rig.cluster, rig.first_holder
+        path = cluster.config_path(leader)
+        original = path.read_text()
+        term = rig.term(leader)
+        service = next(line for line in original.splitlines() if "{name: service," in line)
+        extra = [_check_line(i) for i in range(SLOW_CHECKS)]
+        slow = original.replace(service, "\n".join([service, *extra]))
+        assert 900_000 < len(slow) < 1024 * 1024
+        cases = [("slow", slow), ("oversized", slow + "#" * (1024 * 1024) + "\n")]
+        for what, text in cases:
+            path.write_text(text)
+            assert (len(text) < 1024 * 1024) == (what == "slow")
+            offset = len(cluster.log(leader))
+            t_reload = cluster.reload(leader)
+            line = wait_for(functools.partial(_refusal, cluster, leader, offset), 60.0,
+                            f"the {what} reload to be refused")
+            elapsed = time.monotonic() - t_reload
+            print(f"{what} ({len(text)} bytes) refused after {elapsed:.1f}s: {line}")
+            assert "(the limit" in line or "KiB limit for a configuration file" in line, line
+            time.sleep(1.0)  # a few heartbeats after the refusal, too
+            log = _log_since(cluster, leader, offset)
+            assert "ms late" not in log, log[-2000:]
+            status = cluster.status(leader)
+            assert status["holds_vip"] and status["term"] == term, status
+            assert not rig.changes(leader, present=False, after=t_reload)
+            assert [n for n in rig.nodes if n != leader and rig.changes(n, True, t_reload)] == []
+        rig.assert_no_dual()
+        # The file fixed: the next SIGHUP applies it.
+        path.write_text(original)
+        offset = len(cluster.log(leader))
+        cluster.reload(leader)
+        wait_for(lambda: "reloaded:" in _log_since(cluster, leader, offset), 30.0, "the reload")
+        assert rig.term(leader) == term
