@@ -246,3 +246,12 @@ def test_ipv6_loopback_listen(clock: Clock) -> None:
         assert host == "::1"
     finally:
         metrics.stop()
+
+
+def test_docs_list_every_metric_with_its_type_and_labels() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    for info in METRICS:
+        labels = ", ".join(info.labels) or "—"
+        assert f"| `{info.name}` | {info.type} | {labels} |" in doc, info.name
