@@ -375,8 +375,10 @@ class Engine:
             case Persist(state=state):
                 try:
                     await p.store.asave(state)
-                except (StateError, OSError) as e:
-                    raise EffectError(Effect.PERSIST, f"saving the vote failed: {e}") from e
+                except StateError as e:  # names the file, the reason and what to check
+                    raise EffectError(Effect.PERSIST, str(e)) from e
+                except OSError as e:
+                    raise EffectError(Effect.PERSIST, f"cannot save the state: {e}") from e
                 return Effect.PERSIST
             case Notify(kind=kind, role=role, term=term, leader=leader):
                 env = hook_env(
