@@ -24,6 +24,7 @@ from hafailover.control.protocol import (
     decode_response,
     encode_request,
 )
+from hafailover.errors import HafailoverError, LocalError
 
 DEFAULT_SOCKET: Final = Path("/run/hafailover/control.sock")
 # Responses (status with many checks and events) can be larger than requests; this only guards
@@ -34,7 +35,7 @@ MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 COMMAND_TIMEOUT: Final = 60.0
 
 
-class DaemonUnreachable(Exception):
+class DaemonUnreachable(LocalError):
     """No daemon answers on the socket; the message says why and what to do."""
 
 
@@ -42,7 +43,7 @@ class CommandUnanswered(DaemonUnreachable):
     """A command was sent but its outcome never came back within the wait: unknown, so failed."""
 
 
-class ControlError(Exception):
+class ControlError(HafailoverError):
     """The daemon answered with an error (`code` is a protocol error code)."""
 
     def __init__(self, code: str, message: str) -> None:
