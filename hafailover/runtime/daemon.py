@@ -17,7 +17,6 @@ this node take a VIP again. An `Exit` from the core ends the process at once wit
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import signal
@@ -40,7 +39,7 @@ from hafailover.core.events import Stop
 from hafailover.core.node import Node
 from hafailover.errors import LocalError
 from hafailover.net.announce import ConflictWatcher, RawAnnouncer
-from hafailover.net.vip import NetlinkVipPort, Vip, VipError, record_vips
+from hafailover.net.vip import IPAddress, NetlinkVipPort, Vip, VipError, record_vips
 from hafailover.runtime.checks import CheckRunner, CheckSpec
 from hafailover.runtime.engine import Engine, Ports, lag_ticker
 from hafailover.runtime.interfaces import interface_networks
@@ -89,7 +88,7 @@ def run(config_path: Path, node_name: str | None) -> int:
         return EX_CONFIG
 
 
-def _local_addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def _local_addresses() -> Iterator[IPAddress]:
     # Lazy (a generator): only read the host's addresses when --node and the hostname did not
     # decide.
     networks = interface_networks()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+from hafailover.net.vip import IPInterface
 
 
 def interface_networks() -> dict[str, list[IPInterface]] | str:
