@@ -58,6 +58,8 @@ EX_CONFIG: Final = 78
 # After Stop: how long the node keeps its socket open for the TimeoutNow to leave (and to hear
 # its successor), then how long the hooks may take.
 STOP_GRACE: Final = 0.2
+# The Stop step itself (a VIP removal answers within the port's 2 s netlink timeout).
+STOP_STEP_TIMEOUT: Final = 5.0
 HOOK_DRAIN: Final = 5.0
 
 
@@ -248,7 +250,10 @@ class Daemon:
             engine.stopping = True
             ticker.cancel()
             # 1. release, 2. hand over: both in the Stop step, in that order, awaited.
-            await engine.process(Stop())
+            try:
+                await asyncio.wait_for(engine.process(Stop()), STOP_STEP_TIMEOUT)
+            except TimeoutError:
+                log.error("the stop step did not finish within %gs", STOP_STEP_TIMEOUT)
             await asyncio.sleep(STOP_GRACE)
             # 3. stop answering elections: no more events, no timer, no socket.
             await engine.close()
