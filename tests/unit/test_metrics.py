@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -249,9 +258,138 @@ def test_ipv6_loopback_listen(clock: Clock) -> None:
 
 
 def test_docs_list_every_metric_with_its_type_and_labels() -> None:
-    from pathlib import Path
-
     doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
     for info in METRICS:
         labels = ", ".join(info.labels) or "—"
         assert f"| `{info.name}` | {info.type} | {labels} |" in doc, info.name
+
+
+# --- a real Prometheus server scraping three endpoints --------------------------------------------
+
+_PROMETHEUS = shutil.which("prometheus")
+_SCRAPE_S = 1.0
+_LAB_CONFIG = """
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: [{rules}]
+scrape_configs:
+  - job_name: hafailover
+    static_configs:
+      - targets: ["127.0.0.1:9405", "127.0.0.1:9406", "127.0.0.1:9407"]
+"""
+
+
+def _query(expr: str) -> list[dict[str, Any]]:
+    url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        body = json.loads(reply.read())
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def _holders() -> dict[str, float]:
+    rows = _query("sum by (group) (hafailover_group_vip_holder)")
+    return {r["metric"]["group"]: float(r["value"][1]) for r in rows}
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"not reached within {timeout}s")
+
+
+def prometheus_lab(workdir: str) -> None:
+    """Run inside a fresh network namespace: 3 endpoints, a Prometheus, one holder dies.
+
+    node1 holds web, node2 holds db. node1's endpoint stops (its host died); 0.6 s later (a
+    failover timeout) node2 publishes that it holds web. Prints JSON figures on stdout.
+    """
+    assert _PROMETHEUS is not None
+    work = Path(workdir)
+    rules = Path(__file__).parents[2] / "etc" / "prometheus" / "hafailover-alerts.yml"
+    (work / "prometheus.yml").write_text(_LAB_CONFIG.format(rules=json.dumps(str(rules))))
+    nodes = {name: MetricsServer(version="lab") for name in ("node1", "node2", "node3")}
+    holding = {"node1": {"web"}, "node2": {"db"}, "node3": set()}
+
+    def publish(name: str) -> None:
+        groups = tuple(
+            GroupSnapshot(g, g in holding[name], g in holding[name], 1, True, None)
+            for g in ("web", "db")
+        )
+        nodes[name].publish(MetricsSnapshot.build(groups, {"nginx": True}))
+
+    for port, name in enumerate(nodes, start=9405):
+        publish(name)
+        nodes[name].start(("127.0.0.1", port))
+    server = subprocess.Popen(
+        [
+            _PROMETHEUS,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'tsdb'}",
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "prometheus.log", "w"),  # noqa: SIM115 (closed with the process)
+    )
+    figures: dict[str, float] = {}
+    try:
+        _wait(lambda: _holders() == {"web": 1.0, "db": 1.0}, 60)
+        up = _query("up")
+        assert len(up) == 3 and all(r["value"][1] == "1" for r in up)
+        cpu = time.process_time()
+        time.sleep(10)  # three endpoints scraped each second, nothing else happening
+        figures["cpu_per_scrape_ms"] = (time.process_time() - cpu) / (3 * 10 / _SCRAPE_S) * 1000
+        moved = _query("hafailover_transitions_total")
+        assert moved == []  # no transition observed yet
+        died = time.monotonic()
+        nodes["node1"].stop()
+        time.sleep(0.6)
+        holding["node2"].add("web")
+        publish("node2")
+        nodes["node2"].observe_transition("web", "elected")
+        _wait(lambda: _holders().get("web") == 1.0 and _query("up == 0") != [], 10)
+        figures["holder_back_s"] = time.monotonic() - died
+        figures["transition_seen_s"] = (
+            _wait(lambda: len(_query("hafailover_transitions_total")) == 1, 10)
+            + figures["holder_back_s"]
+        )
+        figures["holder_alerts_after"] = float(len(_query('ALERTS{alertname=~".*Holder.*"}')))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        for endpoint in nodes.values():
+            endpoint.stop()
+    print(json.dumps(figures))
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(_PROMETHEUS is None and os.environ.get("CI") != "true", reason="no prometheus")
+def test_a_real_prometheus_sees_one_holder_again_within_two_scrapes(tmp_path: Path) -> None:
+    ns = f"hafprom{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        code = "import sys, tests.unit.test_metrics as t; t.prometheus_lab(sys.argv[1])"
+        lab = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code, str(tmp_path)],
+            cwd=Path(__file__).parents[2],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert lab.returncode == 0, lab.stdout + lab.stderr
+        figures = json.loads(lab.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    print("prometheus lab:", figures)
+    # The host died at 0; its successor holds web from 0.6 s: within two scrapes after that.
+    assert figures["holder_back_s"] <= 0.6 + 2 * _SCRAPE_S + 0.5
+    assert figures["transition_seen_s"] <= 0.6 + 2 * _SCRAPE_S + 0.5
+    assert figures["holder_alerts_after"] == 0
