@@ -231,6 +231,8 @@ class Engine:
         """Carry out an operator command and wait for its answer: the `CommandResult` with its
         request id, which may come in a later step (a forwarded request answered by a peer),
         or a refusal after `command_timeout`."""
+        if self._closed:
+            return CommandResult(event.request_id, False, Reason.STOPPING, "the daemon is stopping")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CommandResult] = loop.create_future()
         self._waiters[event.request_id] = fut
@@ -332,8 +334,13 @@ class Engine:
             try:
                 kind = await self._do(action)
             except EffectError as e:
-                log.error("%s", e.detail)
-                self._record_failure(e.effect, e.detail)
+                # Said once per new failure: the core retries on its timers, and a retry that
+                # fails the same way is not news for the log or the event history.
+                if self.failing.get(e.effect) != e.detail:
+                    log.error("%s", e.detail)
+                    self._record_failure(e.effect, e.detail)
+                else:
+                    log.debug("still failing: %s", e.detail)
                 failed.append((e.effect, e.detail))
                 continue
             except Exception:  # a non-barrier effect (send, hook, record) must not stop a step
@@ -419,8 +426,9 @@ class Engine:
             await self.ports.vips.renew(self.vips, self.vip_lifetime)
         except VipError as e:
             detail = f"renewing the VIP failed: {e}"
-            log.error("%s", detail)
-            self._record_failure(Effect.ACQUIRE, detail)
+            if self.failing.get(Effect.ACQUIRE) != detail:
+                log.error("%s", detail)
+                self._record_failure(Effect.ACQUIRE, detail)
             self.failing[Effect.ACQUIRE] = detail
             await self._step(EffectFailed(Effect.ACQUIRE, detail))
 

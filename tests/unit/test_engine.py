@@ -282,6 +282,23 @@ def test_failed_persist_stops_the_step_but_release_and_decision_and_refuses_the_
     run(body)
 
 
+def test_a_failure_repeated_by_the_cores_retries_is_recorded_once() -> None:
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        await rig.engine.start()
+        rig.store.fail_saves = 3
+        for _ in range(3):
+            node.script[HealthChanged] = [Persist(PersistentState(1, "a"))]
+            await rig.feed(HealthChanged(True, ""))
+        failed = [e for e in node.seen if isinstance(e, EffectFailed)]
+        assert len(failed) == 3  # the core hears every one
+        recorded = [e for e in rig.engine.recent if e["reason"] == "persist-failed"]
+        assert len(recorded) == 1
+
+    run(body)
+
+
 def test_failed_acquire_sends_no_announcement_and_never_claims_to_hold() -> None:
     async def body() -> None:
         node = Scripted()
