@@ -9,11 +9,24 @@ from __future__ import annotations
 from hafailover.core.actions import Decision
 from hafailover.core.reasons import Reason
 
+_FAILURES = {
+    Reason.PERSIST_FAILED: "save its state",
+    Reason.RELEASE_FAILED: "remove the VIP",
+    Reason.ACQUIRE_FAILED: "add the VIP",
+}
+_FAILURE_RULES = {
+    Reason.PERSIST_FAILED: "votes for no one and does not stand until a save works",
+    Reason.RELEASE_FAILED: "retries, grants nothing, exits if it keeps failing",
+    Reason.ACQUIRE_FAILED: "not eligible for a back-off",
+}
+_EFFECT_VERBS = {"persist": "save its state", "release": "remove the VIP", "acquire": "add the VIP"}
+
 
 def describe(node: str, d: Decision) -> str:
     detail = d.detail
     target = str(detail.get("target", ""))
     previous = str(detail.get("previous", ""))
+    why = str(detail.get("detail", ""))
     match d.reason:
         case Reason.STARTED:
             extra = " in maintenance" if detail.get("maintenance") else ""
@@ -43,10 +56,9 @@ def describe(node: str, d: Decision) -> str:
                 return f"{node} unhealthy: hands the VIP to {target}"
             if previous == "leader":
                 return f"{node} unhealthy: released the VIP"
-            why = detail.get("detail", "")
-            return f"{node} unhealthy{': ' + str(why) if why else ''}"
+            return f"{node} unhealthy{': ' + why if why else ''}"
         case Reason.HEALTHY:
-            return f"{node} healthy again"
+            return f"{node} healthy again{': ' + why if why else ''}"
         case Reason.MAINTENANCE_ON:
             if target:
                 return f"{node} in maintenance: hands the VIP to {target}"
@@ -67,8 +79,20 @@ def describe(node: str, d: Decision) -> str:
             return f"{node} stopping"
         case Reason.VIP_CONFLICT:
             return f"{node} saw another host claim {detail.get('address')}; re-announced"
+        case Reason.PERSIST_FAILED | Reason.RELEASE_FAILED | Reason.ACQUIRE_FAILED:
+            what = _FAILURES[d.reason]
+            if target:
+                return f"{node} could not {what}: hands over to {target}"
+            if previous:
+                return f"{node} could not {what}: stepped down (was {previous})"
+            does = _FAILURE_RULES[d.reason]
+            return f"{node} could not {what} ({why}): {does}"
+        case Reason.EFFECT_RECOVERED:
+            return f"{node} can {_EFFECT_VERBS.get(str(detail.get('effect')), 'act')} again"
+        case Reason.FORWARDED:
+            return f"{node} forwarded an operator request to {target}; waiting for its answer"
         case _ if detail.get("refused"):
-            what = detail.get("refused")
-            return f"{node} refused {what} to {target or 'best node'}: {d.reason.value}"
+            refused = detail.get("refused")
+            return f"{node} refused {refused} to {target or 'best node'}: {d.reason.value}"
         case _:
             return f"{node} {d.reason.value} (term {d.term})"

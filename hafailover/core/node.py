@@ -77,6 +77,7 @@ from hafailover.core.events import (
     VipConflict,
 )
 from hafailover.core.faults import EffectFaults
+from hafailover.core.lease import LeaderLease, Promise
 from hafailover.core.messages import (
     CommandReply,
     Heartbeat,
@@ -107,6 +108,11 @@ _LEGAL: dict[Role, frozenset[Role]] = {
     Role.LEADER: frozenset({Role.FOLLOWER}),
 }
 
+_BARRIER: dict[Effect, type[Action]] = {
+    Effect.PERSIST: Persist,
+    Effect.RELEASE: ReleaseVip,
+    Effect.ACQUIRE: AcquireVip,
+}
 _FAILED = {
     Effect.PERSIST: Reason.PERSIST_FAILED,
     Effect.RELEASE: Reason.RELEASE_FAILED,
@@ -160,10 +166,7 @@ class Node:
         self._pending = PendingCommands()
         self._out: list[Action] = []
         self._started = False
-        # Follower: the promise not to vote for anyone but `_promise_to` (in `_promise_term`).
-        self._promise_until = NEVER
-        self._promise_to = ""
-        self._promise_term = -1
+        self._promise = Promise()
         self._leader_contact = NEVER
         self._election_at = INF
         # Cold start: no standing before this until a leader has been seen.
@@ -171,15 +174,14 @@ class Node:
         # (Pre-)candidate.
         self._votes: set[str] = set()
         self._round_deadline = INF
-        # Leader.
-        self._round = 0
-        self._round_sent: dict[int, float] = {}
-        self._heartbeat_at = INF
-        self._lease_until = NEVER
-        self._stepdown_at = INF
+        self._lease = LeaderLease(spec.timings, self.peers)
         # The last hand-over (target, term): its TimeoutNow is sent again once a failed
         # release has succeeded.
         self._handover = ("", -1)
+        # The actions of the last step, and whether a save it skipped must be made again.
+        self._last: list[Action] = []
+        self._resave = False
+        self._led_term = -1
 
     # ------------------------------------------------------------------ public interface
 
@@ -189,11 +191,10 @@ class Node:
         self._started = True
         # Promises given before a crash were not persisted: keep them by refusing all votes
         # for one failover timeout.
-        self._promise_until = now + self._t.failover_timeout
-        self._promise_to = ""
-        self._election_at = self._promise_until + self._election_delay(exclude="")
+        self._promise = Promise("", -1, now + self._t.failover_timeout)
+        self._election_at = self._promise.until + self._election_delay(exclude="")
         rank = self.peers.better_ranked(self.me, exclude="")
-        self._settle_until = self._promise_until + rank * self._t.startup_settle
+        self._settle_until = self._promise.until + rank * self._t.startup_settle
         self._decide(Reason.STARTED, maintenance=self.maintenance, healthy=self.healthy)
         self._out.append(Notify(NotifyKind.FOLLOWER, self.role, self.term, self.leader))
         return self._finish(now)
@@ -239,9 +240,9 @@ class Node:
         """
         deadline = min(self.faults.next_deadline(), self._pending.next_deadline())
         if self.role is Role.LEADER:
-            deadline = min(deadline, self._heartbeat_at, self._stepdown_at)
+            deadline = min(deadline, self._lease.heartbeat_at, self._lease.stepdown_at)
             if self.holds_vip:
-                deadline = min(deadline, self._lease_until)
+                deadline = min(deadline, self._lease.until)
             if self.spec.preempt:
                 for p in self.peers.peers.values():
                     if p.eligible_since is not None and p.spec.priority > self.me.priority:
@@ -265,11 +266,11 @@ class Node:
     @property
     def promise(self) -> tuple[str, int, float]:
         """(leader, term, until): whom this node will not vote against, and until when."""
-        return (self._promise_to, self._promise_term, self._promise_until)
+        return (self._promise.to, self._promise.term, self._promise.until)
 
     @property
     def lease_until(self) -> float:
-        return self._lease_until if self.role is Role.LEADER else NEVER
+        return self._lease.until if self.role is Role.LEADER else NEVER
 
     @property
     def settle_until(self) -> float:
@@ -311,9 +312,7 @@ class Node:
         self.leader = leader
         self._votes = set()
         self._round_deadline = INF
-        self._heartbeat_at = INF
-        self._stepdown_at = INF
-        self._lease_until = NEVER
+        self._lease.end()
         if not leader:
             # No leader to wait for: stand again after a full timeout (a transfer target or a
             # better-ranked node gets its chance first).
@@ -341,19 +340,16 @@ class Node:
     def _become_leader(self, now: float) -> None:
         self._set_role(Role.LEADER)
         self.leader = self.name
+        self._led_term = self.term
         self._settle_until = NEVER
         self._round_deadline = INF
         self._election_at = INF
-        self._lease_until = NEVER
         # Our own promise to an earlier leader is void: that leader released the VIP (transfer)
         # or its lease ran out (we only stood after the promise ended). Clearing it lets this
         # leader vote for its own transfer target later.
-        self._promise_until = NEVER
-        self._promise_to = ""
+        self._promise = Promise()
         # Without a majority acknowledgement within one lease the new leader gives up.
-        self._stepdown_at = now + self._t.lease_duration
-        self._round_sent = {}
-        self.peers.reset_acks()
+        self._lease.begin(now)
         self._decide(Reason.ELECTED, votes=len(self._votes), voters=len(self.spec.nodes))
         self._send_heartbeats(now)
 
@@ -371,9 +367,9 @@ class Node:
     def _expire_lease(self, now: float) -> None:
         if self.role is not Role.LEADER:
             return
-        if self.holds_vip and now >= self._lease_until:
+        if self.holds_vip and now >= self._lease.until:
             self._release(Reason.LEASE_EXPIRED)
-        if now >= self._stepdown_at:
+        if now >= self._lease.stepdown_at:
             self._become_follower(self.term, "", Reason.LEASE_EXPIRED, now)
 
     def _on_timer(self, now: float) -> None:
@@ -381,7 +377,7 @@ class Node:
         for p in self._pending.expired(now):
             self._result(p.request_id, False, Reason.COMMAND_TIMEOUT, f"no answer from {p.node}")
         if self.role is Role.LEADER:
-            if now >= self._heartbeat_at - self._t.heartbeat_slack:
+            if self._lease.heartbeat_due(now):
                 self._send_heartbeats(now)
             self._track_reachability(now)
             self._maybe_preempt(now)
@@ -406,35 +402,23 @@ class Node:
         return self.peers.better_ranked(self.me, exclude) * step + self._rng.uniform(0, step / 2)
 
     def _send_heartbeats(self, now: float) -> None:
-        self._round += 1
-        self._round_sent[self._round] = now
-        self._round_sent.pop(self._round - 64, None)
-        self._heartbeat_at = now + self._t.heartbeat_interval
+        rnd = self._lease.next_round(now)
         own = PeerSummary(self.name, self._reported_healthy, self.maintenance, True)
         summaries = self.peers.summaries(now, self._t.failover_timeout, own)
         for peer in self.peers.peers:
-            self._send(peer, Heartbeat(self.term, self._round, summaries))
-        self._renew_lease(now)
-
-    def _renew_lease(self, now: float) -> None:
-        newest = self._round_sent.get(self._round, NEVER)
-        lease = self.peers.lease_base(newest) + self._t.lease_duration
-        if lease > self._lease_until:
-            # Once a lease exists the leader steps down exactly when it ends.
-            self._lease_until = lease
-            self._stepdown_at = lease
+            self._send(peer, Heartbeat(self.term, rnd, summaries))
 
     def _maybe_acquire(self, now: float) -> None:
         if (
             self.role is Role.LEADER
             and not self.holds_vip
             and self.eligible
-            and now < self._lease_until
+            and now < self._lease.until
         ):
             self.holds_vip = True
             self._out.append(AcquireVip(self.term))
             self._out.append(Announce(Reason.LEASE_ACQUIRED))
-            self._decide(Reason.LEASE_ACQUIRED, lease_ms=round((self._lease_until - now) * 1000))
+            self._decide(Reason.LEASE_ACQUIRED, lease_ms=round((self._lease.until - now) * 1000))
             self._out.append(Notify(NotifyKind.LEADER, self.role, self.term, self.leader))
 
     def _release(self, reason: Reason) -> None:
@@ -532,14 +516,12 @@ class Node:
             self._become_follower(self.term, sender, Reason.NEW_LEADER, now)
         self._leader_contact = now
         self._settle_until = NEVER
-        self._promise_until = now + self._t.failover_timeout
-        self._promise_to = sender
-        self._promise_term = hb.term
+        self._promise = Promise(sender, hb.term, now + self._t.failover_timeout)
         self.peers.apply_summaries(hb.peers)
         info = self.peers.get(sender)
         if info is not None:
             info.last_heard = now
-        self._election_at = self._promise_until + self._election_delay(exclude=sender)
+        self._election_at = self._promise.until + self._election_delay(exclude=sender)
         # A node whose release failed may still hold the VIP: it backs no lease.
         self._ack(sender, hb.round, success=not self.faults.failing(Effect.RELEASE))
 
@@ -558,27 +540,15 @@ class Node:
                 info.eligible_since = now
         else:
             info.eligible_since = None
-        sent = self._round_sent.get(ack.round)
-        if ack.success and sent is not None and sent > info.acked_sent_at:
-            info.acked_sent_at = sent
-            self._renew_lease(now)
+        if ack.success:
+            self._lease.acked(info, ack.round)
         self._maybe_preempt(now)
 
     def _refusal_wait(self, sender: str, req: VoteRequest, now: float) -> float | None:
         """How long this node's promise still forbids voting for `sender`; None if it doesn't."""
         if self.role is Role.LEADER:
-            return max(self._lease_until, self._stepdown_at) - now
-        if now >= self._promise_until:
-            return None
-        if self._promise_to and self._promise_to == sender:
-            return None
-        transfer = (
-            req.transfer_from != ""
-            and req.transfer_from == self._promise_to
-            and req.term == self._promise_term + 1
-            and not req.pre
-        )
-        return None if transfer else self._promise_until - now
+            return max(self._lease.until, self._lease.stepdown_at) - now
+        return self._promise.wait(sender, req.term, req.pre, req.transfer_from, now)
 
     def _on_vote_request(self, sender: str, req: VoteRequest, now: float) -> None:
         info = self.peers.get(sender)
@@ -671,6 +641,20 @@ class Node:
         reason = _FAILED[effect]
         if self.faults.fail(effect, detail, now) or effect is Effect.ACQUIRE:
             self._decide(reason, detail=detail)
+        # What the barrier rule kept the runtime from doing in the step that failed.
+        barrier = _BARRIER[effect]
+        failed_at = next((i for i, a in enumerate(self._last) if isinstance(a, barrier)), 0)
+        skipped = [
+            a for a in self._last[failed_at + 1:] if not isinstance(a, ReleaseVip | Decision | Exit)
+        ]
+        if any(isinstance(a, AcquireVip) for a in skipped):
+            self.holds_vip = False  # nothing was added
+        if effect is not Effect.PERSIST and any(isinstance(a, Persist) for a in skipped):
+            self._resave = True  # (a failed save is retried on its own timer)
+        elected = any(isinstance(a, Decision) and a.reason is Reason.ELECTED for a in self._last)
+        if effect is Effect.PERSIST and elected and self.role is Role.LEADER:
+            # Elected in the very step whose save (of its own vote) failed: a one-node cluster.
+            self._become_follower(self.term, "", reason, now)
         if effect is Effect.ACQUIRE:
             # Ineligible for a back-off: hand over like an unhealthy leader (releasing whatever
             # the failed add may have left), then try again when elected after the back-off.
@@ -695,6 +679,11 @@ class Node:
     def _effect_timers(self, now: float) -> None:
         if self.faults.due(Effect.RELEASE, now):
             self.faults.retried(Effect.RELEASE, now)
+            if self._led_term == self.term and not self.leader:
+                # The address may still be here: keep this term's followers promising (so
+                # nobody else can win) until it is gone or this process has exited.
+                for peer in self.peers.peers:
+                    self._send(peer, Heartbeat(self.term, 0))
             self._out.append(ReleaseVip(Reason.RELEASE_FAILED))
         if self.faults.exit_due(now):
             self.faults.exit_sent = True
@@ -801,8 +790,12 @@ class Node:
         actions = [a for a in out if not isinstance(a, CommandResult)]
         if self.faults.due(Effect.PERSIST, now):
             self.faults.retried(Effect.PERSIST, now)
-            # Not in a step that saves anyway, nor ahead of an operator's answer (a failure
-            # would turn it into a refusal); the next retry comes one interval later.
-            if not results and not any(isinstance(a, Persist) for a in actions):
+            self._resave = True
+        # A save retried (or skipped by a failed barrier) goes last, not in a step that saves
+        # anyway nor ahead of an operator's answer (a failure would turn it into a refusal).
+        if self._resave and not results:
+            self._resave = False
+            if not any(isinstance(a, Persist) for a in actions):
                 actions.append(Persist(self.persistent_state()))
-        return actions + results
+        self._last = actions + results
+        return self._last

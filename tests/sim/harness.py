@@ -4,7 +4,15 @@ Real (virtual) time `t` drives an event queue. Every node has its own monotonic 
 `local = offset + rate * t` with `rate` within the configured drift bound, so leases are tested
 against clocks that disagree. The network loses, delays (with jitter, hence reorders),
 duplicates and blocks (per direction) messages. Nodes crash (losing everything but persisted
-state), restart, freeze (their events wait) and resume.
+state), restart, freeze (their events wait), resume, stop (the `Stop` event, then exit) and see
+their effects fail for a while (`fail_effect`).
+
+The harness plays the engine's side of the barrier rule (`hafailover.core.actions`): when a
+`Persist`, `AcquireVip` or `ReleaseVip` fails, the rest of that step is skipped except
+`ReleaseVip`, `Decision` and `Exit`, then `EffectFailed` is fed; the first success of a failing
+kind feeds `EffectSucceeded`. `Exit` ends the process as systemd would: `release-vips` removes
+the address, and the daemon is restarted a second later. A failed release leaves the address
+on the node: it still counts as a holder ("stuck") until the release works or the node exits.
 
 Invariants are checked after every processed event by `Invariants` (see invariants.py); any
 violation raises `SimulationError` carrying a replayable trace.
@@ -24,13 +32,22 @@ from hafailover.core.actions import (
     Action,
     CommandResult,
     Decision,
+    Exit,
     Persist,
     PersistentState,
     ReleaseVip,
     Send,
 )
-from hafailover.core.events import Event, MessageReceived, TimerFired
-from hafailover.core.messages import Message
+from hafailover.core.events import (
+    Effect,
+    EffectFailed,
+    EffectSucceeded,
+    Event,
+    MessageReceived,
+    Stop,
+    TimerFired,
+)
+from hafailover.core.messages import Message, VoteResponse
 from hafailover.core.node import Node
 from hafailover.core.reasons import Reason
 from hafailover.core.spec import ClusterSpec
@@ -70,6 +87,13 @@ class SimNode:
     # Events that arrived while frozen (packets in the socket buffer, queued verdicts).
     inbox: list[Event] = field(default_factory=list)
     started_at: float = 0.0
+    # Effect faults: each kind fails until this (virtual) time; the engine's failing set.
+    fail_until: dict[Effect, float] = field(default_factory=dict)
+    failing: set[Effect] = field(default_factory=set)
+    # When a release failed while the address was on the node (None: not stuck).
+    stuck_since: float | None = None
+    # This process got `Stop` (cleared by a restart).
+    stopped: bool = False
 
     @property
     def running(self) -> bool:
@@ -115,6 +139,11 @@ class Simulator:
         self.decisions: list[tuple[float, str, Decision]] = []
         self.vip_log: list[tuple[float, str, bool]] = []
         self.results: list[tuple[float, str, CommandResult]] = []
+        # Every real vote that left a node: (voter, term) -> candidate, over restarts.
+        self.votes: dict[tuple[str, int], str] = {}
+        # Times a node acquired while another was stuck with an address it failed to remove.
+        self.stuck_overlaps = 0
+        self.exits = 0
         for sn in self.nodes.values():
             self._boot(sn)
 
@@ -123,8 +152,11 @@ class Simulator:
     def _boot(self, sn: SimNode) -> None:
         sn.node = Node(self.spec, sn.name, sn.rng, sn.persisted, healthy=sn.healthy)
         sn.holds_vip = False  # the daemon removes leftover VIPs before it reports ready
+        sn.stuck_since = None
         sn.started_at = self.t
         sn.inbox = []
+        sn.failing = set()
+        sn.stopped = False
         self._run(sn, sn.node.start(sn.local(self.t)), "start")
 
     def crash(self, name: str) -> None:
@@ -141,6 +173,7 @@ class Simulator:
         if sn.holds_vip:
             sn.holds_vip = False
             self.vip_log.append((self.t, name, False))
+        sn.stuck_since = None
         self._after("crash", name)
 
     def restart(self, name: str) -> None:
@@ -178,6 +211,22 @@ class Simulator:
         for event in pending:
             if sn.running and sn.node is not None:
                 self._run(sn, sn.node.handle(event, sn.local(self.t)), f"queued {event}")
+
+    def stop(self, name: str) -> None:
+        """The daemon's graceful stop: `Stop` now; the caller ends the process (`crash`) later."""
+        sn = self.nodes[name]
+        if sn.node is None or sn.frozen:
+            return
+        sn.stopped = True
+        self.inject(name, Stop())
+
+    def fail_effect(self, name: str, effect: Effect, duration: float) -> None:
+        """Every `effect` action of `name` fails for `duration` seconds (a full disk, a
+        netlink error); the node hears of it through the barrier rule."""
+        sn = self.nodes[name]
+        sn.fail_until[effect] = self.t + duration
+        self._log(f"FAIL {name} {effect.value} for {duration:.3f}s")
+        self.disturb()
 
     def inject(self, name: str, event: Event) -> list[Action]:
         sn = self.nodes[name]
@@ -274,32 +323,85 @@ class Simulator:
         self._run(sn, actions, f"recv {type(msg).__name__} from {sender}")
 
     def _run(self, sn: SimNode, actions: list[Action], cause: str) -> None:
+        failed: Effect | None = None
+        succeeded: set[Effect] = set()
+        done: list[Action] = []
         for a in actions:
-            self._execute(sn, a)
+            if failed is not None and not isinstance(a, ReleaseVip | Decision | Exit):
+                continue  # the barrier rule: the rest of the step is not carried out
+            kind = _BARRIER.get(type(a))
+            ok = self._execute(sn, a)
+            if kind is not None and not ok:
+                failed = failed or kind
+            elif kind is not None and kind in sn.failing:
+                succeeded.add(kind)
+            done.append(a)
         if actions:
-            self._log(f"{sn.name} [{cause}] -> {_short(actions)}")
+            skipped = len(actions) - len(done)
+            note = f" (failed {failed.value}, skipped {skipped})" if failed else ""
+            self._log(f"{sn.name} [{cause}] -> {_short(done)}{note}")
         self._reschedule(sn)
-        self._after(cause, sn.name, actions)
+        self._after(cause, sn.name, done)
+        if any(isinstance(a, Exit) for a in done):
+            self._exit(sn)
+            return
+        if failed is not None and sn.running and sn.node is not None:
+            sn.failing.add(failed)
+            event = EffectFailed(failed, f"sim: {failed.value} failed")
+            self._run(sn, sn.node.handle(event, sn.local(self.t)), "effect failed")
+        for kind in sorted(succeeded - {failed} if failed else succeeded):
+            if sn.running and sn.node is not None and kind in sn.failing:
+                sn.failing.discard(kind)
+                ok_event = EffectSucceeded(kind)
+                self._run(sn, sn.node.handle(ok_event, sn.local(self.t)), "effect ok")
 
-    def _execute(self, sn: SimNode, action: Action) -> None:
+    def _exit(self, sn: SimNode) -> None:
+        """`Exit`: the process ends now, `release-vips` removes the address, systemd restarts."""
+        self.exits += 1
+        self._log(f"EXIT {sn.name}")
+        self.crash(sn.name)
+        name = sn.name
+        self.at(self.t + 1.0, "call", lambda: self.restart(name))
+
+    def _fails(self, sn: SimNode, effect: Effect) -> bool:
+        return self.t < sn.fail_until.get(effect, float("-inf"))
+
+    def _execute(self, sn: SimNode, action: Action) -> bool:
+        """Carry out one action; False only for a barrier that failed."""
         match action:
             case Send(to=to, message=message):
+                if isinstance(message, VoteResponse) and message.granted and not message.pre:
+                    other = self.votes.setdefault((sn.name, message.term), to)
+                    if other != to:
+                        self.fail(f"{sn.name} voted for {other} and {to} in term {message.term}")
                 self._transmit(sn.name, to, message)
             case Persist(state=state):
+                if self._fails(sn, Effect.PERSIST):
+                    return False
                 sn.persisted = state
             case AcquireVip():
+                if self._fails(sn, Effect.ACQUIRE):
+                    return False  # the port removes what it added before it raises
+                if any(o.stuck_since is not None for o in self.nodes.values() if o is not sn):
+                    self.stuck_overlaps += 1
                 sn.holds_vip = True
                 self.vip_log.append((self.t, sn.name, True))
             case ReleaseVip():
+                if sn.holds_vip and self._fails(sn, Effect.RELEASE):
+                    if sn.stuck_since is None:
+                        sn.stuck_since = self.t
+                    return False
                 if sn.holds_vip:
                     self.vip_log.append((self.t, sn.name, False))
                 sn.holds_vip = False
+                sn.stuck_since = None
             case Decision():
                 self.decisions.append((self.t, sn.name, action))
             case CommandResult():
                 self.results.append((self.t, sn.name, action))
             case _:
                 pass
+        return True
 
     def _transmit(self, src: str, dst: str, msg: Message) -> None:
         net = self.net
@@ -368,6 +470,13 @@ class Simulator:
 
     def elected(self) -> list[tuple[float, str, int]]:
         return [(t, n, d.term) for t, n, d in self.decisions if d.reason is Reason.ELECTED]
+
+
+_BARRIER: dict[type[Action], Effect] = {
+    Persist: Effect.PERSIST,
+    AcquireVip: Effect.ACQUIRE,
+    ReleaseVip: Effect.RELEASE,
+}
 
 
 def _short(actions: list[Action]) -> str:

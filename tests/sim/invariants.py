@@ -1,6 +1,9 @@
 """Safety and liveness invariants, checked by the simulator after every step.
 
-1. At most one running node holds the VIP (frozen and crashed nodes are not running).
+1. At most one running node holds the VIP (frozen and crashed nodes are not running). A node
+   whose release failed ("stuck": the address is still there) is the one exception the core
+   cannot prevent: it grants nothing and must be rid of the address (released, or exited so
+   that `release-vips` removes it) within one failover timeout of the first failure.
 2. The holder is backed by a majority *in ground truth*: enough nodes (counting itself, crashed
    nodes and nodes still refusing votes after a restart) whose promise to it has not run out in
    real time. This is "no node without a valid majority lease holds the VIP", checked from the
@@ -8,6 +11,9 @@
 3. At most one leader per term, over the whole run.
 4. A holder that cannot reach a majority of live nodes (running or frozen; ignoring random
    loss) releases the VIP within the failover timeout.
+6. A node never grants two candidates a real vote in one term, over restarts and failed saves
+   (checked by the harness on every vote that leaves a node).
+7. A stopped node never stands (no vote request) and never acquires the VIP again.
 5. Liveness: when the network is clean, nothing is frozen, and an eligible node is running in a
    majority, some node holds the VIP within twice the failover timeout of the last disturbance,
    or of the end of the cold-start settle time of the first eligible node allowed to stand.
@@ -15,7 +21,8 @@
 
 from __future__ import annotations
 
-from hafailover.core.actions import Action, Decision
+from hafailover.core.actions import AcquireVip, Action, Decision, Send
+from hafailover.core.messages import VoteRequest
 from hafailover.core.reasons import Reason
 from tests.sim.harness import SimNode, Simulator
 
@@ -33,6 +40,8 @@ class Invariants:
         self.checks = 0
         # Per node: (start time, real time its cold-start settle ends), taken at its start.
         self.settle_end: dict[str, tuple[float, float]] = {}
+        self.eligible_set: frozenset[str] = frozenset()
+        self.eligible_changed = 0.0
         sim.observers.append(self.check)
 
     def check(self, sim: Simulator, name: str, actions: list[Action]) -> None:
@@ -45,15 +54,32 @@ class Invariants:
             other = self.leader_of_term.setdefault(term, name)
             if other != name:
                 sim.fail(f"two leaders in term {term}: {other} and {name}")
-        holders = sim.holders()
+        if name and sim.nodes[name].stopped and any(
+            isinstance(a, AcquireVip)
+            or (isinstance(a, Send) and isinstance(a.message, VoteRequest))
+            for a in actions
+        ):
+            sim.fail(f"{name} stands or takes the VIP after Stop")
+        stuck = [n for n in sim.holders() if sim.nodes[n].stuck_since is not None]
+        holders = [n for n in sim.holders() if n not in stuck]
         if len(holders) > 1:
             sim.fail(f"two running VIP holders: {holders}")
+        self._check_stuck(sim, stuck)
         self._track_majority(sim)
         if holders:
             self._check_backing(sim, holders[0])
             self._check_isolated_holder(sim, holders[0])
         if self.liveness:
             self._check_liveness(sim, holders)
+
+    def _check_stuck(self, sim: Simulator, stuck: list[str]) -> None:
+        t = sim.spec.timings
+        bound = t.failover_timeout * (1 + 2 * t.clock_drift) + 0.01
+        for name in stuck:
+            since = sim.nodes[name].stuck_since
+            assert since is not None
+            if sim.t - since > bound:
+                sim.fail(f"{name} failed to release the VIP {sim.t - since:.3f}s ago, still has it")
 
     def _track_majority(self, sim: Simulator) -> None:
         # A frozen node is still on the network and still keeps the promise it made, so it
@@ -106,8 +132,15 @@ class Invariants:
             return
         if self.holderless_since is None:
             self.holderless_since = sim.t
+        eligible = frozenset(n for n, sn in sim.nodes.items() if sn.running and _eligible(sim, sn))
+        if eligible != self.eligible_set:
+            # A back-off ending or a fault clearing makes a node eligible: measure from then.
+            self.eligible_set, self.eligible_changed = eligible, sim.t
         ft = sim.spec.timings.failover_timeout
-        since = max(sim.last_disturbance, self.holderless_since, self._first_settled(sim))
+        since = max(
+            sim.last_disturbance, self.holderless_since, self._first_settled(sim),
+            self.eligible_changed,
+        )
         if sim.t - since <= 2 * ft or not sim.net.clean():
             return
         nodes = sim.nodes.values()
@@ -138,7 +171,7 @@ class Invariants:
 
 
 def _eligible(sim: Simulator, sn: SimNode) -> bool:
-    spec = sim.spec.node(sn.name)
-    assert spec is not None and sn.node is not None
-    return sn.healthy and not sn.node.maintenance and not spec.witness
+    node = sn.node
+    assert node is not None
+    return sn.healthy and node.eligible and not node.faults.refuses_votes and not sn.stopped
 

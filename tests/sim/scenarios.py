@@ -2,8 +2,9 @@
 
 A seed fixes everything: cluster shape, timings, network model, and the fault schedule
 (crashes, freezes, symmetric/asymmetric partitions, splits, loss bursts, health flapping,
-maintenance and switchover commands). The last seconds of every run are quiet and healed, so
-liveness is checked at the end of every seed too.
+maintenance and switchover commands, graceful stops, and failing saves, VIP removals and VIP
+additions played through the engine's barrier rule). The last seconds of every run are quiet
+and healed, so liveness is checked at the end of every seed too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from hafailover.core.events import SetMaintenance, Switchover
+from hafailover.core.events import Effect, SetMaintenance, Switchover
 from hafailover.core.spec import ClusterSpec, NodeSpec, Timings
 from tests.sim.harness import NetworkModel, Simulator
 from tests.sim.invariants import Invariants
@@ -89,6 +90,10 @@ def run_random_seed(seed: int, duration: float = 20.0, trace_len: int = 400) -> 
         ("unhealthy", lambda d: _unhealthy(sim, target(), d)),
         ("maintenance", lambda d: _maintenance(sim, target(), d)),
         ("switchover", lambda d: _switchover(sim, rng, names)),
+        ("stop", lambda d: _stop(sim, target(), d)),
+        ("persist-fails", lambda d: sim.fail_effect(target(), Effect.PERSIST, d)),
+        ("release-fails", lambda d: sim.fail_effect(target(), Effect.RELEASE, d)),
+        ("acquire-fails", lambda d: sim.fail_effect(target(), Effect.ACQUIRE, d)),
     ]
     quiet_from = duration - 4.0
     for _ in range(rng.randint(3, 9)):
@@ -184,9 +189,19 @@ def _switchover(sim: Simulator, rng: random.Random, names: list[str]) -> None:
     sim.inject(origin, Switchover(3, to))
 
 
+def _stop(sim: Simulator, name: str, d: float) -> None:
+    """A graceful stop: `Stop`, the process exits after its stop grace, systemd starts it later."""
+    sim.stop(name)
+    _later(sim, min(d, 0.3), lambda: sim.crash(name))
+    _later(sim, d, lambda: sim.restart(name))
+
+
 def _repair_all(sim: Simulator) -> None:
     sim.heal()
     for name, sn in sim.nodes.items():
+        sn.fail_until.clear()
+        if sn.stopped:
+            sim.crash(name)
         if sn.node is None:
             sim.restart(name)
         elif sn.frozen:
