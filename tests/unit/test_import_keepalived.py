@@ -417,3 +417,23 @@ def test_parameters_braces_on_the_next_line_and_comments(tmp_path: Path) -> None
     )
     config = load(import_texts([("a.conf", text)]), tmp_path)
     assert [(str(v.address), v.interface) for v in config.all_vips] == [("10.0.0.5/24", "eth7")]
+
+
+def test_a_weight_that_could_not_move_the_group_is_called_out() -> None:
+    script = 'vrrp_script chk {\n  script "/bin/true"\n  weight -30\n}\n'
+    texts = [
+        (
+            name,
+            script
+            + text.replace(
+                "    virtual_ipaddress", "    track_script {\n chk\n }\n    virtual_ipaddress"
+            ),
+        )
+        for name, text in cluster_texts()
+    ]
+    # 150/100/50: -30 never crosses another node's priority.
+    assert "had no effect on failover" in notes_text(import_texts(texts))
+    # 150/100/50 with -60: lb11 failing (90) falls below lb12 (100).
+    moving = [(n, t.replace("weight -30", "weight -60")) for n, t in texts]
+    text = notes_text(import_texts(moving))
+    assert "weight -60" in text and "had no effect" not in text

@@ -28,9 +28,9 @@ __all__ = ["Check", "Group", "Layout", "build_layout"]
 
 _DEFAULT_TIMING = (0.1, 0.6)  # hafailover's heartbeat_interval and failover_timeout
 _WEIGHT_NOTE = (
-    "has no equivalent: hafailover does no priority arithmetic. The check is critical for the "
-    "group: while it fails this node is ineligible and hands the group over (keepalived's "
-    "weight 0 behaviour, whatever the weight could have changed)"
+    "has no equivalent: hafailover does no priority arithmetic. The {what} counts for the "
+    "group: while it {fails} this node is ineligible and hands the group over (keepalived's "
+    "weight 0 behaviour)"
 )
 
 
@@ -66,6 +66,8 @@ class Group:
     preempt_delay: float | None = None
     track_interfaces: list[str] = field(default_factory=list)
     hooks: dict[str, list[str]] = field(default_factory=dict)
+    # (node, "track_script NAME" or "track_interface NAME", weight, where) for the notes.
+    weights: list[tuple[str, str, int, Where]] = field(default_factory=list)
 
     @property
     def first(self) -> Unit:
@@ -100,6 +102,9 @@ def build_layout(
     for group in groups:
         _fill_group(group, hosts, nodes, by_host, checks, notes)
     _guess_priorities(groups, nodes, hosts, notes)
+    known = all(n.host is not None for n in nodes)
+    for group in groups:
+        notes += _weight_notes(group, known)
     advert = min((i.advert_int for h in hosts for i in h.instances), default=1.0)
     heartbeat, timeout = _timing(advert)
     auth = [w for h in hosts for w in h.authenticated]
@@ -254,17 +259,10 @@ def _fill_group(
                 if name is None:
                     continue
                 if weight:
-                    notes.append(
-                        Note(
-                            where,
-                            f"track_interface {name} weight {weight} has no "
-                            "equivalent: the interface is tracked, so while it is down this "
-                            "node is ineligible for the group (keepalived's weight 0 behaviour)",
-                        )
-                    )
+                    group.weights.append((node.name, f"track_interface {name}", weight, where))
                 if name not in vip_ifs and name not in group.track_interfaces:
                     group.track_interfaces.append(name)
-            _group_checks(group, inst, hosts[index], checks, notes)
+            _group_checks(group, node.name, inst, hosts[index], checks, notes)
         if index == min(group.units):
             for hook, commands in unit.hooks.items():
                 group.hooks[hook] = _hook(commands, notes)
@@ -291,7 +289,12 @@ def _fill_group(
 
 
 def _group_checks(
-    group: Group, inst: Instance, host: Host, checks: Mapping[str, Check], notes: list[Note]
+    group: Group,
+    node: str,
+    inst: Instance,
+    host: Host,
+    checks: Mapping[str, Check],
+    notes: list[Note],
 ) -> None:
     for name, weight, where in inst.track_scripts:
         script = host.scripts.get(name)
@@ -302,9 +305,39 @@ def _group_checks(
             continue
         effective = script.weight if weight is None else weight
         if effective:
-            notes.append(Note(where, f"track_script {name} weight {effective} {_WEIGHT_NOTE}"))
+            group.weights.append((node, f"track_script {name}", effective, where))
         if check.name not in group.checks:
             group.checks.append(check.name)
+
+
+def _weight_notes(group: Group, known: bool) -> list[Note]:
+    """One note per weight; when every priority is known, say if no weight could move the group."""
+
+    def could_move(node: str, weight: int) -> bool:
+        mine = group.priority[node]
+        low, high = (mine + weight, mine) if weight < 0 else (mine, mine + weight)
+        return any(low < p < high for n, p in group.priority.items() if n != node)
+
+    idle = {
+        what
+        for _, what, _, _ in group.weights
+        if known and not any(could_move(n, w) for n, t, w, _ in group.weights if t == what)
+    }
+    notes = []
+    for _node, what, weight, where in group.weights:
+        kind = "check" if what.startswith("track_script") else "interface"
+        text = f"{what} weight {weight} " + _WEIGHT_NOTE.format(
+            what=kind, fails="fails" if kind == "check" else "is down"
+        )
+        if what in idle:
+            priorities = ", ".join(f"{n} {p}" for n, p in group.priority.items())
+            text += (
+                f". With the priorities {priorities}, no node's weight could change which node "
+                f"leads {group.name} in keepalived: it had no effect on failover there. Remove "
+                "it from the group to keep that"
+            )
+        notes.append(Note(where, text))
+    return notes
 
 
 def _hook(commands: list[tuple[str, Where]], notes: list[Note]) -> list[str]:
