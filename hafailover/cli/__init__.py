@@ -522,7 +522,7 @@ def check_config(settings: Settings, config: Path | None, node: str | None, no_h
     report = fmt.Report()
     loaded = load_and_report(path, report)
     if loaded is not None and not no_host:
-        check_host(loaded.config, node, settings.socket, report)
+        check_host(loaded, node, settings.socket, report)
     sys.exit(1 if report.failed else 0)
 
 

@@ -18,7 +18,7 @@ from hafailover.runtime.interfaces import interface_networks
 
 if TYPE_CHECKING:
     from hafailover.config import Config, LoadedConfig, NodeConfig
-
+    from hafailover.config.resolve import IPInterface
 
 
 def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
@@ -32,8 +32,8 @@ def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
         return None
     c = loaded.config
     report.ok(
-        f"{loaded.file}: cluster {c.cluster.name}, {len(c.nodes)} nodes, {len(c.vips)} VIPs, "
-        f"{len(c.checks)} checks"
+        f"{loaded.file}: cluster {c.cluster.name}, {len(c.nodes)} nodes, {len(c.all_vips)} VIPs, "
+        f"{len(c.checks)} checks, {len(c.groups)} group{'s' if len(c.groups) > 1 else ''}"
     )
     for warning in loaded.warnings:
         report.warn(str(warning))
@@ -41,10 +41,12 @@ def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
 
 
 def check_host(
-    config: Config, node: str | None, socket_override: Path | None, report: Report
+    loaded: LoadedConfig, node: str | None, socket_override: Path | None, report: Report
 ) -> None:
-    from hafailover.config import NodeResolutionError, resolve_self, vip_subnet_problems
+    from hafailover.config import NodeResolutionError, resolve_self
     from hafailover.wire.keys import KeyFileError, load_key
+
+    config = loaded.config
 
     networks = interface_networks()
     if isinstance(networks, str):
@@ -60,22 +62,7 @@ def check_host(
     if me is not None and me.witness:
         report.ok(f"{me.name} is a witness: it never holds the VIPs, VIP checks skipped")
     else:
-        present = []
-        for vip in config.vips:
-            try:
-                socket.if_nametoindex(vip.interface)
-                present.append(vip)
-                report.ok(f"VIP {vip.address}: interface {vip.interface} exists")
-            except OSError:
-                report.fail(f"VIP {vip.address}: this host has no interface {vip.interface}")
-        if present and networks:
-            # Missing interfaces were reported above; check subnets only where there is one.
-            subset = config.model_copy(update={"vips": tuple(present)})
-            problems = vip_subnet_problems(subset, networks)
-            for problem in problems:
-                report.fail(problem)
-            if not problems:
-                report.ok("every VIP is inside a subnet of its interface")
+        _check_interfaces(loaded, networks, report)
     try:
         load_key(config.cluster.key_file)
         report.ok(f"key file {config.cluster.key_file} is readable and private")
@@ -85,6 +72,32 @@ def check_host(
         report.warn("UDP port not checked: this host's node is unknown (pass --node NAME)")
     else:
         _check_port(config, me, socket_override or config.control_socket, report)
+
+
+def _check_interfaces(
+    loaded: LoadedConfig, networks: dict[str, list[IPInterface]], report: Report
+) -> None:
+    """Every interface a group needs exists here, and every VIP fits a subnet on its interface;
+    problems are placed on the line that names the interface or the VIP."""
+    from hafailover.config.resolve import interface_uses, missing_interfaces, vip_subnet_issues
+
+    present = set(networks) or {name for _, name in socket.if_nameindex()}
+    missing = missing_interfaces(loaded.config, present)
+    for path, message in missing:
+        report.fail(str(loaded.problem(path, message)))
+    needed: dict[str, list[str]] = {}
+    for _, group, name, _ in interface_uses(loaded.config):
+        if name in present and group not in needed.setdefault(name, []):
+            needed[name].append(group)
+    for name, groups in needed.items():
+        plural = "s" if len(groups) > 1 else ""
+        report.ok(f"interface {name} exists (group{plural} {', '.join(groups)})")
+    if networks and loaded.config.all_vips:
+        issues = vip_subnet_issues(loaded.config, networks)
+        for path, message in issues:
+            report.fail(str(loaded.problem(path, message)))
+        if not issues:
+            report.ok("every VIP is inside a subnet of its interface")
 
 
 def _check_port(config: Config, me: NodeConfig, control: Path, report: Report) -> None:

@@ -7,18 +7,26 @@ Both are pure: the caller reads the hostname and the interface addresses from th
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hafailover.errors import LocalError
 
 if TYPE_CHECKING:  # keeps pydantic out of callers that only resolve
-    from hafailover.config.schema import Config, NodeConfig
+    from hafailover.config.schema import Config, NodeConfig, VipConfig
 
-__all__ = ["NodeResolutionError", "resolve_self", "vip_subnet_problems"]
+__all__ = [
+    "NodeResolutionError",
+    "interface_uses",
+    "missing_interfaces",
+    "resolve_self",
+    "vip_subnet_issues",
+    "vip_subnet_problems",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+KeyPath = tuple[str | int, ...]
 
 
 class NodeResolutionError(LocalError, ValueError):
@@ -70,33 +78,101 @@ def resolve_self(
     )
 
 
-def vip_subnet_problems(
+def interface_uses(config: Config) -> Iterator[tuple[KeyPath, str, str, VipConfig | None]]:
+    """Every place the file names an interface a group needs: (key path of the interface name,
+    group name, interface, the VIP on it or None for track_interfaces), in file order."""
+    if not config.group_entries:
+        for i, vip in enumerate(config.vips):
+            yield ("vips", i, "interface"), "default", vip.interface, vip
+        return
+    for g, group in enumerate(config.group_entries):
+        for i, vip in enumerate(group.vips):
+            yield ("groups", g, "vips", i, "interface"), group.name, vip.interface, vip
+        for i, name in enumerate(group.track_interfaces):
+            yield ("groups", g, "track_interfaces", i), group.name, name, None
+
+
+def missing_interfaces(config: Config, interfaces: Collection[str]) -> list[tuple[KeyPath, str]]:
+    """Interfaces a group needs (its VIPs', its track_interfaces) that this host does not have:
+    one problem per interface, at the first place the file names it."""
+    first: dict[str, KeyPath] = {}
+    groups: dict[str, list[str]] = {}
+    for path, group, name, _ in interface_uses(config):
+        if name in interfaces:
+            continue
+        first.setdefault(name, path)
+        needing = groups.setdefault(name, [])
+        if group not in needing:
+            needing.append(group)
+    known = ", ".join(sorted(interfaces)) or "none"
+    return [
+        (
+            first[name],
+            f"this host has no interface {name} (it has: {known}), needed by group"
+            f"{'s' if len(needing) > 1 else ''} {', '.join(needing)}. Fix the name, or name the "
+            "interfaces the same on every node",
+        )
+        for name, needing in groups.items()
+    ]
+
+
+def vip_subnet_issues(
     config: Config, interface_networks: Mapping[str, Sequence[IPInterface]]
-) -> list[str]:
-    """VIPs that could not work on this host, given each interface's configured addresses.
+) -> list[tuple[KeyPath, str]]:
+    """VIPs outside every subnet on their interface, at the key path of the VIP's address.
 
     A VIP outside every subnet on its interface would be added but never reached (no neighbour
     on the link sends to it). The VIPs themselves are ignored among the interface addresses:
-    on the current leader they are present and would vouch for themselves.
+    on the current leader they are present and would vouch for themselves. VIPs on an interface
+    not in `interface_networks` are left to `missing_interfaces`.
     """
-    vip_ips = {vip.ip for vip in config.vips}
-    problems = []
-    for i, vip in enumerate(config.vips):
-        where = f"vips[{i}]: {vip.address} on {vip.interface}"
-        if vip.interface not in interface_networks:
-            known = ", ".join(sorted(interface_networks)) or "none"
-            problems.append(
-                f"{where}: this host has no interface {vip.interface} (it has: {known}). "
-                "Fix `interface`, or name the interfaces the same on every node"
-            )
+    vip_ips = {vip.ip for vip in config.all_vips}
+    issues: list[tuple[KeyPath, str]] = []
+    for path, _, name, vip in interface_uses(config):
+        if vip is None or name not in interface_networks:
             continue
-        subnets = [a for a in interface_networks[vip.interface] if a.ip not in vip_ips]
+        subnets = [a for a in interface_networks[name] if a.ip not in vip_ips]
         if any(vip.ip in a.network for a in subnets if a.version == vip.address.version):
             continue
         shown = ", ".join(str(a) for a in subnets) or "no addresses"
-        problems.append(
-            f"{where}: outside every subnet on {vip.interface} ({shown}), so no neighbour "
-            "would send traffic to it here. Use an address in one of those subnets or fix "
-            "`interface`"
+        issues.append(
+            (
+                (*path[:-1], "address"),
+                f"{vip.address} on {name}: outside every subnet on {name} ({shown}), so no "
+                "neighbour would send traffic to it here. Use an address in one of those "
+                "subnets or fix `interface`",
+            )
         )
+    return issues
+
+
+def vip_subnet_problems(
+    config: Config, interface_networks: Mapping[str, Sequence[IPInterface]]
+) -> list[str]:
+    """VIPs that could not work on this host, as `key: message` lines (no file lines).
+
+    `missing_interfaces` and `vip_subnet_issues` give the same findings with key paths, which
+    `LoadedConfig.problem` places on their lines.
+    """
+    subnet = dict(vip_subnet_issues(config, interface_networks))
+    problems = []
+    for path, _, name, vip in interface_uses(config):
+        if vip is None:
+            continue
+        key, address = _key(path[:-1]), (*path[:-1], "address")
+        if name not in interface_networks:
+            known = ", ".join(sorted(interface_networks)) or "none"
+            problems.append(
+                f"{key}: {vip.address} on {name}: this host has no interface {name} (it has: "
+                f"{known}). Fix `interface`, or name the interfaces the same on every node"
+            )
+        elif address in subnet:
+            problems.append(f"{key}: {subnet[address]}")
     return problems
+
+
+def _key(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out

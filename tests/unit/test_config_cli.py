@@ -120,3 +120,38 @@ def test_standalone_commands_do_not_take_the_options(runner: CliRunner, command:
     assert result.exit_code == 0
     assert "--socket" not in result.output
     assert "-c, --config FILE" not in result.output
+
+
+def test_check_config_places_a_missing_group_interface_on_its_line(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "groups.yaml"
+    path.write_text(
+        "cluster: {name: c, key_file: nokey}\n"
+        "nodes:\n  - {name: node1, address: 10.213.250.1, port: 1}\n"
+        "groups:\n"
+        "  - name: web\n"
+        "    vips: [{address: 10.213.251.1/24, interface: lo}]\n"
+        "    track_interfaces: [lo, nosuch9]\n"
+        "  - name: db\n"
+        "    vips: [{address: 10.213.251.2/24, interface: lo}]\n"
+    )
+    result = runner.invoke(cli, ["check-config", "-c", str(path), "--node", "node1"])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert any(
+        line.startswith("OK") and line.endswith("interface lo exists (groups web, db)")
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("FAIL")
+        and line.endswith(
+            f"{path}:7: groups[0].track_interfaces[1]: this host has no interface nosuch9 "
+            "(it has: " + line.split("(it has: ", 1)[-1].split(")", 1)[0] + "), needed by "
+            "group web. Fix the name, or name the interfaces the same on every node"
+        )
+        for line in lines
+    ), lines
+    # lo carries no 10.213.251.0/24 address: each group's VIP is placed on its own line.
+    assert any(f"{path}:6: groups[0].vips[0].address: 10.213.251.1/24 on lo" in x for x in lines)
+    assert any(f"{path}:9: groups[1].vips[0].address: 10.213.251.2/24 on lo" in x for x in lines)

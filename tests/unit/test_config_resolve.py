@@ -5,7 +5,14 @@ import ipaddress
 import pytest
 
 from hafailover.config.loader import parse_config
-from hafailover.config.resolve import NodeResolutionError, resolve_self, vip_subnet_problems
+from hafailover.config.resolve import (
+    NodeResolutionError,
+    interface_uses,
+    missing_interfaces,
+    resolve_self,
+    vip_subnet_issues,
+    vip_subnet_problems,
+)
 from hafailover.config.schema import Config
 
 TEXT = """\
@@ -104,4 +111,79 @@ def test_vip_on_a_missing_interface(config: Config) -> None:
     assert vip_subnet_problems(config, networks) == [
         "vips[1]: 192.168.1.100/24 on eth1: this host has no interface eth1 (it has: eth0, lo). "
         "Fix `interface`, or name the interfaces the same on every node"
+    ]
+
+
+# --- per-group interfaces ----------------------------------------------------------------------
+
+GROUPS = """\
+cluster: {name: web}
+nodes:
+  - {name: node1, address: 10.0.0.11}
+groups:
+  - name: web
+    vips:
+      - {address: 10.0.0.100/24, interface: eth0}
+      - {address: 192.168.1.100/24, interface: eth9}
+    track_interfaces: [eth1, eth7]
+  - name: db
+    vips: [{address: 10.0.0.101/24, interface: eth9}]
+    track_interfaces: [eth7]
+"""
+
+
+def test_missing_interfaces_are_named_once_at_their_first_use() -> None:
+    config = parse_config(GROUPS, "t.yaml").config
+    assert missing_interfaces(config, {"lo", "eth0", "eth1"}) == [
+        (
+            ("groups", 0, "vips", 1, "interface"),
+            "this host has no interface eth9 (it has: eth0, eth1, lo), needed by groups web, db. "
+            "Fix the name, or name the interfaces the same on every node",
+        ),
+        (
+            ("groups", 0, "track_interfaces", 1),
+            "this host has no interface eth7 (it has: eth0, eth1, lo), needed by groups web, db. "
+            "Fix the name, or name the interfaces the same on every node",
+        ),
+    ]
+    assert missing_interfaces(config, {"eth0", "eth1", "eth7", "eth9"}) == []
+
+
+def test_missing_interfaces_of_the_default_group(config: Config) -> None:
+    assert missing_interfaces(config, {"eth0"}) == [
+        (
+            ("vips", 1, "interface"),
+            "this host has no interface eth1 (it has: eth0), needed by group default. Fix the "
+            "name, or name the interfaces the same on every node",
+        )
+    ]
+
+
+def test_subnet_issues_per_group_vip() -> None:
+    config = parse_config(GROUPS, "t.yaml").config
+    networks = {"eth0": [iface("10.0.0.11/24")], "eth9": [iface("10.0.0.11/24")]}
+    assert vip_subnet_issues(config, networks) == [
+        (
+            ("groups", 0, "vips", 1, "address"),
+            "192.168.1.100/24 on eth9: outside every subnet on eth9 (10.0.0.11/24), so no "
+            "neighbour would send traffic to it here. Use an address in one of those subnets or "
+            "fix `interface`",
+        )
+    ]
+    assert vip_subnet_problems(config, networks) == [
+        "groups[0].vips[1]: 192.168.1.100/24 on eth9: outside every subnet on eth9 "
+        "(10.0.0.11/24), so no neighbour would send traffic to it here. Use an address in one "
+        "of those subnets or fix `interface`"
+    ]
+
+
+def test_interface_uses_in_file_order() -> None:
+    config = parse_config(GROUPS, "t.yaml").config
+    assert [(path[-2:], group, name) for path, group, name, _ in interface_uses(config)] == [
+        ((0, "interface"), "web", "eth0"),
+        ((1, "interface"), "web", "eth9"),
+        (("track_interfaces", 0), "web", "eth1"),
+        (("track_interfaces", 1), "web", "eth7"),
+        ((0, "interface"), "db", "eth9"),
+        (("track_interfaces", 0), "db", "eth7"),
     ]
