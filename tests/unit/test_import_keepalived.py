@@ -437,3 +437,18 @@ def test_a_weight_that_could_not_move_the_group_is_called_out() -> None:
     moving = [(n, t.replace("weight -30", "weight -60")) for n, t in texts]
     text = notes_text(import_texts(moving))
     assert "weight -60" in text and "had no effect" not in text
+
+
+def test_a_vip_in_two_instances_is_imported_once_with_a_note(tmp_path: Path) -> None:
+    text = "".join(
+        f"vrrp_instance {name} {{\n interface eth0\n virtual_ipaddress {{\n  10.0.0.5/24\n"
+        f"  10.0.0.{n}/24\n }}\n}}\n"
+        for name, n in (("A", 6), ("B", 7))
+    )
+    result = import_texts([("two.conf", text)])
+    config = load(result, tmp_path)
+    assert [[str(v.ip) for v in g.vips] for g in config.groups] == [
+        ["10.0.0.5", "10.0.0.6"],
+        ["10.0.0.7"],
+    ]
+    assert "two.conf:11: VIP 10.0.0.5 is also in A" in notes_text(result)

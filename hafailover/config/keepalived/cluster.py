@@ -102,6 +102,7 @@ def build_layout(
     for group in groups:
         _fill_group(group, hosts, nodes, by_host, checks, notes)
     _guess_priorities(groups, nodes, hosts, notes)
+    _one_group_per_vip(groups, notes)
     known = all(n.host is not None for n in nodes)
     for group in groups:
         notes += _weight_notes(group, known)
@@ -308,6 +309,26 @@ def _group_checks(
             group.weights.append((node, f"track_script {name}", effective, where))
         if check.name not in group.checks:
             group.checks.append(check.name)
+
+
+def _one_group_per_vip(groups: list[Group], notes: list[Note]) -> None:
+    owner: dict[IPAddress, tuple[Group, Vip]] = {}
+    for group in groups:
+        kept = []
+        for vip in group.vips:
+            first = owner.get(vip.address.ip)
+            if first is None:
+                owner[vip.address.ip] = (group, vip)
+                kept.append(vip)
+                continue
+            notes.append(
+                Note(
+                    vip.where,
+                    f"VIP {vip.address.ip} is also in {first[0].name} ({first[1].where}): two "
+                    f"keepalived instances would fight over it. Imported in {first[0].name} only",
+                )
+            )
+        group.vips = kept
 
 
 def _weight_notes(group: Group, known: bool) -> list[Note]:
