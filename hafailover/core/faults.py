@@ -11,10 +11,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hafailover.core.actions import AcquireVip, Action, Decision, Exit, Persist, ReleaseVip, Send
 from hafailover.core.events import Effect
+from hafailover.core.messages import Heartbeat
+from hafailover.core.reasons import Reason
 from hafailover.core.spec import Timings
 
 INF = float("inf")
+
+_BARRIER: dict[Effect, type[Action]] = {
+    Effect.PERSIST: Persist,
+    Effect.RELEASE: ReleaseVip,
+    Effect.ACQUIRE: AcquireVip,
+}
+
+
+def skipped_by(effect: Effect, step: list[Action]) -> list[Action]:
+    """The actions of `step` that the barrier rule kept the runtime from carrying out when its
+    first `effect` action failed (everything after it but ReleaseVip, Decision and Exit)."""
+    barrier = _BARRIER[effect]
+    failed_at = next((i for i, a in enumerate(step) if isinstance(a, barrier)), len(step))
+    return [a for a in step[failed_at + 1 :] if not isinstance(a, ReleaseVip | Decision | Exit)]
 
 
 @dataclass
@@ -58,6 +75,25 @@ class EffectFaults:
         fault = self._faults.get(effect)
         if fault is not None:
             fault.retry_at = now + self._retry_interval(effect)
+
+    def retries(self, now: float, term: int, followers: list[str]) -> list[Action]:
+        """What is due at `now`: the release retry, preceded by a heartbeat of `term` to
+        `followers` (a former leader's, so that they keep promising and nobody else can take
+        the address while it may still be here), and the `Exit` once releasing has failed for
+        one failover timeout."""
+        out: list[Action] = []
+        if self.due(Effect.RELEASE, now):
+            self.retried(Effect.RELEASE, now)
+            out.extend(Send(peer, Heartbeat(term, 0)) for peer in followers)
+            out.append(ReleaseVip(Reason.RELEASE_FAILED))
+        if self.exit_due(now):
+            self.exit_sent = True
+            detail = (
+                f"the VIP could not be removed for {self._t.failover_timeout:g}s; exiting so "
+                "that release-vips removes it"
+            )
+            out.append(Exit(Reason.RELEASE_FAILED, detail))
+        return out
 
     def end_backoff(self) -> None:
         """An acquire that failed may be tried again: the node is eligible until it fails again."""

@@ -54,7 +54,6 @@ from hafailover.core.actions import (
     Announce,
     CommandResult,
     Decision,
-    Exit,
     Notify,
     NotifyKind,
     Persist,
@@ -76,7 +75,7 @@ from hafailover.core.events import (
     TimerFired,
     VipConflict,
 )
-from hafailover.core.faults import EffectFaults
+from hafailover.core.faults import EffectFaults, skipped_by
 from hafailover.core.lease import LeaderLease, Promise
 from hafailover.core.messages import (
     CommandReply,
@@ -108,11 +107,6 @@ _LEGAL: dict[Role, frozenset[Role]] = {
     Role.LEADER: frozenset({Role.FOLLOWER}),
 }
 
-_BARRIER: dict[Effect, type[Action]] = {
-    Effect.PERSIST: Persist,
-    Effect.RELEASE: ReleaseVip,
-    Effect.ACQUIRE: AcquireVip,
-}
 _FAILED = {
     Effect.PERSIST: Reason.PERSIST_FAILED,
     Effect.RELEASE: Reason.RELEASE_FAILED,
@@ -244,9 +238,8 @@ class Node:
             if self.holds_vip:
                 deadline = min(deadline, self._lease.until)
             if self.spec.preempt:
-                for p in self.peers.peers.values():
-                    if p.eligible_since is not None and p.spec.priority > self.me.priority:
-                        deadline = min(deadline, p.eligible_since + self._t.preempt_delay)
+                preempt = self.peers.preempt_deadline(self.me, self._t.preempt_delay)
+                deadline = min(deadline, preempt)
             return deadline
         if self.role is Role.FOLLOWER:
             return min(deadline, max(self._election_at, self._settle_until))
@@ -379,7 +372,7 @@ class Node:
         if self.role is Role.LEADER:
             if self._lease.heartbeat_due(now):
                 self._send_heartbeats(now)
-            self._track_reachability(now)
+            self.peers.forget_unreachable(now, self._t.failover_timeout)
             self._maybe_preempt(now)
         elif self.role is Role.FOLLOWER:
             if now >= self._election_at and now >= self._settle_until:
@@ -425,25 +418,11 @@ class Node:
         self.holds_vip = False
         self._out.append(ReleaseVip(reason))
 
-    def _track_reachability(self, now: float) -> None:
-        for p in self.peers.peers.values():
-            if not p.reachable(now, self._t.failover_timeout):
-                p.eligible_since = None
-
     def _maybe_preempt(self, now: float) -> None:
-        if not self.spec.preempt or self.role is not Role.LEADER:
-            return
-        due = [
-            p
-            for p in self.peers.peers.values()
-            if p.eligible_since is not None
-            and p.spec.priority > self.me.priority
-            # Same expression as in next_deadline(), so the timer that fires for it also passes.
-            and now >= p.eligible_since + self._t.preempt_delay
-        ]
-        if due:
-            target = max(due, key=lambda p: (p.spec.priority, p.spec.name)).spec.name
-            self._hand_over(Reason.PREEMPT, target, now)
+        if self.spec.preempt and self.role is Role.LEADER:
+            target = self.peers.preempt_due(self.me, self._t.preempt_delay, now)
+            if target:
+                self._hand_over(Reason.PREEMPT, target, now)
 
     # ------------------------------------------------------------------ messages
 
@@ -532,15 +511,8 @@ class Node:
     def _on_ack(self, sender: str, ack: HeartbeatAck, now: float) -> None:
         if self.role is not Role.LEADER:
             return
-        info = self.peers.heard(sender, now, ack.healthy, ack.maintenance)
-        if info is None:
-            return
-        if info.eligible() and ack.healthy:
-            if info.eligible_since is None:
-                info.eligible_since = now
-        else:
-            info.eligible_since = None
-        if ack.success:
+        info = self.peers.acked(sender, now, ack.healthy, ack.maintenance)
+        if info is not None and ack.success:
             self._lease.acked(info, ack.round)
         self._maybe_preempt(now)
 
@@ -641,12 +613,7 @@ class Node:
         reason = _FAILED[effect]
         if self.faults.fail(effect, detail, now) or effect is Effect.ACQUIRE:
             self._decide(reason, detail=detail)
-        # What the barrier rule kept the runtime from doing in the step that failed.
-        barrier = _BARRIER[effect]
-        failed_at = next((i for i, a in enumerate(self._last) if isinstance(a, barrier)), 0)
-        skipped = [
-            a for a in self._last[failed_at + 1:] if not isinstance(a, ReleaseVip | Decision | Exit)
-        ]
+        skipped = skipped_by(effect, self._last)
         if any(isinstance(a, AcquireVip) for a in skipped):
             self.holds_vip = False  # nothing was added
         if effect is not Effect.PERSIST and any(isinstance(a, Persist) for a in skipped):
@@ -677,21 +644,10 @@ class Node:
             self._handover = ("", -1)
 
     def _effect_timers(self, now: float) -> None:
-        if self.faults.due(Effect.RELEASE, now):
-            self.faults.retried(Effect.RELEASE, now)
-            if self._led_term == self.term and not self.leader:
-                # The address may still be here: keep this term's followers promising (so
-                # nobody else can win) until it is gone or this process has exited.
-                for peer in self.peers.peers:
-                    self._send(peer, Heartbeat(self.term, 0))
-            self._out.append(ReleaseVip(Reason.RELEASE_FAILED))
-        if self.faults.exit_due(now):
-            self.faults.exit_sent = True
-            detail = (
-                f"the VIP could not be removed for {self._t.failover_timeout:g}s; exiting so "
-                "that release-vips removes it"
-            )
-            self._out.append(Exit(Reason.RELEASE_FAILED, detail))
+        # A former leader of this term keeps its followers promising while it retries.
+        led = self._led_term == self.term and not self.leader
+        followers = list(self.peers.peers) if led else []
+        self._out.extend(self.faults.retries(now, self.term, followers))
         if self.faults.due(Effect.ACQUIRE, now):
             self.faults.end_backoff()
             self._decide(Reason.HEALTHY, detail="back-off after a failed VIP acquire is over")

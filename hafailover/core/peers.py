@@ -57,6 +57,48 @@ class PeerTable:
         info.maintenance = maintenance
         return info
 
+    def acked(
+        self, name: str, now: float, healthy: bool, maintenance: bool
+    ) -> PeerInfo | None:
+        """Leader: `name` acknowledged a heartbeat; tracks since when it could take over."""
+        info = self.heard(name, now, healthy, maintenance)
+        if info is not None:
+            if not info.eligible():
+                info.eligible_since = None
+            elif info.eligible_since is None:
+                info.eligible_since = now
+        return info
+
+    def forget_unreachable(self, now: float, window: float) -> None:
+        """Leader: a peer not heard within `window` starts its preemption wait again."""
+        for p in self.peers.values():
+            if not p.reachable(now, window):
+                p.eligible_since = None
+
+    def preempt_deadline(self, me: NodeSpec, delay: float) -> float:
+        """Leader: when the first higher-priority peer, eligible and reachable for `delay`,
+        may preempt it (inf if none is waiting)."""
+        return min(
+            (
+                p.eligible_since + delay
+                for p in self.peers.values()
+                if p.eligible_since is not None and p.spec.priority > me.priority
+            ),
+            default=float("inf"),
+        )
+
+    def preempt_due(self, me: NodeSpec, delay: float, now: float) -> str:
+        """Leader: the highest-priority peer whose preemption is due at `now` ('' if none)."""
+        due = [
+            p
+            for p in self.peers.values()
+            if p.eligible_since is not None
+            and p.spec.priority > me.priority
+            # Same expression as in `preempt_deadline`, so the timer that fires for it also passes.
+            and now >= p.eligible_since + delay
+        ]
+        return max(due, key=lambda p: (p.spec.priority, p.spec.name)).spec.name if due else ""
+
     def reset_acks(self) -> None:
         for info in self.peers.values():
             info.acked_sent_at = NEVER
