@@ -141,3 +141,16 @@ def test_the_design_shape_loads_as_written() -> None:
     loaded = parse_config(BRIEF, "brief.yaml")
     assert loaded.warnings == ()
     assert loaded.config == load_config(EXAMPLE).config
+
+
+def test_the_keepalived_mapping_example_loads_as_described() -> None:
+    text = DOCS.read_text().split("## From keepalived", 1)[1]
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    loaded = parse_config(block, "lb.yaml")
+    assert loaded.warnings == ()
+    web, db = loaded.config.groups
+    assert max(web.priorities, key=lambda n: web.priorities[n]) == "lb1"
+    assert max(db.priorities, key=lambda n: db.priorities[n]) == "lb2"
+    assert (web.checks, db.checks) == (("chk_nginx",), ())
+    assert (web.preempt, db.preempt, db.preempt_delay) == (True, True, 5.0)
+    assert web.notify.leader == ("/etc/keepalived/web-up.sh",)
