@@ -300,6 +300,21 @@ def test_frozen_holder_address_with_and_without_the_kernel_lifetime(lifetime: st
         assert stayed <= 3.3, stayed
 
 
+@pytest.mark.netns
+def test_a_healthy_leader_keeps_its_address_under_the_kernel_lifetime() -> None:
+    """Renewal never lets the kernel remove a valid holder's address: 15 s of a steady
+    cluster on this (shared, busy) machine, the address never vanishes."""
+    with effects_cluster() as rig:
+        cluster, leader = rig.cluster, rig.first_holder
+        t0 = time.monotonic()
+        time.sleep(15.0)
+        late = [(t, n, p) for t, n, p in rig.transitions() if t >= t0]
+        assert late == [], late
+        assert cluster.holders() == [leader]
+        status = cluster.status(leader)
+        assert status["holds_vip"] and not effects_failing(status)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
