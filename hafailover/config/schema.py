@@ -92,11 +92,18 @@ class _Section(BaseModel):
 # --- sections --------------------------------------------------------------------------------
 
 # Which key names the first one in a TimingError message is, so the error lands on that key.
-_TIMING_KEYS = ("heartbeat_interval", "failover_timeout", "clock_drift", "lease_guard")
+_TIMING_KEYS = (
+    "heartbeat_interval",
+    "failover_timeout",
+    "clock_drift",
+    "lease_guard",
+    "startup_settle",
+)
 _TIMING_FIX = {
     "heartbeat_interval": "set heartbeat_interval to e.g. 100ms",
     "lease_guard": "lower lease_guard or raise heartbeat_interval",
     "clock_drift": "use e.g. 0.01",
+    "startup_settle": "use e.g. 1s",
 }
 
 
@@ -111,6 +118,7 @@ class ClusterConfig(_Section):
     lease_guard: Duration = 0.05
     preempt: Bool = False
     preempt_delay: Duration = 30.0
+    startup_settle: Duration = 1.0
     clock_drift: ClockDrift = 0.01
     max_loop_lag: LoopLag = 0.5
     watchdog: Bool = True
@@ -128,6 +136,7 @@ class ClusterConfig(_Section):
             clock_drift=self.clock_drift,
             lease_guard=self.lease_guard,
             preempt_delay=self.preempt_delay,
+            startup_settle=self.startup_settle,
         )
 
     @property

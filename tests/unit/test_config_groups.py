@@ -289,6 +289,17 @@ def test_vip_lifetime_is_whole_seconds_and_longer_than_two_heartbeats() -> None:
     ]
 
 
+def test_startup_settle_reaches_every_group_spec() -> None:
+    config = load(CLUSTER.replace("name: c,", "name: c, startup_settle: 3s,") + DESIGN)
+    assert config.cluster.startup_settle == 3.0
+    assert {config.group_spec(g.name).timings.startup_settle for g in config.groups} == {3.0}
+    assert load(SINGLE).cluster_spec().timings.startup_settle == 1.0
+    assert problems(SINGLE.replace("preempt: true", "startup_settle: 2m")) == [
+        "t.yaml:1: cluster.startup_settle: startup_settle must be between 0 and 60 seconds: use "
+        "e.g. 1s"
+    ]
+
+
 def test_link_settle_and_recover() -> None:
     config = load(SINGLE)
     assert config.cluster.link_settle == 1.0
