@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import (
     BaseModel,
@@ -522,6 +522,11 @@ class Config(_Section):
             timings=self.cluster.timings,
             preempt=self.cluster.preempt,
         )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("groups", None)  # computed from the fields, which may have changed
+        return copied
 
     @cached_property
     def groups(self) -> tuple[Group, ...]:

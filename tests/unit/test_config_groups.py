@@ -99,6 +99,14 @@ def test_group_spec_carries_the_group_ranking_and_preemption() -> None:
         config.group_spec("nope")
 
 
+def test_groups_follow_a_copy_with_changed_fields() -> None:
+    config = load(CLUSTER + DESIGN)
+    assert [g.name for g in config.groups] == ["web", "db"]
+    copied = config.model_copy(update={"group_entries": config.group_entries[1:]})
+    assert [g.name for g in copied.groups] == ["db"]
+    assert [g.name for g in config.groups] == ["web", "db"]
+
+
 def test_top_level_vips_are_one_group_named_default() -> None:
     config = load(SINGLE)
     (group,) = config.groups
