@@ -21,7 +21,13 @@ if TYPE_CHECKING:
         load_config,
         parse_config,
     )
-    from hafailover.config.resolve import NodeResolutionError, resolve_self, vip_subnet_problems
+    from hafailover.config.resolve import (
+        NodeResolutionError,
+        missing_interfaces,
+        resolve_self,
+        vip_subnet_issues,
+        vip_subnet_problems,
+    )
     from hafailover.config.schema import (
         AnnounceConfig,
         CheckConfig,
@@ -47,6 +53,8 @@ _LAZY = {
     "parse_config": "loader",
     "NodeResolutionError": "resolve",
     "resolve_self": "resolve",
+    "missing_interfaces": "resolve",
+    "vip_subnet_issues": "resolve",
     "vip_subnet_problems": "resolve",
     "AnnounceConfig": "schema",
     "CheckConfig": "schema",
@@ -83,9 +91,11 @@ __all__ = [
     "VipConfig",
     "format_duration",
     "load_config",
+    "missing_interfaces",
     "parse_config",
     "parse_duration",
     "resolve_self",
+    "vip_subnet_issues",
     "vip_subnet_problems",
 ]
 

@@ -120,6 +120,12 @@ def test_top_level_vips_are_one_group_named_default() -> None:
     assert config.group_spec("default") == config.cluster_spec()
 
 
+def test_the_default_group_has_the_cores_name() -> None:
+    from hafailover.core import groups
+
+    assert DEFAULT_GROUP == groups.DEFAULT_GROUP
+
+
 def test_no_vips_and_no_groups_is_a_default_group_without_vips() -> None:
     config = load(SINGLE.replace("vips:\n  - {address: 10.0.0.100/24, interface: eth0}\n", ""))
     assert [(g.name, g.vips) for g in config.groups] == [("default", ())]
