@@ -187,13 +187,18 @@ class _Group(click.Group):
     """Gives every subcommand `-c/--config` and `--socket`, so both work on either side of the
     command name (`hafailover status -c FILE` as well as `hafailover -c FILE status`)."""
 
-    # Commands that neither read this host's configuration nor talk to the daemon.
-    STANDALONE = frozenset({"genkey", "import-keepalived"})
+    # What a command does not use: genkey and import-keepalived read no configuration of this
+    # host and talk to no daemon; run and release-vips talk to no daemon.
+    UNUSED = {
+        "genkey": ("config", "socket"),
+        "import-keepalived": ("config", "socket"),
+        "run": ("socket",),
+        "release-vips": ("socket",),
+    }
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         taken = {opt for p in cmd.params for opt in p.opts} | {p.name for p in cmd.params}
-        if (name or cmd.name) in self.STANDALONE:
-            taken.update(("config", "socket"))
+        taken.update(self.UNUSED.get(name or cmd.name or "", ()))
         for option in _shared_options():
             if option.name not in taken and not taken.intersection(option.opts):
                 cmd.params.append(option)

@@ -122,6 +122,14 @@ def test_standalone_commands_do_not_take_the_options(runner: CliRunner, command:
     assert "-c, --config FILE" not in result.output
 
 
+@pytest.mark.parametrize("command", ["run", "release-vips"])
+def test_commands_that_talk_to_no_daemon_take_no_socket(runner: CliRunner, command: str) -> None:
+    result = runner.invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--socket" not in result.output
+    assert "-c, --config FILE" in result.output
+
+
 def test_check_config_places_a_missing_group_interface_on_its_line(
     runner: CliRunner, tmp_path: Path
 ) -> None:
