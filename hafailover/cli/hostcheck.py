@@ -35,6 +35,9 @@ def load_and_report(path: Path, report: Report) -> LoadedConfig | None:
         f"{loaded.file}: cluster {c.cluster.name}, {len(c.nodes)} nodes, {len(c.all_vips)} VIPs, "
         f"{len(c.checks)} checks, {len(c.groups)} group{'s' if len(c.groups) > 1 else ''}"
     )
+    fp = c.fingerprint()
+    sections = ", ".join(f"{k} {v}" for k, v in fp.items())
+    report.ok(f"cluster-wide fingerprint {fp.digest}, must be the same on every node ({sections})")
     for warning in loaded.warnings:
         report.warn(str(warning))
     return loaded

@@ -163,3 +163,19 @@ def test_check_config_places_a_missing_group_interface_on_its_line(
     # lo carries no 10.213.251.0/24 address: each group's VIP is placed on its own line.
     assert any(f"{path}:6: groups[0].vips[0].address: 10.213.251.1/24 on lo" in x for x in lines)
     assert any(f"{path}:9: groups[1].vips[0].address: 10.213.251.2/24 on lo" in x for x in lines)
+
+
+def test_check_config_prints_the_fingerprint_to_compare_across_nodes(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    from hafailover.config import load_config
+
+    path = config_for(tmp_path, "a")
+    fp = load_config(path).config.fingerprint()
+    result = runner.invoke(cli, ["check-config", "-c", str(path), "--no-host"])
+    assert result.exit_code == 0, result.output
+    sections = ", ".join(f"{k} {v}" for k, v in fp.items())
+    assert (
+        f"OK    cluster-wide fingerprint {fp.digest}, must be the same on every node ({sections})"
+        in result.stdout.splitlines()
+    )
