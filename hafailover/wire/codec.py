@@ -98,7 +98,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hafailover.core.groups import DEFAULT_GROUP
-from hafailover.core.messages import MESSAGE_TYPES, Message
+from hafailover.core.messages import MESSAGE_TYPES, Message, PeerSummary
 from hafailover.wire.keys import MIN_KEY_BYTES
 from hafailover.wire.payload import (
     MAX_STR,
@@ -234,6 +234,7 @@ class Codec:
         self._guards = {name: ReplayGuard(max_age) for name in self._senders.values()}
         self._groups: frozenset[str] = frozenset()
         self._group_tags: dict[str, bytes] = {}
+        self._group_names: dict[bytes, str] = {}
         self.set_groups(groups)
         self._fingerprint = b"\x00"
         self.set_fingerprint(fingerprint or {})
@@ -259,6 +260,7 @@ class Codec:
         tags = {g: _group_tag(g) for g in names}
         self._groups = frozenset(names)
         self._group_tags = tags
+        self._group_names = {tag[1:]: g for g, tag in tags.items()}
 
     def set_fingerprint(self, fingerprint: Mapping[str, bytes]) -> None:
         """The configuration fingerprint (section -> digest) sent in every packet from now on.
@@ -284,12 +286,13 @@ class Codec:
             raise EncodeError("timestamp_ms must not be negative")
         names = collect_names([m for _, m in items])
         head = self._fingerprint + encode_names(names)
+        memo: dict[object, bytes] = {}
         overhead = len(self._prefix) + _COUNTERS.size + len(head) + MAC_SIZE
         room = MAX_PACKET - overhead
         chunks: list[list[bytes]] = [[]]
         used = 0
         for group, message in items:
-            encoded = self._item(group, message, names)
+            encoded = self._item(group, message, names, memo)
             if len(encoded) > room:
                 raise EncodeError(
                     f"{type(message).__name__} for group {group!r} would make a "
@@ -323,14 +326,16 @@ class Codec:
         """One packet carrying one message (a batch of one)."""
         return self.encode_batch([(group, message)], timestamp_ms, to=to)[0]
 
-    def _item(self, group: str, message: Message, names: Mapping[str, int]) -> bytes:
+    def _item(
+        self, group: str, message: Message, names: Mapping[str, int], memo: dict[object, bytes]
+    ) -> bytes:
         tag = self._group_tags.get(group)
         if tag is None:
             raise EncodeError(f"group {group!r} is not one of this node's groups")
         kind = MESSAGE_TYPES.get(type(message))
         if kind is None:
             raise EncodeError(f"not a protocol message: {type(message).__name__}")
-        payload = encode_payload(message, names)
+        payload = encode_payload(message, names, memo)
         return b"".join((tag, bytes((kind,)), uvarint(len(payload), "length"), payload))
 
     def decode(self, data: bytes | bytearray | memoryview) -> Decoded | Dropped:
@@ -403,21 +408,37 @@ class Codec:
         names = decode_names(r)
         items: list[Item] = []
         unknown: list[str] = []
-        body_end = r.end
-        while r.pos < body_end:
-            group = r.text(nonempty=True)
-            kind = r.u8()
-            length = r.uvarint()
-            end = r.pos + length
+        memo: dict[bytes, tuple[PeerSummary, ...]] = {}
+        data, body_end, known = r.data, r.end, self._group_names
+        pos = r.pos
+        while pos < body_end:
+            # Group str, type u8, length varint: read in place (one item per group and peer
+            # and round makes this the hottest loop of the decoder).
+            n = data[pos]
+            tag_end = pos + 1 + n
+            if n == 0 or n > MAX_NAME or tag_end + 2 > body_end:
+                raise Malformed("bad item header")
+            raw = data[pos + 1 : tag_end]
+            kind = data[tag_end]
+            length = data[tag_end + 1]
+            pos = tag_end + 2
+            if length >= 0x80:
+                r.pos = tag_end + 1
+                length = r.uvarint()
+                pos = r.pos
+            end = pos + length
             if end > body_end:
                 raise Malformed("item runs past the body")
-            if group in self._groups:
-                r.end = end
-                items.append((group, decode_payload(kind, r, names)))
-                r.end = body_end
+            group = known.get(raw)
+            if group is None:
+                try:
+                    unknown.append(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise Malformed("group name is not UTF-8") from e
             else:
-                unknown.append(group)
-                r.pos = end
+                r.pos, r.end = pos, end
+                items.append((group, decode_payload(kind, r, names, memo)))
+            pos = end
         return fingerprint, tuple(items), tuple(unknown)
 
 

@@ -90,6 +90,10 @@ def _flags(*bits: bool) -> bytes:
     return _SMALL[value]
 
 
+def _flags3(a: bool, b: bool, c: bool) -> bytes:
+    return _SMALL[(1 if a else 0) | (2 if b else 0) | (4 if c else 0)]
+
+
 def _ms(value: float, what: str) -> bytes:
     if not math.isfinite(value) or value < 0:
         raise EncodeError(f"{what} must be a finite, non-negative number of seconds")
@@ -99,21 +103,35 @@ def _ms(value: float, what: str) -> bytes:
     return uvarint(ms, what)
 
 
-def encode_payload(m: Message, names: Mapping[str, int]) -> bytes:
+def encode_peers(peers: Sequence[PeerSummary], names: Mapping[str, int]) -> bytes:
+    """A heartbeat's peer list: count, then per peer its name index and flags."""
+    if len(peers) > MAX_PEERS:
+        raise EncodeError(f"{len(peers)} peers in a heartbeat, at most {MAX_PEERS}")
+    parts = [_SMALL[len(peers)]]
+    for p in peers:
+        parts.append(_SMALL[names[p.name]])
+        parts.append(_flags3(p.healthy, p.maintenance, p.reachable))
+    return b"".join(parts)
+
+
+def encode_payload(
+    m: Message, names: Mapping[str, int], peers_memo: dict[object, bytes] | None = None
+) -> bytes:
     """The payload of one message. `names` maps every peer name a heartbeat mentions to its
-    index in the packet's name table (see `collect_names`)."""
+    index in the packet's name table (see `collect_names`). `peers_memo` may cache encoded peer
+    lists within one batch: the groups a node leads usually report the very same peers."""
     term = uvarint(m.term, "term")
     match m:
         case Heartbeat():
-            if len(m.peers) > MAX_PEERS:
-                raise EncodeError(f"{len(m.peers)} peers in a heartbeat, at most {MAX_PEERS}")
-            parts = [term, uvarint(m.round, "round"), _SMALL[len(m.peers)]]
-            for p in m.peers:
-                parts.append(_SMALL[names[p.name]])
-                parts.append(_flags(p.healthy, p.maintenance, p.reachable))
-            return b"".join(parts)
+            if peers_memo is None:
+                peers = encode_peers(m.peers, names)
+            else:
+                peers = peers_memo.get(m.peers, b"")
+                if not peers:
+                    peers = peers_memo[m.peers] = encode_peers(m.peers, names)
+            return term + uvarint(m.round, "round") + peers
         case HeartbeatAck():
-            return term + uvarint(m.round, "round") + _flags(m.success, m.healthy, m.maintenance)
+            return term + uvarint(m.round, "round") + _flags3(m.success, m.healthy, m.maintenance)
         case VoteRequest():
             return (
                 term
@@ -203,22 +221,33 @@ class Reader:
         return self.data[at]
 
     def uvarint(self) -> int:
-        b = self.u8()
-        if b < 0x80:
-            return b
-        value, shift = b & 0x7F, 7
+        at = self.pos
+        if at < self.end:
+            b = self.data[at]
+            if b < 0x80:  # the common case: one byte
+                self.pos = at + 1
+                return b
+        return self._long_uvarint()
+
+    def _long_uvarint(self) -> int:
+        data, at, end = self.data, self.pos, self.end
+        value = shift = 0
         while True:
-            b = self.u8()
+            if at >= end:
+                raise Malformed("truncated")
+            b = data[at]
+            at += 1
             value |= (b & 0x7F) << shift
             if b < 0x80:
-                if b == 0:
-                    raise Malformed("varint not in its shortest form")
                 break
             shift += 7
             if shift > 63:
                 raise Malformed("varint longer than a u64")
+        if b == 0:
+            raise Malformed("varint not in its shortest form")
         if value > _U64_MAX:
             raise Malformed("varint larger than a u64")
+        self.pos = at
         return value
 
     def flags(self, count: int) -> int:
@@ -276,45 +305,79 @@ def decode_names(r: Reader) -> tuple[str, ...]:
     return names
 
 
-def decode_payload(kind: int, r: Reader, names: Sequence[str]) -> Message:
-    """Parse one whole payload of message type `kind`; raises `Malformed` on any mismatch."""
+def _decode_peers(r: Reader, names: Sequence[str]) -> tuple[PeerSummary, ...]:
+    count = r.u8()
+    if count > MAX_PEERS:
+        raise Malformed("too many peers")
+    peers = []
+    for _ in range(count):
+        index = r.u8()
+        if index >= len(names):
+            raise Malformed("peer name index outside the name table")
+        f = r.flags(3)
+        peers.append(PeerSummary(names[index], bool(f & 1), bool(f & 2), bool(f & 4)))
+    return tuple(peers)
+
+
+_B = (False, True)
+# Plain ints: comparing with an IntEnum member costs a method call per comparison.
+_HEARTBEAT = int(MessageType.HEARTBEAT)
+_HEARTBEAT_ACK = int(MessageType.HEARTBEAT_ACK)
+_VOTE_REQUEST = int(MessageType.VOTE_REQUEST)
+_VOTE_RESPONSE = int(MessageType.VOTE_RESPONSE)
+_TIMEOUT_NOW = int(MessageType.TIMEOUT_NOW)
+_TRANSFER_REQUEST = int(MessageType.TRANSFER_REQUEST)
+_MAINTENANCE_REQUEST = int(MessageType.MAINTENANCE_REQUEST)
+_COMMAND_REPLY = int(MessageType.COMMAND_REPLY)
+
+
+def decode_payload(
+    kind: int,
+    r: Reader,
+    names: Sequence[str],
+    peers_memo: dict[bytes, tuple[PeerSummary, ...]] | None = None,
+) -> Message:
+    """Parse one whole payload of message type `kind`; raises `Malformed` on any mismatch.
+    `peers_memo` may cache decoded peer lists (keyed by their bytes) within one packet."""
     term = r.uvarint()
     message: Message
-    if kind == MessageType.HEARTBEAT:
+    if kind == _HEARTBEAT:
         round_ = r.uvarint()
-        count = r.u8()
-        if count > MAX_PEERS:
-            raise Malformed("too many peers")
-        peers = []
-        for _ in range(count):
-            index = r.u8()
-            if index >= len(names):
-                raise Malformed("peer name index outside the name table")
-            f = r.flags(3)
-            peers.append(PeerSummary(names[index], bool(f & 1), bool(f & 2), bool(f & 4)))
-        message = Heartbeat(term, round_, tuple(peers))
-    elif kind == MessageType.HEARTBEAT_ACK:
+        if peers_memo is None:
+            peers = _decode_peers(r, names)
+        else:
+            # The peer list is the rest of the payload: the same bytes mean the same peers
+            # (the name table is per packet), and PeerSummary is immutable, so share it.
+            raw = r.data[r.pos : r.end]
+            cached = peers_memo.get(raw)
+            if cached is None:
+                cached = peers_memo[raw] = _decode_peers(r, names)
+            else:
+                r.pos = r.end
+            peers = cached
+        message = Heartbeat(term, round_, peers)
+    elif kind == _HEARTBEAT_ACK:
         round_ = r.uvarint()
         f = r.flags(3)
-        message = HeartbeatAck(term, round_, bool(f & 1), bool(f & 2), bool(f & 4))
-    elif kind == MessageType.VOTE_REQUEST:
+        message = HeartbeatAck(term, round_, _B[f & 1], _B[f >> 1 & 1], _B[f >> 2])
+    elif kind == _VOTE_REQUEST:
         f = r.flags(3)
         message = VoteRequest(term, bool(f & 1), bool(f & 2), bool(f & 4), r.text())
-    elif kind == MessageType.VOTE_RESPONSE:
+    elif kind == _VOTE_RESPONSE:
         f = r.flags(4)
         ms = r.uvarint()
         if ms > _U32_MAX:
             raise Malformed("retry_after over a u32 of ms")
         message = VoteResponse(term, bool(f & 1), bool(f & 2), bool(f & 4), bool(f & 8), ms / 1000)
-    elif kind == MessageType.TIMEOUT_NOW:
+    elif kind == _TIMEOUT_NOW:
         message = TimeoutNow(term)
-    elif kind == MessageType.TRANSFER_REQUEST:
+    elif kind == _TRANSFER_REQUEST:
         rid = r.uvarint()
         message = TransferRequest(term, r.text(), rid)
-    elif kind == MessageType.MAINTENANCE_REQUEST:
+    elif kind == _MAINTENANCE_REQUEST:
         rid = r.uvarint()
         message = MaintenanceRequest(term, bool(r.flags(1)), rid)
-    elif kind == MessageType.COMMAND_REPLY:
+    elif kind == _COMMAND_REPLY:
         rid = r.uvarint()
         accepted = bool(r.flags(1))
         reason = _REASONS.get(r.text())
