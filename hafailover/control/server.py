@@ -49,7 +49,7 @@ from hafailover.control.protocol import (
     parse_request,
 )
 from hafailover.errors import LocalError
-from hafailover.runtime.logs import RateLimitedLogger, printable
+from hafailover.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ WRITE_TIMEOUT_S: Final = 2.0
 # Probing a socket file left over from an earlier daemon.
 STALE_PROBE_TIMEOUT_S: Final = 1.0
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+# What clients do wrong is logged at most once per client user (and once for evictions) in
+# this many seconds, for at most this many users: a looping client cannot flood the log.
+CLIENT_LOG_INTERVAL_S: Final = 60.0
+CLIENT_LOG_KEYS: Final = 256
 
 
 class ControlHandler(Protocol):
@@ -141,8 +145,7 @@ class ControlServer:
         # Connections holding a slot, oldest first (a dict keeps insertion order).
         self._slots: dict[_Connection, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # What clients do wrong is logged, but a client looping on it cannot flood the log.
-        self._client_log = RateLimitedLogger(log, burst=1, interval=60.0, max_keys=256)
+        self._client_logged: dict[str, float] = {}  # key -> when last logged
         self.evictions = 0
 
     @property
@@ -320,8 +323,9 @@ class ControlServer:
                 )
             )
             victim.writer.close()
-            self._client_log.info(
+            self._log_once(
                 "evict",
+                logging.INFO,
                 "control connection slots full: closed one idle for %.1fs to serve a new one",
                 time.monotonic() - victim.opened,
             )
@@ -358,13 +362,26 @@ class ControlServer:
             return  # logged where it is decided (refusals are the cluster's decisions)
         peer = _peer_credentials(writer)
         who = f"uid {peer.uid} (pid {peer.pid})" if peer is not None else "an unknown client"
-        self._client_log.warning(
-            f"client:{peer.uid if peer is not None else '?'}",
+        self._log_once(
+            f"uid:{peer.uid if peer is not None else '?'}",
+            logging.WARNING,
             "control request from %s answered %s: %s",
             who,
             error.code,
-            error.message,
+            printable(error.message),
         )
+
+    def _log_once(self, key: str, level: int, msg: str, *args: object) -> None:
+        """Log unless `key` was logged within CLIENT_LOG_INTERVAL_S."""
+        now = time.monotonic()
+        last = self._client_logged.pop(key, None)
+        if last is not None and now - last < CLIENT_LOG_INTERVAL_S:
+            self._client_logged[key] = last
+            return
+        while len(self._client_logged) >= CLIENT_LOG_KEYS:
+            del self._client_logged[next(iter(self._client_logged))]  # the longest ago
+        self._client_logged[key] = now
+        log.log(level, msg, *args)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
         buf = bytearray()
