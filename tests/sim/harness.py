@@ -114,7 +114,9 @@ class Simulator:
         network: NetworkModel | None = None,
         drift: bool = True,
         trace_len: int = 400,
+        start_at: dict[str, float] | None = None,
     ) -> None:
+        """`start_at`: when each named node's process first starts (default: all at 0)."""
         self.spec = spec
         self.seed = seed
         self.rng = random.Random(seed)
@@ -145,7 +147,11 @@ class Simulator:
         self.stuck_overlaps = 0
         self.exits = 0
         for sn in self.nodes.values():
-            self._boot(sn)
+            when = (start_at or {}).get(sn.name, 0.0)
+            if when <= 0:
+                self._boot(sn)
+            else:
+                self.at(when, "call", lambda sn=sn: self._boot(sn))
 
     # ------------------------------------------------------------------ node lifecycle
 

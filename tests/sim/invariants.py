@@ -40,7 +40,8 @@ class Invariants:
         self.checks = 0
         # Per node: (start time, real time its cold-start settle ends), taken at its start.
         self.settle_end: dict[str, tuple[float, float]] = {}
-        self.eligible_set: frozenset[str] = frozenset()
+        # (name, eligible, refuses votes) of every running node, and when that last changed.
+        self.eligible_set: frozenset[tuple[str, bool, bool]] = frozenset()
         self.eligible_changed = 0.0
         sim.observers.append(self.check)
 
@@ -132,7 +133,11 @@ class Invariants:
             return
         if self.holderless_since is None:
             self.holderless_since = sim.t
-        eligible = frozenset(n for n, sn in sim.nodes.items() if sn.running and _eligible(sim, sn))
+        eligible = frozenset(
+            (n, _eligible(sim, sn), sn.node.faults.refuses_votes)
+            for n, sn in sim.nodes.items()
+            if sn.running and sn.node is not None
+        )
         if eligible != self.eligible_set:
             # A back-off ending or a fault clearing makes a node eligible: measure from then.
             self.eligible_set, self.eligible_changed = eligible, sim.t
@@ -149,6 +154,9 @@ class Invariants:
         running = [sn for sn in nodes if sn.running]
         if len(running) < sim.spec.quorum or not any(_eligible(sim, sn) for sn in running):
             return
+        voters = [sn for sn in running if sn.node is not None and not sn.node.faults.refuses_votes]
+        if len(voters) < sim.spec.quorum:
+            return  # saves or releases failing on too many nodes: no vote can be cast
         sim.fail(
             f"no VIP holder for {sim.t - since:.3f}s (since the last disturbance or release) "
             "with a clean network and an eligible node in a majority"
