@@ -85,6 +85,10 @@ class ConfigError(LocalError):
         self.problems = tuple(kept)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[tuple[ConfigProblem, ...]]]:
+        # Survives pickling (a reader process hands it back) with its problems, not as text.
+        return (type(self), (self.problems,))
+
 
 class _LineIndex:
     """Key path -> 1-based line of its key (or list item); unknown paths fall back to a parent."""

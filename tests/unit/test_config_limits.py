@@ -4,6 +4,7 @@ error a `FILE:LINE: message` problem, in bounded time and memory."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -47,6 +48,17 @@ def load_problems(path: Path) -> tuple[list[str], float, int]:
 
 def test_config_error_is_this_hosts_fault() -> None:
     assert issubclass(ConfigError, LocalError)
+
+
+def test_config_error_and_loaded_config_survive_pickling() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + "log_level: loud\n", "t.yaml")
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert again.problems == caught.value.problems and str(again) == str(caught.value)
+    loaded = parse_config(BASE, "t.yaml")
+    copy = pickle.loads(pickle.dumps(loaded))
+    assert copy == loaded and copy.config.groups == loaded.config.groups
+    assert copy.line_of(("nodes", 0, "address")) == 4
 
 
 # --- size ------------------------------------------------------------------------------------
