@@ -563,7 +563,9 @@ class Config(_Section):
 def _no_such(what: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if len(name) < 100 else []
     hint = f"Did you mean {close[0]!r}? " if close else ""
-    listed = ", ".join(known) or "none"
+    listed = ", ".join(known[:10]) or "none"
+    if len(known) > 10:
+        listed += f", ... ({len(known)} in all)"
     return f"no {what} is named {excerpt(name)}. {hint}Known {what}s: {listed}"
 
 
