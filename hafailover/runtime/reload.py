@@ -84,11 +84,17 @@ async def load_config_off_loop(
     except OSError as e:
         raise ReloadError(f"cannot start the configuration reader: {e.strerror or e}") from e
     assert proc.stdout is not None and proc.stderr is not None
+    stdout, stderr = proc.stdout, proc.stderr
+
+    def too_large() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # no point in reading the rest
+
     try:
         async with asyncio.timeout(timeout):
-            out, err = await asyncio.gather(
-                _read_capped(proc.stdout, MAX_RESULT_BYTES, fail=True),
-                _read_capped(proc.stderr, MAX_STDERR_BYTES, fail=False),
+            (out, overflow), (err, _) = await asyncio.gather(
+                _read_capped(stdout, MAX_RESULT_BYTES, too_large),
+                _read_capped(stderr, MAX_STDERR_BYTES, lambda: None),
             )
             status = await proc.wait()
     except TimeoutError:
@@ -97,10 +103,13 @@ async def load_config_off_loop(
             "larger than it should be, or on a mount that hangs?"
         ) from None
     finally:
-        if proc.returncode is None:  # timed out, too large, or the daemon is stopping
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if proc.returncode is None:  # timed out, or the daemon is stopping
+            await _kill(proc, stdout, stderr)
+    if overflow:
+        raise ReloadError(
+            f"the parsed configuration is larger than {MAX_RESULT_BYTES // 1024} KiB (the "
+            "limit; a real one is a few KiB): is the file far larger than it should be?"
+        )
     if status != 0 or not out:
         raise ReloadError(_child_failure(path, status, err, memory, cpu_seconds))
     # Unpickled in a thread: bounded in size, but the loop need not wait for it either.
@@ -119,21 +128,40 @@ async def load_config_off_loop(
     raise ReloadError(f"configuration invalid:\n{text}")
 
 
-async def _read_capped(stream: asyncio.StreamReader, cap: int, *, fail: bool) -> bytes:
-    """Everything `stream` delivers up to `cap` bytes; beyond that ReloadError if `fail`, else
-    the rest is read and dropped (so that the child never blocks on a full pipe)."""
+async def _read_capped(
+    stream: asyncio.StreamReader, cap: int, overflow: Callable[[], None]
+) -> tuple[bytes, bool]:
+    """The first `cap` bytes `stream` delivers, and whether there were more; reads to the end
+    regardless (calling `overflow` once), because asyncio reports a child's exit only after its
+    pipes are closed and read: a pipe left full would make `wait()` hang."""
     data = bytearray()
+    over = False
     while chunk := await stream.read(65536):
-        if len(data) + len(chunk) > cap:
-            if fail:
-                raise ReloadError(
-                    f"the parsed configuration is larger than {cap // 1024} KiB (the limit; a "
-                    "real one is a few KiB): is the file far larger than it should be?"
-                )
-            data += chunk[: max(0, cap - len(data))]
-            continue
-        data += chunk
-    return bytes(data)
+        if not over and len(data) + len(chunk) > cap:
+            over = True
+            overflow()
+        if not over:
+            data += chunk
+    return bytes(data), over
+
+
+async def _kill(
+    proc: asyncio.subprocess.Process, *streams: asyncio.StreamReader
+) -> None:
+    """Kill the reader and reap it (its pipes read to the end: see `_read_capped`)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+    async def drain(stream: asyncio.StreamReader) -> None:
+        while await stream.read(65536):
+            pass
+
+    try:
+        async with asyncio.timeout(5.0):
+            await asyncio.gather(*(drain(s) for s in streams))
+            await proc.wait()
+    except TimeoutError:  # unkillable for now (D state): asyncio reaps it when it exits
+        log.warning("the configuration reader (pid %d) does not exit after SIGKILL", proc.pid)
 
 
 def _child_failure(
@@ -168,7 +196,7 @@ def child_main(args: list[str]) -> None:
     path, memory, cpu_seconds, parent = args[0], int(args[1]), float(args[2]), int(args[3])
     _die_with_parent(parent)
     with contextlib.suppress(OSError):
-        os.nice(10)  # the daemon, not its reader, gets the CPU when both want it
+        os.nice(5)  # the daemon, not its reader, gets the CPU when both want it
     # Set after the imports, so that they bound the parse only. The profiling timer counts
     # this process's CPU time; its SIGPROF (not handled) ends the process. RLIMIT_CPU (whole
     # seconds since the start) is a backstop: SIGXCPU, then SIGKILL.

@@ -269,7 +269,9 @@ def test_socket_permission_denied_exits_3_however_it_is_named(
 
 def test_reload_whose_parsed_result_is_oversized_is_refused(tmp_path: Path) -> None:
     path = _config(tmp_path, 2_000)  # ~110 KB of YAML, ~450 KB parsed: no real configuration
-    error, lag = asyncio.run(_with_lag(load_config_off_loop(path, cpu_seconds=30)))
+    # Bounded: before the reader drained its pipes, wait() could hang here for good.
+    reload = asyncio.wait_for(load_config_off_loop(path, cpu_seconds=30), 120)
+    error, lag = asyncio.run(_with_lag(reload))
     assert isinstance(error, ReloadError), error
     assert "the parsed configuration is larger than 256 KiB (the limit" in str(error)
     assert lag < 0.1
@@ -309,8 +311,12 @@ def test_reload_of_oversized_configs_on_the_leader_keeps_its_timing_and_its_vip(
             assert (len(text) < 1024 * 1024) == (what == "slow")
             offset = len(cluster.log(leader))
             t_reload = cluster.reload(leader)
-            line = wait_for(functools.partial(_refusal, cluster, leader, offset), 60.0,
-                            f"the {what} reload to be refused")
+            try:
+                line = wait_for(functools.partial(_refusal, cluster, leader, offset), 60.0,
+                                f"the {what} reload to be refused")
+            except AssertionError:
+                print(_log_since(cluster, leader, offset)[-3000:])
+                raise
             elapsed = time.monotonic() - t_reload
             print(f"{what} ({len(text)} bytes) refused after {elapsed:.1f}s: {line}")
             assert "(the limit" in line or "KiB limit for a configuration file" in line, line
