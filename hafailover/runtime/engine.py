@@ -338,7 +338,6 @@ class Engine:
                 # fails the same way is not news for the log or the event history.
                 if self.failing.get(e.effect) != e.detail:
                     log.error("%s", e.detail)
-                    self._record_failure(e.effect, e.detail)
                 else:
                     log.debug("still failing: %s", e.detail)
                 failed.append((e.effect, e.detail))
@@ -428,7 +427,6 @@ class Engine:
             detail = f"renewing the VIP failed: {e}"
             if self.failing.get(Effect.ACQUIRE) != detail:
                 log.error("%s", detail)
-                self._record_failure(Effect.ACQUIRE, detail)
             self.failing[Effect.ACQUIRE] = detail
             await self._step(EffectFailed(Effect.ACQUIRE, detail))
 
@@ -487,17 +485,6 @@ class Engine:
             f"{'healthy' if view.healthy else 'unhealthy'}"
             f"{', holds VIP' if view.holds_vip else ''}{failing}"
         )
-
-    def _record_failure(self, effect: Effect, detail: str) -> None:
-        """The event log says which effect failed and why, in one sentence."""
-        self._append({
-            "reason": FAILED_REASON[effect].value,
-            "effect": effect.value,
-            "term": self.node.term,
-            "role": self.node.role.value,
-            "leader": self.node.leader or None,
-            "message": f"{self.node.name}: {detail}",
-        })
 
     def _append(self, fields: dict[str, Any]) -> None:
         self._seq += 1
