@@ -1,9 +1,12 @@
 """Logging setup: native journal fields under systemd, a compact line format elsewhere.
 
 Under systemd with stderr connected to journald, records go through ``JournalHandler`` so that
-structured fields (ROLE, TERM, REASON, LEADER, NODE, ...) are queryable:
-``journalctl -u hafailover REASON=lease-expired``. Everywhere else (a terminal, the netns demo
-where three nodes share one screen, a log file) a compact stderr line carries the node name.
+structured fields are queryable. They carry the application's prefix (HAFAILOVER_REASON,
+HAFAILOVER_ROLE, HAFAILOVER_TERM, HAFAILOVER_LEADER, HAFAILOVER_NODE, HAFAILOVER_GROUP when a
+decision names a VIP group, HAFAILOVER_DETAIL_<KEY>), so they neither collide with other units'
+fields nor get lost among them: ``journalctl HAFAILOVER_REASON=lease-expired``. Everywhere else
+(a terminal, the netns demo where three nodes share one screen, a log file) a compact stderr
+line carries the node name.
 
 Decision messages carry every field in the text too, so nothing is lost in either format.
 """
@@ -33,6 +36,8 @@ __all__ = [
 ]
 
 JOURNAL_IDENTIFIER = "hafailover"
+# Prefix of every journal field this application adds.
+FIELD_PREFIX = "HAFAILOVER_"
 # Marks handlers installed here so setup_logging can be called again (tests, reload).
 _OURS = "_hafailover_handler"
 
@@ -87,7 +92,9 @@ def _journal_handler(node: str) -> logging.Handler | None:
         from systemd.journal import JournalHandler
     except ImportError:
         return None
-    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=JOURNAL_IDENTIFIER, NODE=node)
+    handler: logging.Handler = JournalHandler(
+        SYSLOG_IDENTIFIER=JOURNAL_IDENTIFIER, **{f"{FIELD_PREFIX}NODE": node}
+    )
     return handler
 
 
@@ -135,27 +142,35 @@ def log_decision(
     """Log a core Decision (or its dict form: reason, role, term, leader, detail).
 
     Message: ``lease-expired: role=follower term=7 leader=- missed_ms=1200``. Journal fields:
-    REASON, ROLE, TERM, LEADER, plus DETAIL_<KEY> for each detail entry.
+    HAFAILOVER_REASON, _ROLE, _TERM, _LEADER, _GROUP (if the decision names a group), plus
+    HAFAILOVER_DETAIL_<KEY> for each detail entry.
     """
     if isinstance(decision, Decision):
         reason, role, term, leader = decision.reason, decision.role, decision.term, decision.leader
         detail: Mapping[str, Any] = decision.detail
+        group = getattr(decision, "group", None)
     else:
         reason, role = decision.get("reason", ""), decision.get("role", "")
         term, leader = decision.get("term", 0), decision.get("leader", "")
         detail = decision.get("detail") or {}
+        group = decision.get("group")
+    p = FIELD_PREFIX
     fields: dict[str, Any] = {
-        "REASON": _plain(reason),
-        "ROLE": _plain(role),
-        "TERM": _plain(term),
-        "LEADER": _plain(leader),
+        f"{p}REASON": _plain(reason),
+        f"{p}ROLE": _plain(role),
+        f"{p}TERM": _plain(term),
+        f"{p}LEADER": _plain(leader),
     }
-    parts = [f"role={fields['ROLE']} term={fields['TERM']} leader={fields['LEADER'] or '-'}"]
+    parts = [f"role={fields[p + 'ROLE']} term={fields[p + 'TERM']} "
+             f"leader={fields[p + 'LEADER'] or '-'}"]
+    if group:
+        fields[f"{p}GROUP"] = _plain(group)
+        parts.insert(0, f"group={fields[p + 'GROUP']}")
     for key, value in detail.items():
-        fields[f"DETAIL_{_field_name(str(key))}"] = _plain(value)
+        fields[f"{p}DETAIL_{_field_name(str(key))}"] = _plain(value)
         parts.append(f"{key}={_plain(value)}")
     # Pre-formatted with no args: logging skips %-formatting, so a "%" in a value is harmless.
-    logger.log(level, f"{fields['REASON']}: {' '.join(parts)}", extra=fields)
+    logger.log(level, f"{fields[p + 'REASON']}: {' '.join(parts)}", extra=fields)
 
 
 class _Window:

@@ -68,9 +68,21 @@ def test_journal_handler_with_structured_fields(monkeypatch: pytest.MonkeyPatch)
     [(message, fields)] = sent
     assert "CODE_ARGS" not in fields
     assert message == "elected: role=leader term=7 leader=n1 votes=2"
-    assert fields["REASON"] == "elected" and fields["ROLE"] == "leader"
-    assert fields["TERM"] == 7 and fields["LEADER"] == "n1" and fields["DETAIL_VOTES"] == 2
-    assert fields["NODE"] == "n1" and fields["SYSLOG_IDENTIFIER"] == "hafailover"
+    # Every field of ours carries the application's prefix (journalctl HAFAILOVER_REASON=...).
+    assert fields["HAFAILOVER_REASON"] == "elected" and fields["HAFAILOVER_ROLE"] == "leader"
+    assert fields["HAFAILOVER_TERM"] == 7 and fields["HAFAILOVER_LEADER"] == "n1"
+    assert fields["HAFAILOVER_DETAIL_VOTES"] == 2
+    assert fields["HAFAILOVER_NODE"] == "n1" and fields["SYSLOG_IDENTIFIER"] == "hafailover"
+    assert "HAFAILOVER_GROUP" not in fields  # this decision names no group
+    # The unprefixed names of earlier versions are gone.
+    assert not {"REASON", "ROLE", "TERM", "LEADER", "NODE", "DETAIL_VOTES"} & set(fields)
+    sent.clear()
+    log_decision(logging.getLogger("hafailover.core"),
+                 {"reason": "elected", "role": "leader", "term": 8, "leader": "n1",
+                  "group": "web", "detail": {}})
+    [(message, fields)] = sent
+    assert fields["HAFAILOVER_GROUP"] == "web"
+    assert message == "elected: group=web role=leader term=8 leader=n1"
     assert logging.getLogger().level == logging.DEBUG
 
 
