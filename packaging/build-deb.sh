@@ -88,6 +88,11 @@ fi
 # Debug symbols of the compiled extensions are not shipped.
 find "$VENV" -name '*.so' -type f -exec strip --strip-unneeded --remove-section=.comment \
     --remove-section=.note {} +
+# Byte-code, shipped: the sandboxed daemon cannot write __pycache__ (ProtectSystem=strict) and
+# would otherwise compile every module at every start; compiling in postinst instead makes the
+# install several times slower. Paths in it are the installed ones; dpkg keeps the sources'
+# mtimes, which the byte-code is checked against.
+"$VENV/bin/python" -m compileall -q -j 0 -s "$STAGE" -p / "$VENV/lib" >/dev/null
 # Wheels install files 0664 on some pips and may leave odd modes: normalise.
 find "$VENV" -type d -exec chmod 0755 {} +
 find "$VENV" -type f -exec chmod go-w {} +
