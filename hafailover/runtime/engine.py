@@ -471,13 +471,16 @@ class Engine:
 
     def _record(self, d: Decision) -> None:
         log_decision(log, d)
-        self._append({
+        entry: dict[str, Any] = {
             "reason": d.reason.value,
             "term": d.term,
             "role": d.role.value,
             "leader": d.leader or None,
             "message": describe(self.node.name, d),
-        })
+        }
+        if isinstance(d.detail.get("detail"), str):
+            entry["detail"] = d.detail["detail"]  # e.g. the sentence of a failed effect
+        self._append(entry)
         view = self.node.view(self.clock())
         failing = "".join(f", {k.value} failing" for k in self.failing)
         self.ports.systemd.status(

@@ -158,6 +158,8 @@ def test_deleted_vip_interface_the_leader_hands_over_and_returns_when_it_is_back
         assert "renewing the VIP failed" in cluster.log(old) or \
             "adding the VIP failed" in cluster.log(old)
         assert not status["holds_vip"] and status["vip_holder"] == new
+        recorded = rig.wait_event(old, "acquire-failed", after=t_fault, timeout=3.0)
+        assert "vip0" in recorded.get("detail", ""), recorded
         rig.assert_no_dual(what="vip_interface_deleted")
 
         # The interface comes back: after the core's back-off the node is eligible again
