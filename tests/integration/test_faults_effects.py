@@ -219,6 +219,25 @@ def test_stop_hook_sleeping_on_a_lone_eligible_leader_never_retakes_the_vip() ->
         rig.assert_no_dual(what="stop_hook_recovered")
 
 
+@pytest.mark.netns
+def test_every_daemon_stopped_at_once_no_stopping_node_takes_the_vip() -> None:
+    with effects_cluster() as rig:
+        lab, cluster, old = rig.lab, rig.cluster, rig.first_holder
+        t_term = time.monotonic()
+        for n in [old, *others(rig, old)]:  # the leader first: its TimeoutNow goes out
+            lab.kill(cluster.procs[n], 15)
+        for n in rig.nodes:
+            assert cluster.procs[n].wait(10.0) == 0, cluster.log(n)[-2000:]
+        # The leader released; no follower, already stopping, took the VIP it was offered.
+        assert rig.first_change(old, present=False, after=t_term) is not None
+        taken = {n: rig.changes(n, present=True, after=t_term) for n in rig.nodes}
+        assert not any(taken.values()), (taken, rig.transitions())
+        assert cluster.holders() == []
+        for n in others(rig, old):
+            assert "lease-acquired" not in cluster.log(n), cluster.log(n)[-2000:]
+        rig.assert_no_dual(what="all_stopped")
+
+
 # ------------------------------------------------------------------------------ commands
 
 
