@@ -35,7 +35,8 @@ from hafailover.config import (
 )
 from hafailover.config.schema import CheckKind, Config, NodeConfig
 from hafailover.control.server import ControlServer, ControlServerError
-from hafailover.core.events import Stop
+from hafailover.core.events import Stop, VipConflict
+from hafailover.core.messages import Message
 from hafailover.core.node import Node
 from hafailover.errors import LocalError
 from hafailover.net.announce import ConflictWatcher, RawAnnouncer
@@ -194,9 +195,9 @@ class Daemon:
         notifier = Notifier(notify_hooks(config), config.notify.timeout)
         engine: Engine | None = None
 
-        def on_message(sender: str, message: object) -> None:
+        def on_message(sender: str, message: Message) -> None:
             if engine is not None:
-                engine.on_message(sender, message)  # type: ignore[arg-type]
+                engine.on_message(sender, message)
 
         try:
             transport = await UdpTransport.bind(
@@ -272,8 +273,6 @@ class Daemon:
         return 0
 
     def _conflict(self, engine: Engine | None, address: str) -> None:
-        from hafailover.core.events import VipConflict
-
         if engine is not None:
             engine.feed(VipConflict(address))
 
