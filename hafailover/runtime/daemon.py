@@ -316,7 +316,6 @@ class Daemon:
             "max_loop_lag": (old.cluster.max_loop_lag, new.cluster.max_loop_lag),
             "watchdog": (old.cluster.watchdog, new.cluster.watchdog),
             "vip_lifetime": (old.cluster.vip_lifetime, new.cluster.vip_lifetime),
-            "groups": (old.groups, new.groups),
         }
         changed = [name for name, (a, b) in fixed.items() if a != b]
         if changed:
