@@ -155,6 +155,7 @@ class Groups:
         self._first = next(iter(self._nodes))
         self._deadlines: dict[str, float] = dict.fromkeys(self._nodes, INF)
         self.unknown_group_messages = 0
+        self._touched: list[Node] = []  # the groups fed in this step
 
     # ------------------------------------------------------------------ public interface
 
@@ -171,6 +172,7 @@ class Groups:
         out: list[Tagged] = []
         for group, node in self._nodes.items():
             self._collect(group, node.start(now), out)
+        self._touched.clear()
         return out
 
     def handle(self, event: Event | ForGroup, now: float) -> list[Tagged]:
@@ -248,18 +250,19 @@ class Groups:
         self._collect(group, self._nodes[group].handle(event, now), out)
 
     def _collect(self, group: str, actions: list[Action], out: list[Tagged]) -> None:
+        node = self._nodes[group]
         out.extend(Tagged(group, a) for a in actions)
-        self._deadlines[group] = self._nodes[group].next_deadline()
+        self._deadlines[group] = node.next_deadline()
+        self._touched.append(node)
 
     def _sync_maintenance(self, now: float, out: list[Tagged]) -> None:
         """Apply a maintenance change made in one group (by the operator, or a peer's request)
         to every other group, so the flag is the node's, as configured and persisted."""
-        changed = next(
-            (n.maintenance for n in self._nodes.values() if n.maintenance != self.maintenance),
-            None,
-        )
-        if changed is None:
+        if all(n.maintenance == self.maintenance for n in self._touched):
+            self._touched.clear()
             return
+        self._touched.clear()
+        changed = not self.maintenance
         self.maintenance = changed
         for group, node in self._nodes.items():
             if node.maintenance != changed:

@@ -1,0 +1,484 @@
+"""The simulator for nodes running several VIP groups (`hafailover.core.groups.Groups`).
+
+Same model as `tests.sim.harness` (per-node drifting clocks, a lossy, delaying, duplicating,
+partitionable network, crashes, freezes), with what groups add:
+
+* every node runs one `Groups` multiplexer (one `Node` per group);
+* what one step sends one peer travels as one datagram: a list of (group, message) items that
+  is lost, delayed, duplicated or blocked as a whole, and delivered as one step
+  (`Groups.handle_many`), as the runtime does with a wire batch;
+* a `Persist` of any group saves the node's whole `GroupsState` (the coalescing rule);
+* each group is observed through a `GroupLens`, which shows the single-group `Invariants` of
+  `tests.sim.invariants` that group alone, so every invariant is checked per group with the
+  very code that checks a single-group cluster.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+from hafailover.core.actions import (
+    AcquireVip,
+    Action,
+    Decision,
+    Persist,
+    ReleaseVip,
+    Send,
+)
+from hafailover.core.events import Event, HealthChanged, MessageReceived, Stop, TimerFired
+from hafailover.core.groups import ForGroup, Groups, GroupsState, Tagged
+from hafailover.core.messages import Message
+from hafailover.core.node import Node
+from hafailover.core.spec import ClusterSpec
+from tests.sim.harness import NetworkModel, SimulationError, Simulator
+from tests.sim.invariants import Invariants
+
+Batch = list[tuple[str, Message]]
+INF = float("inf")
+
+
+@dataclass
+class GroupSimNode:
+    name: str
+    rate: float
+    offset: float
+    rng: random.Random
+    groups: Groups | None = None
+    persisted: GroupsState = field(default_factory=GroupsState)
+    frozen: bool = False
+    holds: dict[str, bool] = field(default_factory=dict)
+    healthy: dict[str, bool] = field(default_factory=dict)
+    token: int = 0
+    scheduled: float = INF
+    inbox: list[list[Event | ForGroup]] = field(default_factory=list)
+    started_at: float = 0.0
+    # This process got `Stop` (cleared by a restart).
+    stopped: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.groups is not None and not self.frozen
+
+    def local(self, t: float) -> float:
+        return self.offset + self.rate * t
+
+    def real(self, local: float) -> float:
+        return (local - self.offset) / self.rate
+
+
+class GroupSim:
+    def __init__(
+        self,
+        specs: Mapping[str, ClusterSpec],
+        seed: int,
+        network: NetworkModel | None = None,
+        drift: bool = True,
+        trace_len: int = 400,
+        boot_at: Mapping[str, float] | None = None,
+    ) -> None:
+        self.specs = dict(specs)
+        first = next(iter(self.specs.values()))
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.net = network or NetworkModel()
+        self.t = 0.0
+        self._queue: list[tuple[float, int, str, tuple[object, ...]]] = []
+        self._seq = itertools.count()
+        self.trace: deque[str] = deque(maxlen=trace_len)
+        self.description = ""
+        self.last_disturbance = 0.0
+        self.decisions: list[tuple[float, str, str, Decision]] = []
+        self.vip_log: list[tuple[float, str, str, bool]] = []
+        # (time, src, dst, items): every datagram handed to the network.
+        self.datagrams: list[tuple[float, str, str, int]] = []
+        rho = first.timings.clock_drift if drift else 0.0
+        self.nodes: dict[str, GroupSimNode] = {}
+        for n in first.nodes:
+            self.nodes[n.name] = GroupSimNode(
+                name=n.name,
+                rate=1.0 + self.rng.uniform(-rho, rho) * 0.999,
+                offset=self.rng.uniform(0, 1000) if drift else 0.0,
+                rng=random.Random(self.rng.getrandbits(64)),
+                healthy=dict.fromkeys(self.specs, True),
+            )
+        self.lenses = {g: GroupLens(self, g) for g in self.specs}
+        self.invariants: dict[str, GroupInvariants] = {}
+        for group, lens in self.lenses.items():
+            shared = next(iter(self.invariants.values()), None)
+            self.invariants[group] = GroupInvariants(lens, shared)
+        for name, sn in self.nodes.items():
+            delay = (boot_at or {}).get(name, 0.0)
+            if delay <= 0:
+                self._boot(sn)
+            else:
+                self.at(delay, "call", lambda sn=sn: self._boot(sn))
+
+    # ------------------------------------------------------------------ node lifecycle
+
+    def _boot(self, sn: GroupSimNode) -> None:
+        sn.groups = Groups(self.specs, sn.name, sn.rng, sn.persisted, healthy=dict(sn.healthy))
+        sn.holds = dict.fromkeys(self.specs, False)
+        sn.started_at = self.t
+        sn.inbox = []
+        sn.stopped = False
+        self._relens(sn)
+        self._log(f"BOOT {sn.name}")
+        self._run(sn, sn.groups.start(sn.local(self.t)), "start")
+
+    def crash(self, name: str) -> None:
+        sn = self.nodes[name]
+        if sn.groups is None:
+            return
+        self._log(f"CRASH {name}")
+        self.disturb()
+        sn.groups = None
+        self._relens(sn)
+        sn.frozen = False
+        sn.inbox = []
+        sn.token += 1
+        sn.scheduled = INF
+        for g, held in sn.holds.items():
+            if held:
+                self.vip_log.append((self.t, name, g, False))
+        sn.holds = dict.fromkeys(self.specs, False)
+        self._observe(name, [])
+
+    def _relens(self, sn: GroupSimNode) -> None:
+        for g, lens in self.lenses.items():
+            lens.nodes[sn.name].node = sn.groups.node(g) if sn.groups is not None else None
+
+    def restart(self, name: str) -> None:
+        sn = self.nodes[name]
+        if sn.groups is not None:
+            return
+        self._log(f"RESTART {name} with {sn.persisted}")
+        self.disturb()
+        self._boot(sn)
+
+    def freeze(self, name: str) -> None:
+        sn = self.nodes[name]
+        if sn.groups is None or sn.frozen:
+            return
+        self._log(f"FREEZE {name}")
+        self.disturb()
+        sn.frozen = True
+        self._observe(name, [])
+
+    def resume(self, name: str) -> None:
+        sn = self.nodes[name]
+        if sn.groups is None or not sn.frozen:
+            return
+        self._log(f"RESUME {name}")
+        self.disturb()
+        sn.frozen = False
+        now = sn.local(self.t)
+        expired = [
+            g for g, held in sn.holds.items() if held and now >= sn.groups.node(g).lease_until
+        ]
+        actions = sn.groups.handle(TimerFired(), now)
+        for g in expired:
+            first = next((t.action for t in actions if t.group == g), None)
+            if not isinstance(first, ReleaseVip):
+                self.fail(
+                    f"{name} resumed with group {g}'s lease expired but did not release first"
+                )
+        self._run(sn, actions, "resume")
+        pending, sn.inbox = sn.inbox, []
+        for batch in pending:
+            if sn.running and sn.groups is not None:
+                self._run(sn, sn.groups.handle_many(batch, sn.local(self.t)), "queued")
+
+    def stop(self, name: str) -> None:
+        """The daemon's graceful stop: `Stop` now (every group); the caller ends the process
+        (`crash`) later."""
+        sn = self.nodes[name]
+        if sn.groups is None or sn.frozen:
+            return
+        sn.stopped = True
+        self.inject(name, Stop())
+
+    def inject(self, name: str, event: Event | ForGroup) -> list[Tagged]:
+        sn = self.nodes[name]
+        if sn.groups is None:
+            return []
+        self.disturb()
+        if sn.frozen:
+            sn.inbox.append([event])
+            return []
+        self._log(f"INJECT {name} {event}")
+        actions = sn.groups.handle(event, sn.local(self.t))
+        self._run(sn, actions, type(event).__name__)
+        return actions
+
+    def set_health(self, name: str, group: str, healthy: bool) -> None:
+        self.nodes[name].healthy[group] = healthy
+        self.inject(name, ForGroup(group, HealthChanged(healthy, "sim")))
+
+    def disturb(self) -> None:
+        self.last_disturbance = self.t
+
+    def block(self, src: str, dst: str, both: bool = True) -> None:
+        self.net.blocked.add((src, dst))
+        if both:
+            self.net.blocked.add((dst, src))
+        self._log(f"BLOCK {src}{'<' if both else ''}->{dst}")
+        self.disturb()
+
+    def heal(self) -> None:
+        self.net.blocked.clear()
+        self.net.link_loss.clear()
+        self.net.loss = 0.0
+        self._log("HEAL")
+        self.disturb()
+
+    # ------------------------------------------------------------------ event loop
+
+    def at(self, t: float, kind: str, *args: object) -> None:
+        heapq.heappush(self._queue, (t, next(self._seq), kind, args))
+
+    def run_until(self, t_end: float) -> None:
+        while self._queue and self._queue[0][0] <= t_end:
+            t, _, kind, args = heapq.heappop(self._queue)
+            self.t = max(self.t, t)
+            self._dispatch(kind, args)
+        self.t = max(self.t, t_end)
+        for name in self.nodes:
+            self._observe(name, [])
+
+    def _dispatch(self, kind: str, args: tuple[object, ...]) -> None:
+        if kind == "timer":
+            name, token = args
+            sn = self.nodes[str(name)]
+            if token != sn.token or sn.groups is None:
+                return
+            sn.scheduled = INF
+            if sn.frozen:
+                return  # resume() fires the timer
+            deadline = sn.groups.next_deadline()
+            local = sn.local(self.t)
+            now = max(local, deadline) if deadline - local < 1e-9 else local
+            self._run(sn, sn.groups.handle(TimerFired(), now), "timer")
+            if sn.groups is not None and sn.groups.next_deadline() <= now:
+                self.fail(f"{sn.name}: timer fired at {now} but next_deadline() did not advance")
+        elif kind == "deliver":
+            sender, dest, batch, incarnation = args
+            sn = self.nodes[str(dest)]
+            if sn.groups is None or incarnation != sn.started_at:
+                return
+            events: list[Event | ForGroup] = [
+                ForGroup(g, MessageReceived(str(sender), m)) for g, m in cast(Batch, batch)
+            ]
+            if sn.frozen:
+                sn.inbox.append(events)
+                return
+            self._run(sn, sn.groups.handle_many(events, sn.local(self.t)), f"recv from {sender}")
+        elif kind == "call":
+            fn = args[0]
+            assert callable(fn)
+            fn()
+        else:
+            raise ValueError(kind)
+
+    def _run(self, sn: GroupSimNode, actions: list[Tagged], cause: str) -> None:
+        outbox: dict[str, Batch] = {}
+        per_group: dict[str, list[Action]] = {}
+        for tagged in actions:
+            g, a = tagged.group, tagged.action
+            per_group.setdefault(g, []).append(a)
+            match a:
+                case Send(to=to, message=message):
+                    outbox.setdefault(to, []).append((g, message))
+                case Persist():
+                    assert sn.groups is not None
+                    sn.persisted = sn.groups.persistent_state()
+                case AcquireVip():
+                    sn.holds[g] = True
+                    self.vip_log.append((self.t, sn.name, g, True))
+                case ReleaseVip():
+                    if sn.holds.get(g):
+                        self.vip_log.append((self.t, sn.name, g, False))
+                    sn.holds[g] = False
+                case Decision():
+                    self.decisions.append((self.t, sn.name, g, a))
+                case _:
+                    pass
+        # Sends leave at the end of the step, one datagram per peer.
+        for to, batch in outbox.items():
+            self._transmit(sn.name, to, batch)
+        if actions:
+            self._log(f"{sn.name} [{cause}] -> {_short(actions)}")
+        self._reschedule(sn)
+        self._observe(sn.name, actions)
+
+    def _transmit(self, src: str, dst: str, batch: Batch) -> None:
+        net = self.net
+        self.datagrams.append((self.t, src, dst, len(batch)))
+        if (src, dst) in net.blocked:
+            return
+        copies = 2 if net.duplicate and self.rng.random() < net.duplicate else 1
+        loss = max(net.loss, net.link_loss.get((src, dst), 0.0))
+        dest = self.nodes[dst]
+        for _ in range(copies):
+            if loss and self.rng.random() < loss:
+                continue
+            latency = net.delay + self.rng.uniform(0, net.jitter)
+            self.at(self.t + latency, "deliver", src, dst, batch, dest.started_at)
+
+    def _reschedule(self, sn: GroupSimNode) -> None:
+        if sn.groups is None:
+            return
+        deadline = sn.groups.next_deadline()
+        if deadline == INF:
+            return
+        when = max(self.t, sn.real(deadline))
+        if when < sn.scheduled - 1e-12 or sn.scheduled == INF:
+            sn.token += 1
+            sn.scheduled = when
+            self.at(when, "timer", sn.name, sn.token)
+
+    # ------------------------------------------------------------------ observation
+
+    def _observe(self, name: str, actions: list[Tagged]) -> None:
+        for g, lens in self.lenses.items():
+            mine = [t.action for t in actions if t.group == g]
+            for obs in lens.observers:
+                obs(cast(Simulator, lens), name, mine)
+
+    def _log(self, line: str) -> None:
+        self.trace.append(f"{self.t:10.4f} {line}")
+
+    def holders(self, group: str) -> list[str]:
+        return [n for n, sn in self.nodes.items() if sn.running and sn.holds.get(group)]
+
+    def leaders(self, group: str) -> list[str]:
+        return [
+            n
+            for n, sn in self.nodes.items()
+            if sn.groups is not None and sn.groups.node(group).role.value == "leader"
+        ]
+
+    def elected(self, group: str) -> list[tuple[float, str, int]]:
+        return [
+            (t, n, d.term)
+            for t, n, g, d in self.decisions
+            if g == group and d.reason.value == "elected"
+        ]
+
+    def fail(self, message: str) -> None:
+        trace = "\n".join(self.trace)
+        raise SimulationError(
+            f"{message}\n  seed={self.seed} at t={self.t:.4f}s\n  scenario: {self.description}\n"
+            f"  replay: .venv/bin/python -m tests.sim.test_groups {self.seed}\n"
+            f"--- last events ---\n{trace}"
+        )
+
+
+# ---------------------------------------------------------------------- one group's view
+
+
+class GroupInvariants(Invariants):
+    """The single-group invariants, for one group. Which nodes can reach a majority is the
+    same for every group (one membership, one network), so the first group's checker works it
+    out at each step and the others share its table instead of recomputing it."""
+
+    def __init__(self, lens: GroupLens, first: GroupInvariants | None) -> None:
+        super().__init__(cast(Simulator, lens))
+        self._first = first
+        if first is not None:
+            self.last_majority = first.last_majority
+
+    def _track_majority(self, sim: Simulator) -> None:
+        if self._first is None:
+            super()._track_majority(sim)
+
+
+class LensNode:
+    """One node as seen by the invariants of one group (the `SimNode` interface they use)."""
+
+    def __init__(self, sn: GroupSimNode, group: str) -> None:
+        self._sn = sn
+        self._group = group
+        self.name = sn.name
+        # Set by the harness at every boot and crash (read very often by the invariants).
+        self.node: Node | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._sn.running
+
+    @property
+    def frozen(self) -> bool:
+        return self._sn.frozen
+
+    @property
+    def started_at(self) -> float:
+        return self._sn.started_at
+
+    @property
+    def stopped(self) -> bool:
+        return self._sn.stopped
+
+    @property
+    def stuck_since(self) -> float | None:
+        return None  # effects never fail here (tests/sim/harness.py covers them per node)
+
+    @property
+    def holds_vip(self) -> bool:
+        return self._sn.holds.get(self._group, False)
+
+    @property
+    def healthy(self) -> bool:
+        return self._sn.healthy[self._group]
+
+    def real(self, local: float) -> float:
+        return self._sn.real(local)
+
+
+class GroupLens:
+    """One group's election, shown to `Invariants` as if it were a single-group `Simulator`."""
+
+    def __init__(self, sim: GroupSim, group: str) -> None:
+        self._sim = sim
+        self.group = group
+        self.spec = sim.specs[group]
+        self.nodes = {n: LensNode(sn, group) for n, sn in sim.nodes.items()}
+        self.net = sim.net  # the same object for the whole run (changed in place)
+        self.observers: list[Callable[[Simulator, str, list[Action]], None]] = []
+
+    @property
+    def seed(self) -> int:
+        return self._sim.seed
+
+    @property
+    def t(self) -> float:
+        return self._sim.t
+
+    @property
+    def last_disturbance(self) -> float:
+        return self._sim.last_disturbance
+
+    def holders(self) -> list[str]:
+        return self._sim.holders(self.group)
+
+    def fail(self, message: str) -> None:
+        self._sim.fail(f"group {self.group}: {message}")
+
+
+def _short(actions: list[Tagged]) -> str:
+    parts = []
+    for t in actions:
+        a = t.action
+        if isinstance(a, Send):
+            m = a.message
+            parts.append(f"{t.group}:send {type(m).__name__}(t{m.term})->{a.to}")
+        elif isinstance(a, Decision):
+            parts.append(f"{t.group}:decide {a.reason.value} term={a.term}")
+        else:
+            parts.append(f"{t.group}:{type(a).__name__}")
+    return "; ".join(parts)

@@ -1,0 +1,469 @@
+"""VIP groups in the simulator: random groups per seed, every invariant checked per group.
+
+CI runs HAFAILOVER_GROUP_SEEDS seeds (default 100; a seed costs ~0.3 s of CPU). Replay one
+seed with its full trace:
+    .venv/bin/python -m tests.sim.test_groups 1234
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from hafailover.core.actions import CommandResult, Persist, Send
+from hafailover.core.events import (
+    Effect,
+    EffectFailed,
+    EffectSucceeded,
+    HealthChanged,
+    MessageReceived,
+    SetMaintenance,
+    Stop,
+    Switchover,
+    TimerFired,
+)
+from hafailover.core.groups import (
+    ForGroup,
+    Groups,
+    GroupsState,
+    GroupVote,
+    Tagged,
+)
+from hafailover.core.messages import Heartbeat, MaintenanceRequest
+from hafailover.core.reasons import Reason, Role
+from hafailover.core.spec import ClusterSpec, NodeSpec, SpecError, Timings
+from tests.sim.group_harness import GroupSim
+from tests.sim.harness import NetworkModel, SimulationError
+
+SEEDS = int(os.environ.get("HAFAILOVER_GROUP_SEEDS", "100"))
+FIRST = int(os.environ.get("HAFAILOVER_FIRST_SEED", "0"))
+DEFAULT = Timings()
+FAST = Timings(heartbeat_interval=0.05, failover_timeout=0.3, lease_guard=0.025)
+
+
+# ---------------------------------------------------------------------- random groups
+
+
+def random_groups(rng: random.Random) -> dict[str, ClusterSpec]:
+    """1-5 groups over one membership; each group its own priorities, preempt and delay."""
+    shape = rng.choice(["3", "3", "3", "5", "2+witness", "4", "1"])
+    if shape == "2+witness":
+        members = [("node1", False), ("node2", False), ("witness", True)]
+    else:
+        members = [(f"node{i + 1}", False) for i in range(int(shape))]
+    base = rng.choice([DEFAULT, DEFAULT, FAST])
+    specs = {}
+    for g in range(rng.randint(1, 5)):
+        priorities = [0 if w else rng.choice([50, 100, 150, 200, 250]) for _, w in members]
+        preempt = rng.random() < 0.4
+        timings = Timings(
+            base.heartbeat_interval,
+            base.failover_timeout,
+            base.clock_drift,
+            base.lease_guard,
+            preempt_delay=rng.uniform(0.5, 3.0),
+        )
+        nodes = tuple(NodeSpec(n, p, w) for (n, w), p in zip(members, priorities, strict=True))
+        specs[f"g{g}"] = ClusterSpec(nodes, timings, preempt)
+    return specs
+
+
+def run_group_seed(seed: int, duration: float = 20.0, trace_len: int = 400) -> GroupSim:
+    """One seed to the end; raises SimulationError with a replayable trace on violation."""
+    rng = random.Random(seed)
+    specs = random_groups(rng)
+    network = NetworkModel(
+        delay=rng.uniform(0.0002, 0.003),
+        jitter=rng.uniform(0.0, 0.01),
+        loss=rng.choice([0.0, 0.0, 0.0, 0.02, 0.1]),
+        duplicate=rng.choice([0.0, 0.0, 0.02, 0.1]),
+    )
+    sim = GroupSim(specs, seed, network, trace_len=trace_len)
+    names = list(sim.nodes)
+    groups = list(specs)
+    log = [
+        f"{len(groups)} groups "
+        + ", ".join(
+            f"{g}{[n.priority for n in s.nodes]}{'/preempt' if s.preempt else ''}"
+            for g, s in specs.items()
+        ),
+        f"net {sim.net}",
+    ]
+
+    def target() -> str:
+        leaders = sim.leaders(rng.choice(groups))
+        if leaders and rng.random() < 0.6:
+            return leaders[0]
+        return rng.choice(names)
+
+    faults: list[tuple[str, Callable[[float], None]]] = [
+        ("crash", lambda d: _crash(sim, target(), d)),
+        ("freeze", lambda d: _freeze(sim, target(), d)),
+        ("partition", lambda d: _partition(sim, target(), names, d, both=True)),
+        ("asymmetric", lambda d: _partition(sim, target(), names, d, both=False)),
+        ("split", lambda d: _split(sim, rng, names, d)),
+        ("loss-burst", lambda d: _loss_burst(sim, rng, names, d)),
+        ("unhealthy", lambda d: _unhealthy(sim, target(), rng.choice(groups), d)),
+        ("maintenance", lambda d: _maintenance(sim, target(), d)),
+        ("switchover", lambda d: _switchover(sim, rng, names, groups)),
+        ("stop", lambda d: _stop(sim, target(), d)),
+    ]
+    quiet_from = duration - 4.0
+    for _ in range(rng.randint(3, 9)):
+        start = rng.uniform(1.0, quiet_from - 0.5)
+        length = min(
+            rng.choice([rng.uniform(0.05, 0.7), rng.uniform(0.5, 3.0)]), quiet_from - start
+        )
+        kind, fn = rng.choice(faults)
+        log.append(f"{kind} at {start:.3f} for {length:.3f}")
+        sim.at(start, "call", lambda fn=fn, length=length: fn(length))
+    sim.at(quiet_from, "call", lambda: _repair_all(sim))
+    sim.description = "; ".join(log)
+    sim.run_until(duration)
+    return sim
+
+
+def _later(sim: GroupSim, delay: float, fn: Callable[[], None]) -> None:
+    sim.at(sim.t + delay, "call", fn)
+
+
+def _crash(sim: GroupSim, name: str, d: float) -> None:
+    sim.crash(name)
+    _later(sim, d, lambda: sim.restart(name))
+
+
+def _freeze(sim: GroupSim, name: str, d: float) -> None:
+    sim.freeze(name)
+    _later(sim, d, lambda: sim.resume(name))
+
+
+def _stop(sim: GroupSim, name: str, d: float) -> None:
+    """A graceful stop (every group hands over), the process exits, and starts again."""
+    sim.stop(name)
+    _later(sim, min(d, 0.5), lambda: sim.crash(name))
+    _later(sim, d + 0.5, lambda: sim.restart(name))
+
+
+def _block_for(sim: GroupSim, pairs: set[tuple[str, str]], d: float) -> None:
+    added = pairs - sim.net.blocked
+    for src, dst in added:
+        sim.block(src, dst, both=False)
+
+    def undo() -> None:
+        sim.net.blocked.difference_update(added)
+        sim.disturb()
+
+    _later(sim, d, undo)
+
+
+def _partition(sim: GroupSim, name: str, names: list[str], d: float, both: bool) -> None:
+    pairs = {(name, o) for o in names if o != name}
+    if both:
+        pairs |= {(o, name) for o in names if o != name}
+    _block_for(sim, pairs, d)
+
+
+def _split(sim: GroupSim, rng: random.Random, names: list[str], d: float) -> None:
+    shuffled = rng.sample(names, len(names))
+    cut = rng.randint(1, max(1, len(names) - 1))
+    left, right = shuffled[:cut], shuffled[cut:]
+    _block_for(
+        sim, {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}, d
+    )
+
+
+def _loss_burst(sim: GroupSim, rng: random.Random, names: list[str], d: float) -> None:
+    if len(names) < 2:
+        return
+    a, b = rng.sample(names, 2)
+    sim.net.link_loss[(a, b)] = rng.choice([0.3, 0.7, 1.0])
+    sim.disturb()
+
+    def undo() -> None:
+        sim.net.link_loss.pop((a, b), None)
+        sim.disturb()
+
+    _later(sim, d, undo)
+
+
+def _unhealthy(sim: GroupSim, name: str, group: str, d: float) -> None:
+    sim.set_health(name, group, False)
+    _later(sim, d, lambda: sim.set_health(name, group, True))
+
+
+def _maintenance(sim: GroupSim, name: str, d: float) -> None:
+    sim.inject(name, SetMaintenance(1, True))
+    _later(sim, d, lambda: _no_result(sim.inject(name, SetMaintenance(2, False))))
+
+
+def _no_result(_: object) -> None:
+    pass
+
+
+def _switchover(sim: GroupSim, rng: random.Random, names: list[str], groups: list[str]) -> None:
+    sim.inject(
+        rng.choice(names), ForGroup(rng.choice(groups), Switchover(3, rng.choice(["", *names])))
+    )
+
+
+def _repair_all(sim: GroupSim) -> None:
+    sim.heal()
+    for name, sn in sim.nodes.items():
+        if sn.groups is None:
+            sim.restart(name)
+        elif sn.frozen:
+            sim.resume(name)
+    for name, sn in sim.nodes.items():
+        for g, ok in list(sn.healthy.items()):
+            if not ok:
+                sim.set_health(name, g, True)
+        if sn.groups is not None and sn.groups.maintenance:
+            sim.inject(name, SetMaintenance(4, False))
+
+
+def test_random_groups_hold_every_invariant_per_group() -> None:
+    failures: list[str] = []
+    for seed in range(FIRST, FIRST + SEEDS):
+        try:
+            run_group_seed(seed)
+        except SimulationError as exc:
+            failures.append(str(exc))
+            if len(failures) >= 3:
+                break
+    assert not failures, f"{len(failures)} seed(s) failed; first:\n{failures[0]}"
+
+
+def test_the_per_group_invariants_have_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multiplexer that hands one group's messages to another group's election is caught."""
+
+    def misroute(self: Groups, group: str, event: object, now: float, out: list[Tagged]) -> None:
+        names = self.groups
+        wrong = names[(names.index(group) + 1) % len(names)] if group in names else group
+        self._feed(wrong, event, now, out)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Groups, "_route_to", misroute)
+    for seed in range(40):
+        try:
+            run_group_seed(seed)
+        except SimulationError as exc:
+            assert "group g" in str(exc)  # named per group
+            return
+    pytest.fail("40 seeds of misrouted messages and no invariant noticed")
+
+
+# ---------------------------------------------------------------------- spread
+
+
+def distinct_priority_groups(rng: random.Random, preempt: bool) -> dict[str, ClusterSpec]:
+    names = [f"node{i + 1}" for i in range(rng.choice([3, 3, 5]))]
+    timings = Timings(preempt_delay=rng.uniform(0.5, 2.0))
+    specs = {}
+    for g in range(rng.randint(1, 5)):
+        priorities = rng.sample(range(10, 255), len(names))
+        nodes = tuple(NodeSpec(n, p) for n, p in zip(names, priorities, strict=True))
+        specs[f"g{g}"] = ClusterSpec(nodes, timings, preempt)
+    return specs
+
+
+def best(spec: ClusterSpec) -> str:
+    return max(spec.nodes, key=lambda n: n.priority).name
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_spread_every_group_settles_on_its_highest_priority_node(seed: int) -> None:
+    """Everyone healthy, preempt on: after a disturbance, each group ends on its best node."""
+    rng = random.Random(seed)
+    specs = distinct_priority_groups(rng, preempt=True)
+    sim = GroupSim(specs, seed)
+    victim = rng.choice(list(sim.nodes))
+    sim.at(3.0, "call", lambda: sim.crash(victim))
+    sim.at(5.0, "call", lambda: sim.restart(victim))
+    sim.run_until(12.0)
+    settled = sim.t
+    sim.run_until(15.0)
+    for g, spec in specs.items():
+        assert sim.holders(g) == [best(spec)], (g, spec, sim.vip_log)
+        assert not [e for e in sim.vip_log if e[2] == g and e[0] > settled], "flapping"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cold_start_priority_decides_each_group_without_preemption(seed: int) -> None:
+    """Nodes booting within half a second in any order, preempt off: every group's first
+    leader is its highest-priority node (the start-up settle time), so no hop is needed."""
+    rng = random.Random(1000 + seed)
+    specs = distinct_priority_groups(rng, preempt=False)
+    names = [n.name for n in next(iter(specs.values())).nodes]
+    sim = GroupSim(specs, seed, boot_at={n: rng.uniform(0.0, 0.5) for n in names})
+    sim.run_until(10.0)
+    for g, spec in specs.items():
+        assert [n for _, n, _ in sim.elected(g)] == [best(spec)], (g, spec, sim.elected(g))
+
+
+def test_a_node_unhealthy_for_one_group_keeps_leading_the_other() -> None:
+    web = ClusterSpec(
+        (NodeSpec("node1", 150), NodeSpec("node2", 100), NodeSpec("node3", 50)), preempt=True
+    )
+    db = ClusterSpec(
+        (NodeSpec("node1", 140), NodeSpec("node2", 100), NodeSpec("node3", 50)), preempt=True
+    )
+    sim = GroupSim({"web": web, "db": db}, 7)
+    sim.run_until(4.0)
+    assert sim.holders("web") == sim.holders("db") == ["node1"]
+    sim.set_health("node1", "web", False)
+    sim.run_until(5.0)
+    assert sim.holders("web") == ["node2"] and sim.holders("db") == ["node1"]
+    assert not [e for e in sim.vip_log if e[2] == "db" and e[0] > 4.0]
+
+
+# ---------------------------------------------------------------------- batching
+
+
+def test_heartbeats_of_every_group_a_node_leads_share_datagrams() -> None:
+    """Ten groups led by node1: per peer and heartbeat round, node1 sends about one datagram
+    (not ten), and node2 answers all ten heartbeats in about one datagram."""
+    nodes = tuple(NodeSpec(n, p) for n, p in (("node1", 150), ("node2", 100), ("node3", 50)))
+    specs = {f"g{i}": ClusterSpec(nodes) for i in range(10)}
+    sim = GroupSim(specs, 3)
+    sim.run_until(5.0)
+    assert all(sim.holders(g) == ["node1"] for g in specs)
+    sim.datagrams.clear()
+    sim.run_until(10.0)
+    rounds = 5.0 / DEFAULT.heartbeat_interval
+    per_link = Counter((src, dst) for _, src, dst, _ in sim.datagrams)
+    items = Counter((src, dst) for _, src, dst, n in sim.datagrams for _ in range(n))
+    assert items[("node1", "node2")] >= 10 * rounds * 0.95  # every group's heartbeats
+    assert per_link[("node1", "node2")] <= rounds * 1.1, per_link
+    assert per_link[("node2", "node1")] <= rounds * 1.1, per_link
+
+
+# ---------------------------------------------------------------------- the multiplexer
+
+
+def specs3(*groups: str, preempt: bool = False) -> dict[str, ClusterSpec]:
+    nodes = tuple(NodeSpec(n, p) for n, p in (("node1", 150), ("node2", 100), ("node3", 50)))
+    return {g: ClusterSpec(nodes, preempt=preempt) for g in groups}
+
+
+def started(*groups: str, persisted: GroupsState | None = None) -> Groups:
+    g = Groups(specs3(*groups), "node2", random.Random(1), persisted)
+    g.start(0.0)
+    return g
+
+
+def results(actions: list[Tagged]) -> list[CommandResult]:
+    return [t.action for t in actions if isinstance(t.action, CommandResult)]
+
+
+def test_groups_need_one_membership_and_at_least_one_group() -> None:
+    with pytest.raises(SpecError, match="at least one VIP group"):
+        Groups({}, "node1", random.Random(1))
+    other = ClusterSpec((NodeSpec("node1"), NodeSpec("node4")))
+    with pytest.raises(SpecError, match="same nodes"):
+        Groups({**specs3("web"), "db": other}, "node1", random.Random(1))
+
+
+def test_persisted_state_is_per_group_and_maintenance_per_node() -> None:
+    state = GroupsState(True, {"web": GroupVote(7, "node1"), "old": GroupVote(3, "node3")})
+    g = started("web", "db", persisted=state)
+    assert (g.node("web").term, g.node("web").voted_for) == (7, "node1")
+    assert (g.node("db").term, g.node("db").voted_for) == (0, "")
+    assert g.node("web").maintenance and g.node("db").maintenance and g.maintenance
+    assert g.persistent_state() == GroupsState(
+        True, {"web": GroupVote(7, "node1"), "db": GroupVote(0, "")}
+    )
+
+
+def test_a_message_goes_to_its_group_only_and_unknown_groups_are_counted() -> None:
+    g = started("web", "db")
+    out = g.handle(ForGroup("db", MessageReceived("node1", Heartbeat(3, 1))), 1.0)
+    assert {t.group for t in out} == {"db"}
+    assert g.node("db").term == 3 and g.node("web").term == 0
+    assert g.handle(ForGroup("mail", MessageReceived("node1", Heartbeat(3, 1))), 1.0) == []
+    assert g.handle(MessageReceived("node1", Heartbeat(3, 1)), 1.0) == []  # no group named
+    assert g.unknown_group_messages == 2
+
+
+def test_switchover_names_a_group_unless_there_is_only_one() -> None:
+    g = started("web", "db")
+    [refused] = results(g.handle(Switchover(5), 1.0))
+    assert (refused.accepted, refused.reason) == (False, Reason.TARGET_UNKNOWN)
+    assert "web, db" in refused.detail
+    [unknown] = results(g.handle(ForGroup("mail", Switchover(6)), 1.0))
+    assert (unknown.request_id, unknown.reason) == (6, Reason.TARGET_UNKNOWN)
+    [routed] = results(g.handle(ForGroup("db", Switchover(7)), 1.0))
+    assert routed.reason is Reason.NO_LEADER  # db's own answer (no leader known yet)
+    one = started("web")
+    [single] = results(one.handle(Switchover(8), 1.0))
+    assert single.reason is Reason.NO_LEADER
+
+
+def test_maintenance_is_per_node_one_answer_every_group_persisted() -> None:
+    g = started("web", "db", "app")
+    out = g.handle(SetMaintenance(9, True), 1.0)
+    [answer] = results(out)
+    assert (answer.request_id, answer.accepted, answer.reason) == (9, True, Reason.MAINTENANCE_ON)
+    assert all(g.node(x).maintenance for x in g.groups) and g.maintenance
+    assert {t.group for t in out if isinstance(t.action, Persist)} == {"web", "db", "app"}
+    assert g.persistent_state().maintenance
+    [off] = results(g.handle(ForGroup("db", SetMaintenance(10, False)), 2.0))
+    assert off.reason is Reason.MAINTENANCE_OFF and not any(g.node(x).maintenance for x in g.groups)
+
+
+def test_a_peers_maintenance_request_applies_to_the_whole_node() -> None:
+    g = started("web", "db")
+    g.handle(ForGroup("db", MessageReceived("node1", Heartbeat(2, 1))), 1.0)
+    out = g.handle(ForGroup("db", MessageReceived("node1", MaintenanceRequest(2, True, 4))), 1.1)
+    assert g.maintenance and g.node("web").maintenance and g.node("db").maintenance
+    replies = [(t.group, t.action.to) for t in out if isinstance(t.action, Send)]
+    assert replies == [("db", "node1")]
+
+
+def test_stop_and_node_wide_events_reach_every_group() -> None:
+    g = started("web", "db")
+    g.handle(HealthChanged(False, "disk"), 1.0)
+    assert not g.node("web").healthy and not g.node("db").healthy
+    g.handle(ForGroup("web", HealthChanged(True)), 1.1)
+    assert g.node("web").healthy and not g.node("db").healthy
+    g.handle(EffectFailed(Effect.PERSIST, "disk full"), 1.2)
+    assert all(g.node(x).faults.failing(Effect.PERSIST) for x in g.groups)
+    g.handle(ForGroup("web", EffectSucceeded(Effect.PERSIST)), 1.3)
+    assert not g.node("web").faults.failing(Effect.PERSIST)
+    g.handle(EffectSucceeded(Effect.PERSIST), 1.4)
+    assert not g.node("db").faults.failing(Effect.PERSIST)
+    g.handle(Stop(), 1.5)
+    assert g.node("web").stopped and g.node("db").stopped
+
+
+def test_one_deadline_and_the_timer_wakes_every_group_due_within_the_slack() -> None:
+    g = started("web", "db")
+    assert g.next_deadline() == min(g.node(x).next_deadline() for x in g.groups)
+    leader = Groups(specs3("web", "db"), "node1", random.Random(2))
+    leader.start(0.0)
+    now = 0.0
+    for _ in range(200):  # no peers answer: node1 stands in both groups, in vain
+        now = leader.next_deadline()
+        leader.handle(TimerFired(), now)
+    assert now > 3.0 and leader.next_deadline() > now
+
+
+def test_view_lists_every_group_in_order() -> None:
+    g = started("web", "db")
+    view = g.view(1.0)
+    assert [name for name, _ in view.groups] == ["web", "db"]
+    assert all(v.role is Role.FOLLOWER for _, v in view.groups)
+    assert view.name == "node2" and not view.maintenance
+
+
+if __name__ == "__main__":  # replay one seed with its whole trace
+    seed_arg = int(sys.argv[1])
+    try:
+        done = run_group_seed(seed_arg, trace_len=100_000)
+    except SimulationError as exc:
+        print(exc)
+        raise SystemExit(1) from None
+    print(f"seed {seed_arg}: ok ({done.description})")
