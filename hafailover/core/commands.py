@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hafailover.core.peers import PeerTable
+from hafailover.core.peers import INF, PeerTable
 from hafailover.core.reasons import Reason
-
-INF = float("inf")
 
 # What carrying out a command came to: (accepted, reason, detail), answered to the operator as a
 # `CommandResult` on this node or as a `CommandReply` to the node that forwarded it.
@@ -80,6 +78,3 @@ class PendingCommands:
 
     def next_deadline(self) -> float:
         return min((p.deadline for p in self._by_id.values()), default=INF)
-
-    def __len__(self) -> int:
-        return len(self._by_id)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from hafailover.core.actions import AcquireVip, Action, Decision, Exit, Persist, ReleaseVip, Send
 from hafailover.core.events import Effect
 from hafailover.core.messages import Heartbeat
+from hafailover.core.peers import INF
 from hafailover.core.reasons import Reason
 from hafailover.core.spec import Timings
-
-INF = float("inf")
 
 _BARRIER: dict[Effect, type[Action]] = {
     Effect.PERSIST: Persist,

@@ -12,10 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hafailover.core.peers import NEVER, PeerInfo, PeerTable
+from hafailover.core.peers import INF, NEVER, PeerInfo, PeerTable
 from hafailover.core.spec import Timings
-
-INF = float("inf")
 
 
 @dataclass

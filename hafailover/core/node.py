@@ -89,13 +89,11 @@ from hafailover.core.messages import (
     VoteRequest,
     VoteResponse,
 )
-from hafailover.core.peers import NEVER, PeerTable
+from hafailover.core.peers import INF, NEVER, PeerTable
 from hafailover.core.reasons import Reason, Role
 from hafailover.core.spec import ClusterSpec, SpecError
 from hafailover.core.view import NodeFacts, NodeView, build_view
 from hafailover.errors import HafailoverError, LocalError
-
-INF = float("inf")
 
 # A retry scheduled on a voter's `retry_after` lands this much later, so its promise has ended.
 RETRY_SLACK = 0.002

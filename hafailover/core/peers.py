@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from hafailover.core.messages import PeerSummary
 from hafailover.core.spec import ClusterSpec, NodeSpec
 
-NEVER = float("-inf")
+NEVER = float("-inf")  # a time before every other
+INF = float("inf")  # a time after every other
 
 
 @dataclass
@@ -84,7 +85,7 @@ class PeerTable:
                 for p in self.peers.values()
                 if p.eligible_since is not None and p.spec.priority > me.priority
             ),
-            default=float("inf"),
+            default=INF,
         )
 
     def preempt_due(self, me: NodeSpec, delay: float, now: float) -> str:
