@@ -402,8 +402,12 @@ class NetlinkVipPort:
         for ifname, group in _by_interface(vips).items():
             index = await self._index(ifname)
             if index is None:
-                log.info("interface %s is gone, so are its VIPs", ifname)
-                continue
+                # Gone by this name. A renamed link keeps its index and its addresses, so try
+                # the index this name last had: ENODEV there means the link is really gone.
+                index = next((i for i, n in self._ifname.items() if n == ifname), None)
+                if index is None:
+                    log.info("interface %s is gone, so are its VIPs", ifname)
+                    continue
             for vip in group:
                 try:
                     await self._request("del", index, vip.ip, vip.prefixlen)
