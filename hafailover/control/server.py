@@ -144,6 +144,7 @@ class ControlServer:
         self._inode: int | None = None
         # Connections holding a slot, oldest first (a dict keeps insertion order).
         self._slots: dict[_Connection, None] = {}
+        self._live: set[_Connection] = set()  # every connection whose task runs (evicted too)
         self._tasks: set[asyncio.Task[None]] = set()
         self._client_logged: dict[str, float] = {}  # key -> when last logged
         self.evictions = 0
@@ -199,8 +200,19 @@ class ControlServer:
         if server is None:
             return
         server.close()
+        # Connections still reading are closed rather than cancelled: they end at once, and
+        # Python 3.11's stream protocol logs "Exception in callback" for each cancelled one.
+        # Three rounds: a connection accepted just before close() starts its task only now.
+        for _ in range(3):
+            await asyncio.sleep(0)
+            for conn in list(self._live):
+                if conn.reading:
+                    conn.evicted = True  # nothing more is sent to it
+                    conn.writer.transport.abort()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=0.5)
         for task in list(self._tasks):
-            task.cancel()
+            task.cancel()  # requests being served (a command waiting for the cluster)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await server.wait_closed()
         # Only remove the file if it is still ours: a new daemon may already have replaced it.
@@ -279,6 +291,7 @@ class ControlServer:
         assert task is not None
         self._tasks.add(task)  # so that stop() can cancel it
         conn = _Connection(writer)
+        self._live.add(conn)
         try:
             if not self._take_slot(conn):
                 # Answer at once instead of queueing: a flood must not delay operators who retry.
@@ -301,6 +314,7 @@ class ControlServer:
             log.exception("control connection failed")
             writer.close()
         finally:
+            self._live.discard(conn)
             self._tasks.discard(task)
 
     def _take_slot(self, conn: _Connection) -> bool:
@@ -388,7 +402,10 @@ class ControlServer:
         try:
             async with asyncio.timeout(self._read_timeout):
                 while True:
-                    chunk = await reader.read(MAX_REQUEST_BYTES)
+                    try:
+                        chunk = await reader.read(MAX_REQUEST_BYTES)
+                    except OSError as e:  # reset by the client, or closed by an eviction
+                        raise ProtocolError(BAD_REQUEST, f"connection lost: {e.strerror}") from None
                     if not chunk:
                         raise ProtocolError(
                             BAD_REQUEST,
