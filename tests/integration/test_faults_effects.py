@@ -5,7 +5,8 @@ node logs and shows in `status`, and that the cluster converges once the fault i
 
 * the leader's state directory fills up (a tiny tmpfs mounted in its daemon's mount namespace),
   then an election is forced: the vote that cannot be saved is not cast;
-* the leader's VIP interface is deleted under it: the renewal fails, it hands over;
+* the leader's VIP interface is deleted or renamed under it: the renewal fails, it releases
+  (on the renamed link too) and hands over;
 * a `notify.stop` hook sleeps 5 s on a leader no other node can replace, then SIGTERM: the
   VIP is released and never taken again;
 * a maintenance request forwarded from a follower whose datagrams to the target are dropped:
@@ -144,27 +145,41 @@ def _vip_on_own_interface(lab: Lab, cluster: HaCluster) -> None:
 
 
 @pytest.mark.netns
-def test_deleted_vip_interface_the_leader_hands_over_and_returns_when_it_is_back() -> None:
+@pytest.mark.parametrize("fault", ["deleted", "renamed"])
+def test_vip_interface_gone_the_leader_hands_over_and_returns_when_it_is_back(
+    fault: str,
+) -> None:
     with effects_cluster(prepare=_vip_on_own_interface) as rig:
         lab, cluster, old = rig.lab, rig.cluster, rig.first_holder
         t_fault = time.monotonic()
-        lab.ip(old, "link", "del", "vip0")
+        if fault == "deleted":
+            lab.ip(old, "link", "del", "vip0")
+        else:  # a renamed link keeps its addresses: the release must still find this one
+            lab.ip(old, "link", "set", "vip0", "down")
+            lab.ip(old, "link", "set", "vip0", "name", "vip0x")
+            lab.ip(old, "link", "set", "vip0x", "up")
         new, t_new = cluster.wait_for_holder(timeout=5.0, exclude=(old,))
-        figure("vip_interface_deleted_to_new_holder", (t_new - t_fault) * 1000)
-        status = cluster.wait_status(old, lambda s: "acquire" in effects_failing(s), 5.0)
+        figure(f"vip_interface_{fault}_to_new_holder", (t_new - t_fault) * 1000)
+        status = cluster.wait_status(
+            old, lambda s: "acquire" in effects_failing(s) and s["vip_holder"] == new, 5.0)
         sentence = effects_failing(status)["acquire"]
         figure("acquire_failure_sentence", sentence, "")
         assert "vip0" in sentence, sentence
         assert "renewing the VIP failed" in cluster.log(old) or \
             "adding the VIP failed" in cluster.log(old)
-        assert not status["holds_vip"] and status["vip_holder"] == new
+        assert not status["holds_vip"]
         recorded = rig.wait_event(old, "acquire-failed", after=t_fault, timeout=3.0)
         assert "vip0" in recorded.get("detail", ""), recorded
-        rig.assert_no_dual(what="vip_interface_deleted")
+        rig.assert_no_dual(what=f"vip_interface_{fault}")
 
         # The interface comes back: after the core's back-off the node is eligible again
         # (it does not take the VIP back: no preemption), and a switchover to it works.
-        _add_vip_interface(lab, old)
+        if fault == "deleted":
+            _add_vip_interface(lab, old)
+        else:
+            lab.ip(old, "link", "set", "vip0x", "down")
+            lab.ip(old, "link", "set", "vip0x", "name", "vip0")
+            lab.ip(old, "link", "set", "vip0", "up")
         r = wait_for(lambda: (lambda p: p if p.returncode == 0 else None)(
             cluster.cli(new, "switchover", "--to", old, "--timeout", "3s")), 20.0,
             f"a switchover back to {old}", poll=0.5)
