@@ -72,8 +72,14 @@ async def load_config_off_loop(
     """Read and validate `path` in a child process; ReloadError says why if that fails."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CHILD, _package_root(), os.fspath(path), str(memory),
-            str(cpu_seconds), str(os.getpid()),
+            sys.executable,
+            "-c",
+            _CHILD,
+            _package_root(),
+            os.fspath(path),
+            str(memory),
+            str(cpu_seconds),
+            str(os.getpid()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -145,9 +151,7 @@ async def _read_capped(
     return bytes(data), over
 
 
-async def _kill(
-    proc: asyncio.subprocess.Process, *streams: asyncio.StreamReader
-) -> None:
+async def _kill(proc: asyncio.subprocess.Process, *streams: asyncio.StreamReader) -> None:
     """Kill the reader and reap it (its pipes read to the end: see `_read_capped`)."""
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
@@ -164,9 +168,7 @@ async def _kill(
         log.warning("the configuration reader (pid %d) does not exit after SIGKILL", proc.pid)
 
 
-def _child_failure(
-    path: Path, status: int, err: bytes, memory: int, cpu_seconds: float
-) -> str:
+def _child_failure(path: Path, status: int, err: bytes, memory: int, cpu_seconds: float) -> str:
     if status < 0:
         try:
             name = signal.Signals(-status).name
@@ -184,8 +186,10 @@ def _child_failure(
     tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] if err else []
     detail = f" ({printable(tail[0])})" if tail else ""
     if b"MemoryError" in err:
-        return (f"reading {path} needed more than {memory // (1024 * 1024)} MiB (the limit): is "
-                "the file far larger than it should be?")
+        return (
+            f"reading {path} needed more than {memory // (1024 * 1024)} MiB (the limit): is "
+            "the file far larger than it should be?"
+        )
     return f"the configuration reader for {path} {how}{detail}"
 
 
