@@ -7,8 +7,8 @@ a child process (`python -c ... child_main`): it runs at a lower priority under 
 limit (`RELOAD_MEMORY_BYTES`) and a CPU-time limit for the parse (`RELOAD_CPU_S`; CPU time, so a
 busy machine does not make a normal file fail), is killed if it has not answered after
 `RELOAD_TIMEOUT_S` (a file on a hung mount), and sends back the parsed `LoadedConfig` pickled on
-its stdout (at most `MAX_RESULT_BYTES`). The loop only waits
-on pipes, so it keeps its timing throughout; the result comes back to it as one event.
+its stdout (at most `MAX_RESULT_BYTES`). The loop only waits on pipes, so it keeps its timing
+throughout; the result comes back to it as one event.
 
 `Reloader` is what the daemon's SIGHUP handler drives: one reload at a time; a SIGHUP during a
 reload reads the file once more when that one ends (the latest edit wins).
@@ -30,7 +30,7 @@ from typing import Final
 
 from hafailover.config import ConfigError, LoadedConfig, load_config
 from hafailover.errors import LocalError
-from hafailover.runtime.logs import printable
+from hafailover.text import printable
 
 log = logging.getLogger("hafailover.reload")
 
