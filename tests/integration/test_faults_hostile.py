@@ -174,9 +174,10 @@ def test_a_packet_replayed_to_another_node_is_rejected() -> None:
             t_cmd = time.monotonic()
             ControlClient(cluster.socket(leader), timeout=2.0).maintenance(True, target)
             cluster.wait_status(target, lambda s: bool(s["maintenance"]), timeout=3.0)
-        # Type byte 7 = MAINTENANCE_REQUEST, on its way from the leader to the target.
+        # Wire v2: an item of group "default" (u8 length + name) of type 7 =
+        # MAINTENANCE_REQUEST, on its way from the leader to the target.
         request = next(d for d in parse_udp(cap.frames)
-                       if d.dst == lab.address(target) and d.payload[3] == 7)
+                       if d.dst == lab.address(target) and b"\x07default\x07" in d.payload)
         sock = client_udp_socket(lab)
         try:
             sock.sendto(request.payload, (lab.address(bystander), PORT))
