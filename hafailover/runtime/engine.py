@@ -195,9 +195,9 @@ class Engine:
             except TimeoutError:
                 log.error("the engine did not finish its step within %gs at close", timeout)
                 self._task.cancel()
-        for fut in self._waiters.values():
+        for request_id, fut in self._waiters.items():
             if not fut.done():
-                fut.cancel()
+                fut.set_result(_stopping(request_id))
 
     # ------------------------------------------------------------------ inputs
 
@@ -232,17 +232,14 @@ class Engine:
         request id, which may come in a later step (a forwarded request answered by a peer),
         or a refusal after `command_timeout`."""
         if self._closed:
-            return CommandResult(event.request_id, False, Reason.STOPPING, "the daemon is stopping")
+            return _stopping(event.request_id)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CommandResult] = loop.create_future()
         self._waiters[event.request_id] = fut
         try:
             self.feed(event)
             return await asyncio.wait_for(fut, self.command_timeout)
-        except (TimeoutError, asyncio.CancelledError):
-            if self._closed:
-                return CommandResult(event.request_id, False, Reason.STOPPING,
-                                     "the daemon is stopping")
+        except TimeoutError:
             return CommandResult(
                 event.request_id, False, Reason.COMMAND_TIMEOUT,
                 f"no answer within {self.command_timeout:g}s",
@@ -500,6 +497,10 @@ class Engine:
         self.ports.events.append(entry)
         self.recent.append(entry)
         del self.recent[:-RECENT_TRANSITIONS]
+
+
+def _stopping(request_id: int) -> CommandResult:
+    return CommandResult(request_id, False, Reason.STOPPING, "the daemon is stopping")
 
 
 def _last_seq(events: EventLogPort) -> int:

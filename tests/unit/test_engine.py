@@ -454,6 +454,22 @@ def test_messages_from_unknown_senders_are_ignored() -> None:
     run(body)
 
 
+def test_a_command_waiting_at_close_is_refused_as_stopping() -> None:
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        rig.engine.command_timeout = 10.0
+        await rig.engine.start()
+        node.script[SetMaintenance] = []  # forwarded, never answered
+        pending = asyncio.ensure_future(rig.engine.command(SetMaintenance(9, True, "b")))
+        await asyncio.sleep(0.01)
+        await rig.engine.close()
+        result = await asyncio.wait_for(pending, 1.0)
+        assert not result.accepted and result.reason is Reason.STOPPING
+
+    run(body)
+
+
 def test_after_close_nothing_is_handled() -> None:
     async def body() -> None:
         rig = Rig()
