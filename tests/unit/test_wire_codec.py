@@ -620,3 +620,14 @@ def test_a_packet_for_one_node_fails_authentication_at_another() -> None:
     packet = codec("alpha").encode(MaintenanceRequest(3, True, 1), 0, to="bravo")
     assert isinstance(codec("bravo").decode(packet), Decoded)
     assert_dropped(codec("charlie"), packet, DropReason.BAD_MAC)
+
+
+def test_the_config_fingerprint_travels_and_compares() -> None:
+    """The configuration's fingerprint (8-byte digests per section) as the daemon sends it."""
+    from hafailover.config.groups import Fingerprint
+
+    mine = Fingerprint({"cluster": "01" * 8, "nodes": "02" * 8, "groups": "03" * 8})
+    theirs = Fingerprint({"cluster": "01" * 8, "nodes": "02" * 8, "groups": "04" * 8})
+    packet = codec("alpha", fingerprint=theirs.as_bytes()).encode(TimeoutNow(1), 0, to="bravo")
+    got = decoded(codec().decode(packet))
+    assert mine.differing(Fingerprint.from_bytes(dict(got.fingerprint))) == ["groups"]
