@@ -183,6 +183,9 @@ class SystemdLab:
                  "--directory", str(c.root), "--machine", f"{self.lab.name}-{node}",
                  "--hostname", node, "--link-journal=no", "--console=passive",
                  "--timezone=off", "--resolv-conf=off",
+                 # nspawn drops CAP_NET_ADMIN unless it made the network namespace itself;
+                 # this one is the lab's, private to the node, and the daemon needs it.
+                 "--capability=CAP_NET_ADMIN",
                  f"--network-namespace-path=/run/netns/{self.lab.ns(node)}"],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                 start_new_session=True)

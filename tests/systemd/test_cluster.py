@@ -1,0 +1,242 @@
+"""hafailover under systemd as PID 1, installed from its Debian package: one three-node cluster
+of containers (lab.nspawn) shared by the tests of this module, in the order written.
+
+Needs root, network namespaces, systemd-nspawn and mmdebstrap (./dev test installs them); the
+first run makes the cached Debian root file system. Marked netns: under CI=true a skip fails.
+Figures are printed as "FIGURE name = value unit" (pytest -s).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import probe as probe_mod
+from tests.systemd.syslab import (
+    UNIT,
+    VIP,
+    Cluster,
+    cluster_fixture,
+    figure,
+    repack,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+WATCHDOG_S = 0.5  # the unit's WatchdogSec
+# CAP_NET_ADMIN (12) and CAP_NET_RAW (13): the whole effective set the daemon may have.
+NET_CAPS = (1 << 12) | (1 << 13)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from cluster_fixture(tmp_path_factory.mktemp("deb"))
+
+
+def follower_of(cluster: Cluster, node: str, leader: str) -> bool:
+    s = cluster.status(node)
+    return s is not None and s.get("role") == "follower" and s.get("leader") == leader
+
+
+def test_readiness_and_status_line(cluster: Cluster) -> None:
+    for n, seconds in cluster.install_seconds.items():
+        figure(f"apt_install_{n}", seconds, "s")
+    for n, seconds in cluster.ready_seconds.items():
+        figure(f"systemctl_start_{n}", seconds, "s")
+    node = cluster.nodes[-1]
+    cluster.systemctl(node, "stop")
+    t0 = time.monotonic()
+    cluster.systemctl(node, "start")
+    ready = time.monotonic() - t0
+    # Type=notify: `systemctl start` returned only after READY=1, so the socket answers now.
+    assert cluster.status(node) is not None, "systemctl start returned before the socket answered"
+    figure("readiness", ready, "s")
+    assert ready < 10.0  # 0.4-0.5 s on a quiet machine; this bounds a loaded CI host
+    leader = cluster.wait_settled()
+    text = cluster.lab.exec(node, ["systemctl", "show", "-p", "StatusText", "--value", UNIT])
+    assert re.match(rf"follower, term \d+, leader {leader}, healthy", text.stdout), text.stdout
+    status = cluster.systemctl(node, "status", "--no-pager", UNIT, check=False).stdout
+    assert "Status: \"follower, term" in status, status
+
+
+def test_hardening_in_force(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    pid = cluster.lab.main_pid(leader)
+    assert pid is not None
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    assert int(fields["CapEff"].strip(), 16) == NET_CAPS, fields["CapEff"]
+    assert int(fields["CapBnd"].strip(), 16) == NET_CAPS, fields["CapBnd"]
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"  # filters: address families, W^X, personality...
+    # ProtectSystem=strict: in the daemon's mount namespace (its checks and hooks share it)
+    # / is read-only and only the state and runtime directories are writable.
+    mounts = {fields[4]: fields[5].split(",") for fields in
+              (line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines())}
+    assert "ro" in mounts["/"], mounts["/"]
+    assert "rw" in mounts["/var/lib/hafailover"] and "rw" in mounts["/run/hafailover"]
+    assert "ro" in mounts.get("/etc", mounts["/"])
+    r = cluster.lab.exec(leader, ["systemd-analyze", "security", "--no-pager", UNIT])
+    score = float(re.findall(r"Overall exposure level for \S+: ([\d.]+)", r.stdout)[0])
+    figure("systemd_analyze_security", score, "")
+    assert score <= 4.5, r.stdout[-3000:]
+
+
+def test_journal_carries_prefixed_fields(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    entries = cluster.journal(leader, "HAFAILOVER_REASON=elected")
+    assert entries, "journalctl HAFAILOVER_REASON=elected found nothing on the leader"
+    last = entries[-1]
+    assert last["_SYSTEMD_UNIT"] == UNIT
+    assert last["HAFAILOVER_ROLE"] == "leader" and last["HAFAILOVER_LEADER"] == leader
+    assert last["HAFAILOVER_NODE"] == leader and int(last["HAFAILOVER_TERM"]) >= 1
+    assert "REASON" not in last and "ROLE" not in last
+
+
+def test_reload_applies_a_check_and_refuses_a_cluster_change(cluster: Cluster) -> None:
+    node = cluster.nodes[-1]
+    leader = cluster.wait_settled()
+    assert node != leader
+    changed = cluster.config.replace(
+        "checks:\n", "checks:\n  - {name: reloaded, script: [/bin/true], interval: 1s}\n")
+    cluster.write_config(node, changed)
+    cluster.systemctl(node, "reload")
+
+    def has_check() -> bool:
+        s = cluster.status(node)
+        return s is not None and any(c.get("name") == "reloaded" for c in s["checks"])
+    wait_for(has_check, 5, "the reloaded check in status")
+
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    time.sleep(1.0)  # journalctl --since has a one-second resolution
+    port_changed = changed.replace("  name: syslab\n", "  name: syslab\n  port: 5406\n")
+    cluster.write_config(node, port_changed)
+    main_pid = cluster.lab.main_pid(node)
+    cluster.systemctl(node, "reload")
+
+    def refused() -> str | None:
+        lines = [e.get("MESSAGE", "") for e in cluster.journal(node, "-u", UNIT, "--since", since)]
+        return next((ln for ln in lines if "reload refused" in ln), None)
+    line = wait_for(refused, 5, "'reload refused' in the journal")
+    assert "port" in line, line
+    assert cluster.lab.main_pid(node) == main_pid, "a refused reload must not restart"
+    assert follower_of(cluster, node, leader)
+    cluster.write_config(node, cluster.config)
+    cluster.systemctl(node, "reload")
+
+
+def test_stop_on_the_leader_hands_over_within_100ms(cluster: Cluster) -> None:
+    leader = cluster.wait_settled()
+    t0 = time.monotonic()
+    cluster.systemctl(leader, "stop")
+    removed = wait_for(lambda: cluster.timeline_removals(leader, t0), 5, "VIP off the leader")[0]
+    others = [n for n in cluster.nodes if n != leader]
+    added = wait_for(lambda: sorted(t for n in others for t in cluster.timeline_adds(n, t0)), 5,
+                     "a new holder")[0]
+    gap = (added - removed) * 1000
+    figure("stop_handover_gap", gap)
+    assert gap < 100, f"next holder {gap:.0f} ms after the VIP left the stopping leader"
+    cluster.systemctl(leader, "start")
+    new = cluster.wait_settled()
+    assert new != leader and follower_of(cluster, leader, new)
+
+
+def freeze_or_kill(cluster: Cluster, sig: signal.Signals, name: str) -> None:
+    lab = cluster.lab
+    leader = cluster.wait_settled()
+    pid = lab.main_pid(leader)
+    assert pid is not None
+    probe = lab.lab.start_probe(VIP, duration=7.0)
+    time.sleep(0.5)
+    t0 = time.monotonic()  # stamped before the signal: nothing it causes can come earlier
+    os.kill(pid, sig)
+    removed = wait_for(lambda: cluster.timeline_removals(leader, t0), 5, "VIP off the leader")[0]
+    new = wait_for(lambda: next((n for n in cluster.holders() if n != leader), None), 5,
+                   "a new holder")
+    wait_for(lambda: follower_of(cluster, leader, new) and lab.main_pid(leader) != pid, 15,
+             f"{leader} restarted as a follower")
+    restarted = time.monotonic()
+    lab.lab.stop(probe, timeout=10)
+    assert probe.data is not None
+    run = probe_mod.load(probe.data)
+    outage = probe_mod.longest_outage_ms(run.records, start=t0 - 0.2, end=run.end)
+    stale = (removed - t0) * 1000
+    figure(f"{name}_stale_address", stale)
+    figure(f"{name}_client_outage", outage)
+    figure(f"{name}_back_as_follower", (restarted - t0), "s")
+    if sig == signal.SIGSTOP:
+        # systemd's own record of the kill, on the shared CLOCK_MONOTONIC.
+        entries = [e for e in cluster.journal(leader, "-u", UNIT, "-n", "200")
+                   if "Watchdog timeout" in e.get("MESSAGE", "")]
+        assert entries, "no 'Watchdog timeout' in the journal"
+        killed = int(entries[-1]["__MONOTONIC_TIMESTAMP"]) / 1e6
+        figure("watchdog_kill_after_sigstop", (killed - t0) * 1000)
+        assert killed - t0 < WATCHDOG_S + 0.5
+    assert stale < 1500, f"the frozen/killed leader kept the VIP {stale:.0f} ms"
+    assert outage < 2500, f"client outage {outage:.0f} ms"
+    assert len(cluster.holders()) == 1
+
+
+def test_watchdog_kills_a_frozen_leader(cluster: Cluster) -> None:
+    freeze_or_kill(cluster, signal.SIGSTOP, "watchdog")
+
+
+def test_kill_9_of_the_leader(cluster: Cluster) -> None:
+    freeze_or_kill(cluster, signal.SIGKILL, "kill9")
+
+
+def test_boot_joins_the_cluster_without_operator_action(cluster: Cluster) -> None:
+    leader = cluster.wait_settled()
+    node = next(n for n in cluster.nodes if n != leader)
+    cluster.lab.poweroff(node)
+    assert cluster.holders() == [leader]
+    t0 = time.monotonic()
+    cluster.lab.boot(node)
+    wait_for(lambda: follower_of(cluster, node, leader), 20, f"{node} following after boot")
+    figure("boot_to_following", time.monotonic() - t0, "s")
+    assert cluster.holders() == [leader]
+
+
+def test_package_upgrade_remove_purge(cluster: Cluster, tmp_path: Path) -> None:
+    lab = cluster.lab
+    new_deb = repack(cluster.deb, "99.0.0", tmp_path)
+    leader = cluster.wait_settled()
+    probe = lab.lab.start_probe(VIP, duration=60.0)
+    time.sleep(0.5)
+    order = [leader, *(n for n in cluster.nodes if n != leader)]
+    t0 = time.monotonic()
+    for n in order:
+        seconds = lab.install_deb(n, new_deb)
+        figure(f"apt_upgrade_{n}", seconds, "s")
+        r = lab.exec(n, ["dpkg-query", "-W", "-f", "${Version}", "hafailover"])
+        assert r.stdout == "99.0.0"
+        # Back as a follower of whoever holds the VIP now: the leader handed over first.
+        holder = cluster.wait_settled()
+        assert holder != n, f"{n} holds the VIP right after its upgrade"
+    lab.lab.stop(probe, timeout=10)
+    assert probe.data is not None
+    run = probe_mod.load(probe.data)
+    gaps = probe_mod.outages(run.records, start=t0, end=run.end)
+    figure("upgrade_outages", ", ".join(f"{g.ms:.0f}" for g in gaps) or "none", "ms")
+    assert len(gaps) <= 1, f"more than one interruption during the upgrade: {gaps}"
+    assert all(g.ms < 1000 for g in gaps), gaps
+
+    node = next(n for n in cluster.nodes if n != cluster.wait_settled())
+    lab.exec(node, ["apt-get", "remove", "-y", "-q", "hafailover"])
+    kept = lab.exec(node, ["ls", "-A", "/etc/hafailover", "/var/lib/hafailover"]).stdout
+    assert "hafailover.yaml" in kept and "cluster.key" in kept
+    assert lab.exec(node, ["test", "-e", "/opt/hafailover/bin/hafailover"], check=False
+                    ).returncode != 0
+    lab.exec(node, ["apt-get", "purge", "-y", "-q", "hafailover"])
+    gone = lab.exec(node, ["ls", "-d", "/etc/hafailover", "/var/lib/hafailover",
+                           "/etc/systemd/system/multi-user.target.wants/hafailover.service"],
+                    check=False)
+    assert gone.returncode != 0 and gone.stdout.strip() == "", gone.stdout
+    assert len(cluster.holders()) == 1
