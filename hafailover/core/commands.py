@@ -77,4 +77,6 @@ class PendingCommands:
         return out
 
     def next_deadline(self) -> float:
+        if not self._by_id:
+            return INF
         return min((p.deadline for p in self._by_id.values()), default=INF)

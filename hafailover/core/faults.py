@@ -119,6 +119,8 @@ class EffectFaults:
         )
 
     def next_deadline(self) -> float:
+        if not self._faults:
+            return INF
         deadline = min((f.retry_at for f in self._faults.values()), default=INF)
         release = self._faults.get(Effect.RELEASE)
         if release is not None and not self.exit_sent:

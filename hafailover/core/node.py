@@ -739,9 +739,10 @@ class Node:
     def _finish(self, now: float) -> list[Action]:
         """End a step: acquire if due, retry a failed save, put operator answers last."""
         self._maybe_acquire(now)
-        out, self._out = self._out, []
-        results = [a for a in out if isinstance(a, CommandResult)]
-        actions = [a for a in out if not isinstance(a, CommandResult)]
+        actions, self._out = self._out, []
+        results = [a for a in actions if isinstance(a, CommandResult)]
+        if results:
+            actions = [a for a in actions if not isinstance(a, CommandResult)]
         if self.faults.due(Effect.PERSIST, now):
             self.faults.retried(Effect.PERSIST, now)
             self._resave = True

@@ -61,8 +61,10 @@ class Invariants:
             for a in actions
         ):
             sim.fail(f"{name} stands or takes the VIP after Stop")
-        stuck = [n for n in sim.holders() if sim.nodes[n].stuck_since is not None]
-        holders = [n for n in sim.holders() if n not in stuck]
+        holders = sim.holders()
+        stuck = [n for n in holders if sim.nodes[n].stuck_since is not None]
+        if stuck:
+            holders = [n for n in holders if n not in stuck]
         if len(holders) > 1:
             sim.fail(f"two running VIP holders: {holders}")
         self._check_stuck(sim, stuck)
