@@ -740,7 +740,7 @@ class Node:
         """End a step: acquire if due, retry a failed save, put operator answers last."""
         self._maybe_acquire(now)
         actions, self._out = self._out, []
-        results = [a for a in actions if isinstance(a, CommandResult)]
+        results: list[Action] = [a for a in actions if isinstance(a, CommandResult)]
         if results:
             actions = [a for a in actions if not isinstance(a, CommandResult)]
         if self.faults.due(Effect.PERSIST, now):
