@@ -77,6 +77,7 @@ INF = float("inf")
 # The request id of the maintenance changes the multiplexer itself applies to the other groups
 # (their results are dropped). Operator request ids are positive.
 _INTERNAL = -1
+_TIMER = TimerFired()
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,14 @@ class Groups:
         """Feed several events as one step (e.g. every item of one received datagram), so that
         what the step sends each peer can leave in one datagram."""
         out: list[Tagged] = []
+        if min(self._deadlines.values()) <= now:
+            # Overdue timers first: a group whose lease ran out while the process could not run
+            # releases before this step acts on anything, as a single `Node` does at every entry
+            # point. Otherwise a datagram for another group, read first after a freeze, would be
+            # handled while this group still held its VIPs on an expired lease.
+            for group, deadline in list(self._deadlines.items()):
+                if deadline <= now:
+                    self._feed(group, _TIMER, now, out)
         for event in events:
             self._route(event, now, out)
         self._sync_maintenance(now, out)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hafailover.core.actions import CommandResult, Persist, Send
+from hafailover.core.actions import CommandResult, Persist, ReleaseVip, Send
 from hafailover.core.events import (
     Effect,
     EffectFailed,
@@ -449,6 +449,23 @@ def test_one_deadline_and_the_timer_wakes_every_group_due_within_the_slack() -> 
         now = leader.next_deadline()
         leader.handle(TimerFired(), now)
     assert now > 3.0 and leader.next_deadline() > now
+
+
+def test_a_group_whose_lease_ran_out_releases_before_the_step_does_anything_else() -> None:
+    """After a freeze, the first event may be for another group: every overdue group is
+    woken first, so an expired lease is dropped before anything is acted on."""
+    solo = ClusterSpec((NodeSpec("node1"),))
+    g = Groups({"web": solo, "db": solo}, "node1", random.Random(3))
+    g.start(0.0)
+    now = 0.0
+    while not all(g.node(x).holds_vip for x in g.groups):
+        now = g.next_deadline()
+        g.handle(TimerFired(), now)
+    out = g.handle(ForGroup("db", HealthChanged(True, "after a freeze")), now + 10.0)
+    first = {grp: next(t.action for t in out if t.group == grp) for grp in g.groups}
+    assert all(isinstance(a, ReleaseVip) and a.reason is Reason.LEASE_EXPIRED
+               for a in first.values()), out  # fmt: skip
+    assert out[0].group == "web"  # before anything of the db step it was woken for
 
 
 def test_view_lists_every_group_in_order() -> None:
