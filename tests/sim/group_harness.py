@@ -7,7 +7,13 @@ partitionable network, crashes, freezes), with what groups add:
 * what one step sends one peer travels as one datagram: a list of (group, message) items that
   is lost, delayed, duplicated or blocked as a whole, and delivered as one step
   (`Groups.handle_many`), as the runtime does with a wire batch;
-* a `Persist` of any group saves the node's whole `GroupsState` (the coalescing rule);
+* a `Persist` of any group saves the node's whole `GroupsState` (the coalescing rule): once per
+  step, and when the save fails every group's `Persist` of that step has failed;
+* effects fail for a while (`fail_effect`): the harness plays the engine's barrier rule per
+  group (a failed barrier of group g skips g's later actions except `ReleaseVip`, `Decision`
+  and `Exit`), then feeds `EffectFailed` - without a group for a failed save (one file for all
+  groups), for group g for g's acquire or release - and `EffectSucceeded` likewise; `Exit` ends
+  the process (`release-vips` removes its addresses) and it restarts a second later;
 * each group is observed through a `GroupLens`, which shows the single-group `Invariants` of
   `tests.sim.invariants` that group alone, so every invariant is checked per group with the
   very code that checks a single-group cluster.
@@ -27,19 +33,34 @@ from hafailover.core.actions import (
     AcquireVip,
     Action,
     Decision,
+    Exit,
     Persist,
     ReleaseVip,
     Send,
 )
-from hafailover.core.events import Event, HealthChanged, MessageReceived, Stop, TimerFired
+from hafailover.core.events import (
+    Effect,
+    EffectFailed,
+    EffectSucceeded,
+    Event,
+    HealthChanged,
+    MessageReceived,
+    Stop,
+    TimerFired,
+)
 from hafailover.core.groups import ForGroup, Groups, GroupsState, Tagged
-from hafailover.core.messages import Message
+from hafailover.core.messages import Message, VoteResponse
 from hafailover.core.node import Node
 from hafailover.core.spec import ClusterSpec
 from tests.sim.harness import NetworkModel, SimulationError, Simulator
 from tests.sim.invariants import Invariants
 
 Batch = list[tuple[str, Message]]
+_BARRIER: dict[type[Action], Effect] = {
+    Persist: Effect.PERSIST,
+    AcquireVip: Effect.ACQUIRE,
+    ReleaseVip: Effect.RELEASE,
+}
 INF = float("inf")
 
 
@@ -60,6 +81,12 @@ class GroupSimNode:
     started_at: float = 0.0
     # This process got `Stop` (cleared by a restart).
     stopped: bool = False
+    # Effect faults: each kind fails until this (virtual) time.
+    fail_until: dict[Effect, float] = field(default_factory=dict)
+    # The engine's failing set: (group, kind), with group "" for the node's one state file.
+    failing: set[tuple[str, Effect]] = field(default_factory=set)
+    # Per group: since when a failed release left its addresses here (None: not stuck).
+    stuck: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -97,6 +124,9 @@ class GroupSim:
         self.vip_log: list[tuple[float, str, str, bool]] = []
         # (time, src, dst, items): every datagram handed to the network.
         self.datagrams: list[tuple[float, str, str, int]] = []
+        # Every real vote that left a node: (group, voter, term) -> candidate, over restarts.
+        self.votes: dict[tuple[str, str, int], str] = {}
+        self.exits = 0
         rho = first.timings.clock_drift if drift else 0.0
         self.nodes: dict[str, GroupSimNode] = {}
         for n in first.nodes:
@@ -124,6 +154,8 @@ class GroupSim:
     def _boot(self, sn: GroupSimNode) -> None:
         sn.groups = Groups(self.specs, sn.name, sn.rng, sn.persisted, healthy=dict(sn.healthy))
         sn.holds = dict.fromkeys(self.specs, False)
+        sn.stuck = dict.fromkeys(self.specs)
+        sn.failing = set()
         sn.started_at = self.t
         sn.inbox = []
         sn.stopped = False
@@ -147,6 +179,7 @@ class GroupSim:
             if held:
                 self.vip_log.append((self.t, name, g, False))
         sn.holds = dict.fromkeys(self.specs, False)
+        sn.stuck = dict.fromkeys(self.specs)
         self._observe(name, [])
 
     def _relens(self, sn: GroupSimNode) -> None:
@@ -220,6 +253,13 @@ class GroupSim:
         self.nodes[name].healthy[group] = healthy
         self.inject(name, ForGroup(group, HealthChanged(healthy, "sim")))
 
+    def fail_effect(self, name: str, effect: Effect, duration: float) -> None:
+        """Every `effect` action of `name` (all groups) fails for `duration` seconds: a full
+        disk, a netlink error."""
+        self.nodes[name].fail_until[effect] = self.t + duration
+        self._log(f"FAIL {name} {effect.value} for {duration:.3f}s")
+        self.disturb()
+
     def disturb(self) -> None:
         self.last_disturbance = self.t
 
@@ -287,34 +327,99 @@ class GroupSim:
 
     def _run(self, sn: GroupSimNode, actions: list[Tagged], cause: str) -> None:
         outbox: dict[str, Batch] = {}
-        per_group: dict[str, list[Action]] = {}
+        failed: dict[str, Effect] = {}  # group -> its first barrier that failed this step
+        succeeded: set[tuple[str, Effect]] = set()
+        saved: bool | None = None  # the step's one save of the state file, once tried
+        done: list[Tagged] = []
         for tagged in actions:
             g, a = tagged.group, tagged.action
-            per_group.setdefault(g, []).append(a)
-            match a:
-                case Send(to=to, message=message):
-                    outbox.setdefault(to, []).append((g, message))
-                case Persist():
-                    assert sn.groups is not None
-                    sn.persisted = sn.groups.persistent_state()
-                case AcquireVip():
-                    sn.holds[g] = True
-                    self.vip_log.append((self.t, sn.name, g, True))
-                case ReleaseVip():
-                    if sn.holds.get(g):
-                        self.vip_log.append((self.t, sn.name, g, False))
-                    sn.holds[g] = False
-                case Decision():
-                    self.decisions.append((self.t, sn.name, g, a))
-                case _:
-                    pass
+            if g in failed and not isinstance(a, ReleaseVip | Decision | Exit):
+                continue  # the barrier rule, for this group only
+            kind = _BARRIER.get(type(a))
+            if isinstance(a, Persist):
+                if saved is None:
+                    saved = not self._fails(sn, Effect.PERSIST)
+                    if saved:
+                        assert sn.groups is not None
+                        sn.persisted = sn.groups.persistent_state()
+                ok = saved
+            else:
+                ok = self._execute(sn, g, a, outbox)
+            if kind is not None and not ok:
+                failed.setdefault(g, kind)
+            elif kind is not None:
+                succeeded.add(("" if kind is Effect.PERSIST else g, kind))
+            done.append(tagged)
         # Sends leave at the end of the step, one datagram per peer.
         for to, batch in outbox.items():
             self._transmit(sn.name, to, batch)
         if actions:
-            self._log(f"{sn.name} [{cause}] -> {_short(actions)}")
+            note = f" (failed {sorted((g, k.value) for g, k in failed.items())})" if failed else ""
+            self._log(f"{sn.name} [{cause}] -> {_short(done)}{note}")
         self._reschedule(sn)
-        self._observe(sn.name, actions)
+        self._observe(sn.name, done)
+        if any(isinstance(t.action, Exit) for t in done):
+            self._exit(sn)
+            return
+        feedback: list[Event | ForGroup] = []
+        failed_keys = {("" if k is Effect.PERSIST else g, k) for g, k in failed.items()}
+        for g, kind in sorted(failed_keys):
+            # One file for every group: a failed save is reported once, without a group.
+            event = EffectFailed(kind, f"sim: {kind.value} failed")
+            feedback.append(ForGroup(g, event) if g else event)
+            sn.failing.add((g, kind))
+        for key in sorted(succeeded):
+            if key in sn.failing and key not in failed_keys:
+                sn.failing.discard(key)
+                g, kind = key
+                ok_event = EffectSucceeded(kind)
+                feedback.append(ForGroup(g, ok_event) if g else ok_event)
+        if feedback and sn.running and sn.groups is not None:
+            self._run(sn, sn.groups.handle_many(feedback, sn.local(self.t)), "effects")
+
+    def _exit(self, sn: GroupSimNode) -> None:
+        """`Exit`: the process ends now, `release-vips` removes the addresses, systemd
+        restarts it a second later."""
+        self.exits += 1
+        self._log(f"EXIT {sn.name}")
+        self.crash(sn.name)
+        name = sn.name
+        self.at(self.t + 1.0, "call", lambda: self.restart(name))
+
+    def _fails(self, sn: GroupSimNode, effect: Effect) -> bool:
+        return self.t < sn.fail_until.get(effect, float("-inf"))
+
+    def _execute(self, sn: GroupSimNode, g: str, a: Action, outbox: dict[str, Batch]) -> bool:
+        """Carry out one action of group g; False only for a barrier that failed."""
+        match a:
+            case Send(to=to, message=message):
+                if isinstance(message, VoteResponse) and message.granted and not message.pre:
+                    other = self.votes.setdefault((g, sn.name, message.term), to)
+                    if other != to:
+                        self.fail(
+                            f"group {g}: {sn.name} voted for {other} and {to} in term "
+                            f"{message.term}"
+                        )
+                outbox.setdefault(to, []).append((g, message))
+            case AcquireVip():
+                if self._fails(sn, Effect.ACQUIRE):
+                    return False  # the port removes what it added before it raises
+                sn.holds[g] = True
+                self.vip_log.append((self.t, sn.name, g, True))
+            case ReleaseVip():
+                if sn.holds.get(g) and self._fails(sn, Effect.RELEASE):
+                    if sn.stuck.get(g) is None:
+                        sn.stuck[g] = self.t
+                    return False
+                if sn.holds.get(g):
+                    self.vip_log.append((self.t, sn.name, g, False))
+                sn.holds[g] = False
+                sn.stuck[g] = None
+            case Decision():
+                self.decisions.append((self.t, sn.name, g, a))
+            case _:
+                pass
+        return True
 
     def _transmit(self, src: str, dst: str, batch: Batch) -> None:
         net = self.net
@@ -426,7 +531,7 @@ class LensNode:
 
     @property
     def stuck_since(self) -> float | None:
-        return None  # effects never fail here (tests/sim/harness.py covers them per node)
+        return self._sn.stuck.get(self._group)
 
     @property
     def holds_vip(self) -> bool:

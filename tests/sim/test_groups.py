@@ -112,6 +112,9 @@ def run_group_seed(seed: int, duration: float = 20.0, trace_len: int = 400) -> G
         ("maintenance", lambda d: _maintenance(sim, target(), d)),
         ("switchover", lambda d: _switchover(sim, rng, names, groups)),
         ("stop", lambda d: _stop(sim, target(), d)),
+        ("persist-fails", lambda d: sim.fail_effect(target(), Effect.PERSIST, d)),
+        ("release-fails", lambda d: sim.fail_effect(target(), Effect.RELEASE, d)),
+        ("acquire-fails", lambda d: sim.fail_effect(target(), Effect.ACQUIRE, d)),
     ]
     quiet_from = duration - 4.0
     for _ in range(rng.randint(3, 9)):
@@ -213,6 +216,8 @@ def _switchover(sim: GroupSim, rng: random.Random, names: list[str], groups: lis
 
 def _repair_all(sim: GroupSim) -> None:
     sim.heal()
+    for sn in sim.nodes.values():
+        sn.fail_until.clear()
     for name, sn in sim.nodes.items():
         if sn.groups is None:
             sim.restart(name)
