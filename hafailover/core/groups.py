@@ -130,6 +130,8 @@ class GroupsView:
 
 
 class Groups:
+    """The elections of every VIP group on one node (routing rules in the module docstring)."""
+
     def __init__(
         self,
         specs: Mapping[str, ClusterSpec],
