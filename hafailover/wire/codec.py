@@ -59,8 +59,8 @@ a candidate never retries before the voter's promise has run out; it decodes to 
 Integers keep the wire free of NaN and infinities. A `CommandReply.detail` over 256 bytes is
 cut on a character boundary rather than refused.
 
-Sizes: a 3-node heartbeat for a group named with 4 letters is about 17 bytes, its
-acknowledgement about 11, so one 1400-byte datagram carries the heartbeats of some 70 such
+Sizes: a 3-node heartbeat for a group named with 4 letters is about 18 bytes, its
+acknowledgement about 12, so one 1400-byte datagram carries the heartbeats of some 70 such
 groups; `Codec.encode_batch` splits a larger batch over as few datagrams as it needs, each
 self-contained (own name table, fingerprint, sequence number and HMAC), and raises
 `EncodeError` only for an item that could not fit even alone.
