@@ -167,6 +167,9 @@ class SystemdLab:
         self._mounts.append(str(root))
         # The root file system has the build host's name; systemd sets it from this file.
         (root / "etc" / "hostname").write_text(f"{node}\n")
+        # A throwaway container need not survive a power cut: dpkg without an fsync per file
+        # installs several times faster (install times measured here are with this).
+        (root / "etc" / "dpkg" / "dpkg.cfg.d" / "lab-unsafe-io").write_text("force-unsafe-io\n")
         return Container(node, root, d / "console.log")
 
     # ------------------------------------------------------------------ life cycle

@@ -6,8 +6,11 @@
 #
 #   --node NAME  this VM's node name in vagrant/hafailover.yaml (default: the short hostname)
 #   --key FILE   the shared cluster key (default: vagrant/.cluster.key, made by the Vagrantfile)
+#   --deb FILE   the hafailover package to install (default: the newest build/hafailover_*.deb
+#                in the repository, built on the host with ./dev deb; if there is none, the VM
+#                builds it with ./dev deb)
 #   --dry-run    only write the files (config, key, nginx site and page); no apt, no
-#                ./dev install, no systemctl. What would run is printed instead.
+#                package build, no systemctl. What would run is printed instead.
 #   --root DIR   write the files under DIR instead of / (only with --dry-run): lets a test check
 #                the result without touching this machine.
 set -euo pipefail
@@ -18,11 +21,12 @@ NODE=""
 KEY_SRC=$HERE/.cluster.key
 ROOT=/
 DRY_RUN=0
+DEB=""
 
 usage() {
     local code=${1:-2} fd=2
     [ "$code" != 0 ] || fd=1    # --help to stdout, a usage error to stderr
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&"$fd"
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&"$fd"
     exit "$code"
 }
 
@@ -30,6 +34,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --node) [ $# -ge 2 ] || usage; NODE=$2; shift 2 ;;
         --key) [ $# -ge 2 ] || usage; KEY_SRC=$2; shift 2 ;;
+        --deb) [ $# -ge 2 ] || usage; DEB=$2; shift 2 ;;
         --root) [ $# -ge 2 ] || usage; ROOT=$2; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h|--help) usage 0 ;;
@@ -69,8 +74,7 @@ if [ ! -s "$KEY_SRC" ]; then
     exit 1
 fi
 
-# 1. Packages: nginx serves the page and /healthz; curl for the walkthrough. ./dev install
-#    (below) adds what building the daemon needs.
+# 1. Packages: nginx serves the page and /healthz; curl for the walkthrough.
 if [ "$DRY_RUN" = 0 ]; then
     # The VIP's interface must exist: a box that names its second NIC differently (enp0s8)
     # would otherwise only fail later, in check-config.
@@ -86,15 +90,32 @@ else
     say "would run: apt-get install nginx curl"
 fi
 
-# 2. The shared key and the lab's config, always replaced: in the lab both belong to the
-#    repository (an edited vagrant/hafailover.yaml is picked up by `vagrant provision`). Written
-#    before ./dev install, which then keeps them instead of generating a key of its own.
+# 2. hafailover from its Debian package, as on any server: apt pulls its Debian dependencies.
+#    Installed before the config and key exist, the service is enabled but not started (its
+#    ConditionPathExists); a re-provision upgrades or reinstalls it. --force-confold keeps the
+#    lab's config (written below) when the package's example changes.
+if [ -z "$DEB" ]; then
+    DEB=$(ls -t "$SRC"/build/hafailover_*.deb 2>/dev/null | head -n 1 || true)
+fi
+if [ -z "$DEB" ]; then
+    if [ "$DRY_RUN" = 1 ]; then
+        say "would run: $SRC/dev deb"
+        DEB="$SRC/build/hafailover_VERSION_amd64.deb"
+    else
+        DEB=$("$SRC/dev" deb)
+    fi
+fi
+run apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    --reinstall "$DEB"
+
+# 3. The shared key and the lab's config, always replaced: in the lab both belong to the
+#    repository (an edited vagrant/hafailover.yaml is picked up by `vagrant provision`).
 install -d -m 0755 "$R/etc/hafailover"
 install -m 0600 "$KEY_SRC" "$R/etc/hafailover/cluster.key"
 install -m 0644 "$CONFIG_SRC" "$R/etc/hafailover/hafailover.yaml"
 say "installed $R/etc/hafailover/hafailover.yaml and cluster.key (0600)"
 
-# 3. nginx: a page naming the node that answered (so `curl VIP` shows who holds it) and the
+# 4. nginx: a page naming the node that answered (so `curl VIP` shows who holds it) and the
 #    /healthz the http check probes. Debian's default site also claims default_server: remove it.
 install -d -m 0755 "$R/etc/nginx/sites-available" "$R/etc/nginx/sites-enabled" "$R$WWW"
 cat > "$R/etc/nginx/sites-available/$SITE" <<EOF
@@ -118,12 +139,9 @@ printf 'hafailover lab: this page was served by %s\n' "$NODE" > "$R$WWW/index.ht
 chmod 0644 "$R$WWW/index.html"
 say "installed the nginx site $SITE"
 
-# 4. The daemon, its unit, the group (./dev install = packaging/install.sh).
-run "$SRC/dev" install
-
 # 5. Check the config on this host (node found by hostname, eth1 carries the VIP's subnet, key
 #    mode) before starting, so a mistake shows here and not as a restart loop.
-run /usr/local/bin/hafailover check-config -c /etc/hafailover/hafailover.yaml
+run hafailover check-config -c /etc/hafailover/hafailover.yaml
 run nginx -t -q
 run systemctl enable --quiet nginx
 run systemctl reload-or-restart nginx

@@ -165,8 +165,7 @@ class Cluster:
         return [t for t, present in tl.changes if present and t >= after]
 
 
-def cluster_fixture(tmp: Path) -> Iterator[Cluster]:
-    deb = build_deb(tmp)
+def cluster_fixture(deb: Path) -> Iterator[Cluster]:
     with SystemdLab(3) as lab:
         cluster = Cluster(lab, deb)
         try:

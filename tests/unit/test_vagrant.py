@@ -97,6 +97,21 @@ def test_dry_run_writes_a_valid_config_and_a_private_key(
     assert os.readlink(enabled) == "/etc/nginx/sites-available/hafailover-lab"
 
 
+def test_dry_run_installs_the_debian_package(
+    tmp_path: Path, fake_bin: Path, key_file: Path
+) -> None:
+    deb = tmp_path / "hafailover_9.9_amd64.deb"
+    deb.write_bytes(b"")
+    r = provision(fake_bin, "--root", str(tmp_path / "root"), "--dry-run", "--node", "node1",
+                  "--key", str(key_file), "--deb", str(deb))
+    installs = [ln for ln in r.stdout.splitlines() if "would run: apt-get install" in ln]
+    assert any(ln.endswith(f" {deb}") and "--force-confold" in ln for ln in installs), r.stdout
+    # The package before the restart, and no build from a checkout on the VM.
+    out = r.stdout
+    assert out.index(str(deb)) < out.index("would run: systemctl restart hafailover")
+    assert "dev install" not in PROVISION.read_text()
+
+
 def test_dry_run_is_idempotent_and_removes_the_default_site(
     tmp_path: Path, fake_bin: Path, key_file: Path
 ) -> None:
