@@ -187,6 +187,10 @@ class RawAnnouncer:
     `count` bursts in all, `interval` seconds apart; with `refresh` > 0, one more burst every
     `refresh` seconds while holding (for switches and hosts that missed the takeover).
     `macs`, `frames` and `socket_factory` replace discovery, crafting and the packet sockets.
+    `may_announce`, if given, is asked before every burst: a repeat or refresh that comes due
+    while the holder cannot run (frozen, starved) fires first when it resumes, before anything
+    can tell this announcer that the lease ran out; the question stops it (and cancels the
+    rest) instead of claiming an address about to be released.
     """
 
     def __init__(
@@ -200,6 +204,7 @@ class RawAnnouncer:
         frames: Mapping[Vip, Sequence[bytes]] | None = None,
         socket_factory: Callable[[str], FrameSocket] | None = None,
         craft_timeout: float = CRAFT_TIMEOUT,
+        may_announce: Callable[[], bool] | None = None,
     ) -> None:
         if not 1 <= count <= 100:
             raise ValueError("count must be between 1 and 100")
@@ -211,6 +216,7 @@ class RawAnnouncer:
         self._frames = dict(frames) if frames is not None else None
         self._socket_factory = socket_factory
         self._craft_timeout = craft_timeout
+        self._may_announce = may_announce
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: dict[str, FrameSocket] = {}
         self._burst: list[tuple[FrameSocket, bytes]] = []
@@ -281,6 +287,9 @@ class RawAnnouncer:
         self._refresh_handle = self._loop.call_later(self._refresh, self._on_refresh)
 
     def _send_burst(self) -> None:
+        if self._may_announce is not None and not self._may_announce():
+            self.cancel()
+            return
         error: OSError | None = None
         for sock, frame in self._burst:
             try:

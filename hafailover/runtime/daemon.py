@@ -182,8 +182,11 @@ class Daemon:
             raise StartupError(f"cannot manage the VIPs: {e}") from e
         for v in removed:
             log.warning("removed leftover VIP %s (from an earlier run)", v)
+        engine: Engine | None = None
         announcer = RawAnnouncer(
-            self.vips, config.announce.count, config.announce.interval, config.announce.refresh
+            self.vips, config.announce.count, config.announce.interval, config.announce.refresh,
+            # A repeat due during a freeze must not claim the address once the lease is over.
+            may_announce=lambda: engine is not None and engine.lease_valid(),
         )
         await announcer.start()
 
@@ -193,7 +196,6 @@ class Daemon:
         peers = {n.name: (str(n.address), config.port_of(n)) for n in config.nodes
                  if n.name != me.name}
         notifier = Notifier(notify_hooks(config), config.notify.timeout)
-        engine: Engine | None = None
 
         def on_message(sender: str, message: Message) -> None:
             if engine is not None:

@@ -207,6 +207,11 @@ class Engine:
             self._silence_if_lease_expired()
             self._inbox.put_nowait((event, None))
 
+    def lease_valid(self) -> bool:
+        """Whether this node holds the VIPs under a lease still running now (asked by the
+        announcer before each burst)."""
+        return self.node.holds_vip and self.clock() < self.node.lease_until
+
     def _silence_if_lease_expired(self) -> None:
         """A lease that ran out while this process could not run (frozen, starved) silences the
         announcements at once, synchronously, before any other callback queued on the loop

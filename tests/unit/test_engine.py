@@ -470,6 +470,45 @@ def test_a_command_waiting_at_close_is_refused_as_stopping() -> None:
     run(body)
 
 
+def test_a_repeat_due_after_the_lease_ran_out_is_not_sent() -> None:
+    """The daemon's announcer asks `Engine.lease_valid` before every burst: a repeat that
+    fires first after a freeze (before any event tells the engine) claims nothing."""
+    from hafailover.net.announce import RawAnnouncer
+
+    class Sock:
+        def __init__(self, ifname: str) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, data: bytes, /) -> int:
+            self.sent.append(data)
+            return len(data)
+
+        def close(self) -> None:
+            pass
+
+    async def body() -> None:
+        rig = Rig()
+        await rig.elect()
+        assert rig.engine.lease_valid()
+        socks: list[Sock] = []
+
+        def factory(ifname: str) -> Sock:
+            socks.append(Sock(ifname))
+            return socks[-1]
+
+        ann = RawAnnouncer([VIP], count=3, interval=0.02, frames={VIP: [b"garp"]},
+                           socket_factory=factory, may_announce=rig.engine.lease_valid)
+        await ann.start()
+        ann.announce()
+        assert socks[0].sent == [b"garp"]
+        rig.clock.now = rig.node.lease_until  # "frozen" past the lease, nothing handled yet
+        assert not rig.engine.lease_valid()
+        await asyncio.sleep(0.1)
+        assert socks[0].sent == [b"garp"] and not ann.pending
+
+    run(body)
+
+
 def test_after_close_nothing_is_handled() -> None:
     async def body() -> None:
         rig = Rig()
