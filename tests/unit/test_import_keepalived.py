@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hafailover.cli import cli
 from hafailover.config import Config, load_config
@@ -452,3 +454,80 @@ def test_a_vip_in_two_instances_is_imported_once_with_a_note(tmp_path: Path) -> 
         ["10.0.0.7"],
     ]
     assert "two.conf:11: VIP 10.0.0.5 is also in A" in notes_text(result)
+
+
+_ADDRESSES = ["10.0.0.5/24", "10.0.0.6", "10.0.0.0/24", "127.0.0.2", "fd00::5/64", "10.0.1.7/16"]
+_LINES = [
+    "interface {ifname}",
+    "priority {prio}",
+    "advert_int {adv}",
+    "state MASTER",
+    "nopreempt",
+    "preempt_delay 3",
+    "dont_track_primary",
+    "smtp_alert",
+    "use_vmac",
+    "virtual_router_id {prio}",
+    "virtual_ipaddress {{\n {addr} \n {addr} dev {ifname}\n}}",
+    "virtual_ipaddress_excluded {{\n {addr} label x:1\n}}",
+    "track_script {{\n {script}\n {script} weight {weight}\n}}",
+    "track_interface {{\n {ifname} weight {weight}\n}}",
+    "unicast_src_ip 10.9.0.{n}",
+    "unicast_peer {{\n 10.9.0.{n}\n fd09::{n}\n}}",
+    'notify_master "/bin/up {ifname}"',
+    "notify /bin/any ; /bin/other",
+    'notify_fault "/bin/x"',
+    "authentication {{\n auth_type PASS\n auth_pass x\n}}",
+    "@id priority 200",
+]
+
+
+@st.composite
+def keepalived_conf(draw: st.DrawFn) -> str:
+    def line() -> str:
+        return draw(st.sampled_from(_LINES)).format(
+            ifname=draw(st.sampled_from(["eth0", "eth1", "lo"])),
+            prio=draw(st.integers(1, 255)),
+            adv=draw(st.sampled_from(["0.05", "0.1", "1", "3"])),
+            addr=draw(st.sampled_from(_ADDRESSES)),
+            script=draw(st.sampled_from(["chk", "other", "missing"])),
+            weight=draw(st.integers(-50, 50)),
+            n=draw(st.integers(1, 4)),
+        )
+
+    parts = []
+    for name in draw(st.lists(st.sampled_from(["chk", "other"]), max_size=2, unique=True)):
+        body = draw(st.sampled_from(['script "/bin/true"', "script </dev/tcp/x/1", "interval 2"]))
+        parts.append(f"vrrp_script {name} {{\n {body}\n timeout 9\n weight -2\n}}")
+    names = draw(st.lists(st.sampled_from(["A", "B", "C", "a-b"]), min_size=1, max_size=3))
+    for name in names:
+        body = "\n".join(line() for _ in range(draw(st.integers(0, 8))))
+        parts.append(f"vrrp_instance {name} {{\n{body}\n}}")
+    if draw(st.booleans()):
+        members = " ".join(draw(st.lists(st.sampled_from(["A", "B", "C", "Z"]), max_size=3)))
+        parts.append(f"vrrp_sync_group G {{\n group {{\n {members}\n }}\n notify /bin/g\n}}")
+    return "\n".join(parts) + "\n"
+
+
+@given(keepalived_conf(), keepalived_conf(), st.booleans())
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_generated_configurations_import_and_load_or_fail_with_a_place(
+    one: str, other: str, two_hosts: bool
+) -> None:
+    texts = [("h1.conf", one), ("h2.conf", other)] if two_hosts else [("h1.conf", one)]
+    try:
+        result = import_texts(texts)
+    except KeepalivedSyntaxError as exc:
+        assert exc.where is not None and exc.where.file in ("h1.conf", "h2.conf")
+        return
+    # The importer ran the loader on its output (KeepalivedImportError would be a bug); every
+    # address it was given is in it or in a note.
+    for name, text in texts:
+        for address in re.findall(r"\b(?:10\.0\.[01]\.\d+|fd00::5)\b", text):
+            assert address in result.yaml or address in notes_text(result), (name, address)
+
+
+def test_two_files_claiming_one_address_is_an_error() -> None:
+    texts = cluster_texts()
+    with pytest.raises(KeepalivedSyntaxError, match="two files claim the same host address"):
+        import_texts([texts[0], ("copy.conf", texts[0][1])])

@@ -161,6 +161,7 @@ def _validate(text: str) -> list[Note]:
         ]
     except ConfigError as exc:
         raise KeepalivedImportError(
-            "the imported configuration does not load; this is a bug in the importer, please "
-            "report it with the input:\n" + "\n".join(str(p) for p in exc.problems)
+            "the result does not pass hafailover's configuration loader (a problem in the "
+            "input that the importer does not catch, or a bug in the importer):\n"
+            + "\n".join(str(p) for p in exc.problems)
         ) from None

@@ -416,7 +416,7 @@ def _guess_priorities(
         unit = group.units.get(reference) or group.first
         mine = max(i.priority for i in unit.instances)
         if high > low:
-            theirs = high + low - mine
+            theirs = min(255, max(0, high + low - mine))
         elif any(i.state == "MASTER" for i in unit.instances):
             theirs = max(mine - 10, 1)
         else:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hafailover.config.keepalived.host import Host, IPAddress
-from hafailover.config.keepalived.parse import Note
+from hafailover.config.keepalived.parse import KeepalivedSyntaxError, Note
 
 __all__ = ["Node", "resolve_nodes", "unique_name"]
 
@@ -63,6 +63,13 @@ def resolve_nodes(
         node = Node(name, own[0] if own else None, host.source, index, own[1:])
         nodes.append(node)
         for address in own:
+            if address in owner:
+                where = next(i.where for i in host.instances if i.unicast_src == address)
+                raise KeepalivedSyntaxError(
+                    where,
+                    f"unicast_src_ip {address} is also {owner[address].source}'s: two files "
+                    "claim the same host address. Give each host's file once",
+                )
             owner[address] = node
     for host in hosts:
         _peers(host, owner, nodes, node_names, notes)
