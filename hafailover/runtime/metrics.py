@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 from wsgiref.simple_server import WSGIServer
 
@@ -177,7 +177,6 @@ class MetricsSnapshot:
 @dataclass
 class _Published:
     snapshot: MetricsSnapshot | None = None
-    publishes: int = field(default=0)
 
 
 class _SnapshotCollector(Collector):
@@ -297,7 +296,6 @@ class MetricsServer:
         if not isinstance(snapshot, MetricsSnapshot):
             raise TypeError("publish takes a MetricsSnapshot")
         self._state.snapshot = snapshot
-        self._state.publishes += 1
 
     def observe_transition(self, group: str, reason: str) -> None:
         self._transitions.labels(group=group, reason=reason).inc()

@@ -115,7 +115,6 @@ class Instance:
     hooks: dict[str, list[tuple[str, Where]]] = field(default_factory=dict)
     unicast_src: IPAddress | None = None
     unicast_peers: list[IPAddress] = field(default_factory=list)
-    authenticated: bool = False
 
 
 @dataclass
