@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 
 import click
@@ -12,6 +13,18 @@ __all__ = ["EXIT_DATAERR", "EXIT_NOINPUT", "EXIT_NOTES", "import_keepalived"]
 EXIT_NOTES = 1
 EXIT_DATAERR = 65  # sysexits.h EX_DATAERR: the input is not a usable keepalived configuration
 EXIT_NOINPUT = 66  # sysexits.h EX_NOINPUT: a file named on the command line cannot be read
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _cluster_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r}: use letters, digits, '.', '_' and '-' (at most 63, starting with a "
+            "letter or digit)"
+        )
+    return value
 
 
 def _node_name(
@@ -50,7 +63,11 @@ def _node_name(
     "for all files, or once per FILE in order. Without it, conditional lines are skipped.",
 )
 @click.option(
-    "--cluster-name", default="keepalived", show_default=True, help="cluster.name to write."
+    "--cluster-name",
+    default="keepalived",
+    show_default=True,
+    callback=_cluster_name,
+    help="cluster.name to write.",
 )
 def import_keepalived(
     files: tuple[str, ...],
