@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,9 @@ class StatusHandler:
         self.engine = engine
         self.cluster = cluster
         self.checks = checks
-        self._request_ids = itertools.count(1)
+        # Request ids travel to peers and come back in their replies: start each process at a
+        # random point, so a late reply to a request of a previous run matches nothing here.
+        self._request_ids = itertools.count(random.SystemRandom().randrange(1, 2**31))
 
     async def handle(self, request: Request) -> dict[str, object]:
         match request:
