@@ -42,7 +42,7 @@ from hafailover.errors import LocalError
 from hafailover.net.announce import ConflictWatcher, RawAnnouncer
 from hafailover.net.vip import IPAddress, NetlinkVipPort, Vip, VipError, record_vips
 from hafailover.runtime.checks import CheckRunner, CheckSpec
-from hafailover.runtime.engine import Engine, Ports, lag_ticker
+from hafailover.runtime.engine import Engine, Ports, lag_ticker, renewal_interval
 from hafailover.runtime.interfaces import interface_networks
 from hafailover.runtime.logs import setup_logging
 from hafailover.runtime.notify import Notifier
@@ -153,6 +153,11 @@ class Daemon:
                 f"({timings.failover_timeout:g}s): a hung daemon would keep the VIP past its "
                 "lease. Set WatchdogSec below failover_timeout in the unit."
             )
+        if config.cluster.vip_lifetime:
+            try:
+                renewal_interval(config.cluster.vip_lifetime, timings.lease_duration)
+            except ValueError as e:
+                raise StartupError(str(e)) from e
         try:
             key = load_key(config.cluster.key_file)
         except KeyFileError as e:

@@ -16,10 +16,10 @@ the core and carries out the actions of that under the same rule. It keeps the k
 until one of them succeeds again, when it feeds `EffectSucceeded(kind)` after the step.
 
 Kernel-backed VIP lifetime: with `vip_lifetime` set, addresses are added with a finite valid
-(and preferred) lifetime and renewed every `renew_interval` while the core holds a valid lease.
-A frozen, wedged or starved daemon stops renewing, and the kernel removes its address within
-the lifetime plus the kernel's timer slack (docs/architecture.md). A renewal that fails is a
-failed acquire.
+(and preferred) lifetime and renewed every `renewal_interval()` while the core holds a valid
+lease. A frozen, wedged or starved daemon stops renewing, and the kernel removes its address
+within the lifetime plus the kernel's timer slack (docs/architecture.md). A renewal that fails
+is a failed acquire.
 
 One timer is armed at the core's next deadline on the engine's own clock. The core releases an
 expired lease before it looks at any event, so whatever is handled first after a stall (a
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -76,6 +77,10 @@ from hafailover.runtime.transport import TransportPort
 log = logging.getLogger("hafailover.engine")
 
 RECENT_TRANSITIONS: Final = 50
+# Kept between the lease and the address's expiry: the kernel deletes up to 20 ms early, and a
+# renewal waits its turn in the inbox.
+RENEW_MARGIN: Final = 0.1
+MIN_RENEW_INTERVAL: Final = 0.25
 # EffectFailed/EffectSucceeded fed back within one step: a core that keeps answering a failure
 # with the same failing action would otherwise spin; the core retries on its timers instead.
 MAX_FEEDBACK: Final = 8
@@ -150,8 +155,11 @@ class Engine:
         self.clock = clock
         self.watchdog = watchdog
         self.vip_lifetime = vip_lifetime
-        # Four renewals per lifetime: three may be missed (a busy loop) before the kernel acts.
-        self.renew_interval = vip_lifetime / 4 if vip_lifetime else float("inf")
+        self.renew_interval = (
+            renewal_interval(vip_lifetime, node.spec.timings.lease_duration)
+            if vip_lifetime
+            else float("inf")
+        )
         self.command_timeout = command_timeout
         self.started_at = clock()
         self.failing: dict[Effect, str] = {}  # effect kinds failing now -> the last sentence
@@ -502,6 +510,27 @@ class Engine:
         self.ports.events.append(entry)
         self.recent.append(entry)
         del self.recent[:-RECENT_TRANSITIONS]
+
+
+def renewal_interval(lifetime: float, lease: float) -> float:
+    """How often to renew the VIPs' lifetime: as rarely as is safe, at most every lifetime/2.
+
+    Safe means that no renewal coming late can let the kernel remove the address of a leader
+    whose lease still holds. After a renewal at `r` the address lives until `r + lifetime`
+    (less the kernel's 20 ms fuzz). The lease can only be extended while the loop runs, and the
+    loop renews at least every `interval`, so while no renewal has happened since `r` the lease
+    ends before `r + interval + lease`. Hence `interval <= lifetime - lease` (less a margin).
+    Raises ValueError, with what to configure, when the lifetime leaves no such interval.
+    """
+    interval = min(lifetime / 2, lifetime - lease - RENEW_MARGIN)
+    if interval < MIN_RENEW_INTERVAL:
+        needed = math.ceil(lease + RENEW_MARGIN + MIN_RENEW_INTERVAL)
+        raise ValueError(
+            f"cluster.vip_lifetime ({lifetime:g}s) is too short for the leader's lease "
+            f"({lease:.2f}s, from failover_timeout): a renewal could come too late for a "
+            f"leader whose lease still holds. Set vip_lifetime to {needed}s or more (or false)"
+        )
+    return interval
 
 
 def _stopping(request_id: int) -> CommandResult:

@@ -395,27 +395,38 @@ def test_a_command_is_answered_by_a_later_step_or_refused_after_the_bound() -> N
 
 def test_the_vip_lifetime_is_renewed_only_while_the_lease_is_valid() -> None:
     async def body() -> None:
-        rig = Rig(lifetime=0.2)  # renewal every 50 ms of real time
+        rig = Rig(lifetime=1.0)
+        interval = rig.engine.renew_interval
+        assert interval == pytest.approx(1.0 - SPEC.timings.lease_duration - 0.1)
         await rig.elect()
-        assert rig.vips.lifetimes[VIP] == 0.2
-        await asyncio.sleep(0.18)
+        assert rig.vips.lifetimes[VIP] == 1.0
+        await asyncio.sleep(2.2 * interval)
         assert rig.log.count("renew") >= 2, rig.log
         # The lease runs out on the core's clock: no renewal from now on (the kernel's clock
         # removes the address even if this node never gets to its next event).
         rig.clock.now = rig.node.lease_until + 0.001
         count = rig.log.count("renew")
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(1.5 * interval)
         assert rig.log.count("renew") == count, rig.log
 
     run(body)
 
 
+def test_the_renewal_interval_keeps_the_address_past_any_valid_lease() -> None:
+    from hafailover.runtime.engine import renewal_interval
+
+    assert renewal_interval(2.0, 0.54) == 1.0  # the defaults: every lifetime/2
+    assert renewal_interval(3.0, 2.5) == pytest.approx(0.4)  # lifetime - lease - margin
+    with pytest.raises(ValueError, match="Set vip_lifetime to 3s or more"):
+        renewal_interval(2.0, 1.8)  # a late renewal could outlive a valid lease
+
+
 def test_a_failed_renewal_is_a_failed_acquire() -> None:
     async def body() -> None:
-        rig = Rig(lifetime=0.2)
+        rig = Rig(lifetime=1.0)
         await rig.elect()
         rig.vips.drop(VIP)  # gone behind our back: the renewal finds it missing
-        for _ in range(40):
+        for _ in range(100):
             await asyncio.sleep(0.01)
             if Effect.ACQUIRE in rig.engine.failing:
                 break
