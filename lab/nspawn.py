@@ -246,11 +246,14 @@ class SystemdLab:
                     self.poweroff(node, timeout=10.0)
         finally:
             try:
-                self.lab.close() if hasattr(self, "lab") else None
-            finally:
+                # Unmounted before the lab deletes its work directory: removing the files
+                # through the overlay would only whiteout the cache's files, slowly.
                 for target in reversed(self._mounts):
                     _umount(target)
                 self._mounts.clear()
+            finally:
+                if hasattr(self, "lab"):
+                    self.lab.close()
 
     # ------------------------------------------------------------------ inside a container
 
