@@ -355,8 +355,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--freeze-runs", type=int, default=5)
+    parser.add_argument("--lifetime", action="append",
+                        help="vip_lifetime values to measure (default: 2s and false)")
     args = parser.parse_args()
-    for lifetime in ("2s", "false"):
+    for lifetime in args.lifetime or ("2s", "false"):
         stayed = []
         for i in range(args.freeze_runs):
             s, f = freeze_holder(lifetime)
