@@ -325,6 +325,34 @@ def test_a_node_unhealthy_for_one_group_keeps_leading_the_other() -> None:
     assert not [e for e in sim.vip_log if e[2] == "db" and e[0] > 4.0]
 
 
+def test_every_group_has_a_holder_soon_and_a_node_death_moves_exactly_its_groups() -> None:
+    """Twelve groups spread over three nodes (preempt on): all held within 2 s of a cold start;
+    when node1 dies only node1's groups move, within the failover timeout plus one election,
+    and the other groups' holders never change."""
+    names = ("node1", "node2", "node3")
+    specs = {}
+    for i in range(12):
+        first = i % 3
+        prio = {names[first]: 150, names[(first + 1) % 3]: 100, names[(first + 2) % 3]: 50}
+        specs[f"g{i:02d}"] = ClusterSpec(tuple(NodeSpec(n, prio[n]) for n in names), preempt=True)
+    sim = GroupSim(specs, 11)
+    sim.run_until(2.0)
+    assert all(sim.holders(g) for g in specs), {g: sim.holders(g) for g in specs}
+    sim.run_until(5.0)
+    before = {g: sim.holders(g) for g in specs}
+    assert before == {g: [best(s)] for g, s in specs.items()}
+    sim.crash("node1")
+    t_crash = sim.t
+    sim.run_until(t_crash + 3.0)
+    moved = {g for g in specs if sim.holders(g) != before[g]}
+    assert moved == {g for g in specs if before[g] == ["node1"]}
+    assert all(sim.holders(g) for g in specs)
+    for g in moved:
+        taken = min(t for t, n, grp, held in sim.vip_log if grp == g and held and t > t_crash)
+        assert taken - t_crash < DEFAULT.failover_timeout + 0.5, (g, taken - t_crash)
+    assert not [e for e in sim.vip_log if e[0] > t_crash and e[2] not in moved]
+
+
 # ---------------------------------------------------------------------- batching
 
 
