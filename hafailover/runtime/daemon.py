@@ -138,11 +138,20 @@ class Daemon:
         self.config = config
         self.me = me
         self.config_path = config_path
-        self.vips = [Vip(v.address, v.interface) for v in config.vips]
+        # One group: the top-level `vips:` (group "default") or a `groups:` list of one.
+        self.group = config.groups[0] if len(config.groups) == 1 else None
+        self.vips = [Vip(v.address, v.interface) for v in config.all_vips]
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
         config, me = self.config, self.me
+        if self.group is None:
+            names = ", ".join(g.name for g in config.groups)
+            raise StartupError(
+                f"this daemon elects one VIP group, the configuration has {len(config.groups)} "
+                f"({names}); until the multi-group runtime lands, write one group (or top-level "
+                "vips:) per cluster"
+            )
         systemd = SystemdNotifier.from_env(unset=True)
         # `watchdog: false` in the config: never ping, even if the unit sets WatchdogSec.
         interval = systemd.watchdog_interval() if config.cluster.watchdog else None
@@ -195,7 +204,7 @@ class Daemon:
         )
         await announcer.start()
 
-        spec = config.cluster_spec()
+        spec = config.group_spec(self.group.name)
         node = Node(spec, me.name, random.Random(), persisted)
         codec = Codec(key, config.cluster.name, me.name, spec.names, new_incarnation())
         peers = {n.name: (str(n.address), config.port_of(n)) for n in config.nodes
