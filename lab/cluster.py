@@ -3,6 +3,11 @@
 Every node gets the same cluster configuration; only `state_dir` and `control_socket` differ,
 because all the lab's namespaces share one filesystem. Each node's health check is a script
 that reads a mode file, so a test can make a node's service fail or hang on demand.
+
+With `ClusterOptions.groups` the file has `groups:` instead of top-level `vips:` (one VIP per
+group on eth0): `web_db_groups()` is the active/active pair of the VIP-groups issue,
+`generated_groups(n)` n groups spread round-robin over the nodes. In a two-bridge lab the
+nodes talk on eth1 (`Lab.hb_address`) while the VIPs stay on eth0.
 """
 
 from __future__ import annotations
@@ -35,6 +40,57 @@ exit 0
 """
 
 
+@dataclass(frozen=True)
+class GroupSpec:
+    """One `groups:` entry: a single VIP on eth0."""
+
+    name: str
+    vip: str  # address without prefix; the file says /24
+    priority: dict[str, int] = field(default_factory=dict)
+    preempt: bool | None = None  # None: cluster.preempt
+    preempt_delay: str = ""  # empty: cluster.preempt_delay
+    track_interfaces: tuple[str, ...] = ()
+
+    def yaml(self) -> list[str]:
+        prio = ", ".join(f"{n}: {p}" for n, p in self.priority.items())
+        lines = [f"  - name: {self.name}",
+                 f"    vips: [{{address: {self.vip}/24, interface: eth0}}]"]
+        lines += [f"    priority: {{{prio}}}"] if prio else []
+        lines += [f"    preempt: {str(self.preempt).lower()}"] if self.preempt is not None else []
+        lines += [f"    preempt_delay: {self.preempt_delay}"] if self.preempt_delay else []
+        if self.track_interfaces:
+            lines.append(f"    track_interfaces: [{', '.join(self.track_interfaces)}]")
+        return lines
+
+
+def web_db_groups(preempt_delay: str = "3s") -> list[GroupSpec]:
+    """The issue's example: web prefers node1, db prefers node2, node3 is everyone's last."""
+    return [
+        GroupSpec("web", "10.213.0.100", {"node1": 150, "node2": 100, "node3": 50},
+                  preempt=True, preempt_delay=preempt_delay),
+        GroupSpec("db", "10.213.0.101", {"node2": 150, "node1": 100, "node3": 50},
+                  preempt=True, preempt_delay=preempt_delay),
+    ]
+
+
+def group_vip(i: int) -> str:
+    """The VIP of generated group i: 10.213.0.100-.249, then 10.213.2.x upwards."""
+    if i < 150:
+        return f"10.213.0.{100 + i}"
+    return f"10.213.{2 + (i - 150) // 250}.{1 + (i - 150) % 250}"
+
+
+def generated_groups(n: int, nodes: list[str]) -> list[GroupSpec]:
+    """n groups g000.. spread round-robin: group i prefers nodes[i % len(nodes)], then the
+    next nodes in order."""
+    out = []
+    for i in range(n):
+        order = nodes[i % len(nodes):] + nodes[:i % len(nodes)]
+        prio = {node: 150 - 50 * k for k, node in enumerate(order)}
+        out.append(GroupSpec(f"g{i:03d}", group_vip(i), {k: max(v, 1) for k, v in prio.items()}))
+    return out
+
+
 @dataclass
 class ClusterOptions:
     heartbeat: str = "100ms"
@@ -51,6 +107,11 @@ class ClusterOptions:
     log_level: str = "info"
     # cluster.vip_lifetime as written in the file ("false" turns it off); empty: the default.
     vip_lifetime: str = ""
+    # None: top-level `vips:` with VIP (one group named default).
+    groups: list[GroupSpec] | None = None
+    metrics_port: int = 0  # > 0: metrics.listen on the node's lab address (eth0)
+    link_settle: str = ""  # cluster.link_settle; empty: the default
+    startup_settle: str = ""  # cluster.startup_settle; empty: the default
 
 
 class HaCluster:
@@ -99,6 +160,10 @@ class HaCluster:
         ]
         if o.vip_lifetime:
             lines.append(f"  vip_lifetime: {o.vip_lifetime}")
+        if o.link_settle:
+            lines.append(f"  link_settle: {o.link_settle}")
+        if o.startup_settle:
+            lines.append(f"  startup_settle: {o.startup_settle}")
         lines += ["nodes:"]
         for i, n in enumerate(self.lab.nodes):
             default = max(10, 150 - 50 * i)
@@ -106,9 +171,14 @@ class HaCluster:
             prio = 0 if witness else o.priorities.get(n, default)
             extra = ", witness: true" if witness else ""
             lines.append(
-                f"  - {{name: {n}, address: {self.lab.address(n)}, priority: {prio}{extra}}}"
+                f"  - {{name: {n}, address: {self.lab.hb_address(n)}, priority: {prio}{extra}}}"
             )
-        lines += ["vips:", f"  - {{address: {VIP_CIDR}, interface: eth0}}"]
+        if o.groups is None:
+            lines += ["vips:", f"  - {{address: {VIP_CIDR}, interface: eth0}}"]
+        else:
+            lines += ["groups:", *(line for g in o.groups for line in g.yaml())]
+        if o.metrics_port:
+            lines += ["metrics:", f"  listen: \"{self.lab.address(node)}:{o.metrics_port}\""]
         if o.with_check and node not in o.witnesses:
             script = d / "check.sh"
             script.write_text(CHECK_SCRIPT)
@@ -159,6 +229,29 @@ class HaCluster:
             time.sleep(0.05)
         raise TimeoutError(f"{node} daemon not ready in {timeout}s:\n{self.log(node)[-3000:]}")
 
+    def kill_host(self, node: str, echo: dict[str, LabProcess] | None = None) -> float:
+        """node's host dies: its links go down, its daemon (and echo) are SIGKILLed. Returns
+        when its links went down."""
+        t = self.lab.link_down(node)
+        self.lab.kill(self.procs[node])
+        if echo is not None and node in echo:
+            self.lab.kill(echo[node])
+        return t
+
+    def revive_host(self, node: str, echo: dict[str, LabProcess] | None = None) -> float:
+        """node's host is back, rebooted: without the VIPs it had (the namespace kept them),
+        links up, echo (if given) and daemon started; returns when the links came up."""
+        vips = [g.vip for g in self.opts.groups] if self.opts.groups is not None else [VIP]
+        subprocess.run(["ip", "-n", self.lab.ns(node), "-force", "-batch", "-"],
+                       input="".join(f"addr del {v}/24 dev eth0\n" for v in vips),
+                       capture_output=True, text=True, timeout=30, check=False)
+        t = self.lab.link_up(node)
+        if echo is not None:
+            echo.update(self.lab.start_echo(nodes=[node]))
+        self.start(node)
+        self.wait_ready(node)
+        return t
+
     def log(self, node: str) -> str:
         """The daemon's stderr (its log when not under systemd)."""
         proc = self.procs[node]
@@ -186,8 +279,30 @@ class HaCluster:
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
 
-    def holders(self) -> list[str]:
-        return self.lab.vip_holders(VIP)
+    def holders(self, vip: str = VIP) -> list[str]:
+        return self.lab.vip_holders(vip)
+
+    def group_holders(self) -> dict[str, list[str]]:
+        """Group name -> the nodes that have its VIP now (one `ip -j addr` per node)."""
+        groups = self.opts.groups or [GroupSpec("default", VIP)]
+        have: dict[str, set[str]] = {}
+        for n in self.lab.nodes:
+            out = self.lab.ip(n, "-j", "addr").stdout or "[]"
+            have[n] = {a.get("local", "") for link in json.loads(out)
+                       for a in link.get("addr_info", [])}
+        return {g.name: [n for n in self.lab.nodes if g.vip in have[n]] for g in groups}
+
+    def wait_groups(self, predicate: Callable[[dict[str, list[str]]], bool], timeout: float = 10.0,
+                    poll: float = 0.02) -> tuple[dict[str, list[str]], float]:
+        """Poll group_holders() until predicate holds: (holders, monotonic time seen)."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            last = self.group_holders()
+            if predicate(last):
+                return last, time.monotonic()
+            time.sleep(poll)
+        raise TimeoutError(f"group holders not as wanted in {timeout}s; now: {last}")
 
     def wait_for_holder(
         self, timeout: float = 10.0, exclude: tuple[str, ...] = (), poll: float = 0.01

@@ -240,11 +240,15 @@ class Lab:
     """N nodes (node1..nodeN, or the names given) + a client on one bridge; a context manager.
 
     Node i is 10.213.0.(10+i)/24 on eth0 in namespace ns(node), the client 10.213.0.50.
+    With two_bridges=True every node also has eth1 on a second bridge (br1, nodes only),
+    10.213.1.(10+i)/24 (`hb_address`): heartbeats on eth1, VIPs and the client on eth0, so
+    one of a node's links can fail while the other works (`set_carrier`).
     Fault methods return the monotonic time they took effect (also logged in self.events).
     """
 
     def __init__(self, nodes: int | Sequence[str] = 3, prefix: str | None = None, *,
-                 workdir: str | Path | None = None, term_timeout: float = 2.0) -> None:
+                 workdir: str | Path | None = None, term_timeout: float = 2.0,
+                 two_bridges: bool = False) -> None:
         global _counter
         names = [f"node{i}" for i in range(1, nodes + 1)] if isinstance(nodes, int) else [*nodes]
         if not 1 <= len(names) <= _MAX_NODES or len(set(names)) != len(names) or any(
@@ -264,6 +268,9 @@ class Lab:
         # Port names must fit IFNAMSIZ (15); long node names fall back to their index.
         self._port = {n: f"p-{n}" if len(n) <= 13 else f"p{i}" for i, n in enumerate(names, 1)}
         self._port[CLIENT] = "p-client"
+        # eth1's bridge-side ports (two_bridges only): "q" instead of "p".
+        self._port1 = {n: "q" + p[1:] for n, p in self._port.items() if n != CLIENT}
+        self.two_bridges = two_bridges
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -299,6 +306,11 @@ class Lab:
         for e, ns in self._ns.items():
             br += [f"link add {self._port[e]} type veth peer name eth0 netns {ns}",
                    f"link set {self._port[e]} master br0 up"]
+        if self.two_bridges:
+            br.append("link add br1 type bridge stp_state 0 forward_delay 0 mcast_snooping 0")
+            br += [f"link add {self._port1[n]} type veth peer name eth1 netns {self._ns[n]}\n"
+                   f"link set {self._port1[n]} master br1 up" for n in self.nodes]
+            br.append("link set br1 up")
         br.append("link set br0 up")
         _cmd(["ip", "-n", self.bridge_ns, "-batch", "-"], input="\n".join(br) + "\n")
         for e, ns in self._ns.items():
@@ -307,6 +319,10 @@ class Lab:
             _cmd(["ip", "-n", ns, "-batch", "-"], input=(
                 f"link set lo up\nlink set eth0 address {mac} up\n"
                 f"addr add {self._addr[e]}/24 dev eth0\n"))
+            if self.two_bridges and e != CLIENT:
+                _cmd(["ip", "-n", ns, "-batch", "-"], input=(
+                    f"link set eth1 address {mac[:-5]}01:{mac[-2:]} up\n"
+                    f"addr add {self.hb_address(e)}/24 dev eth1\n"))
         self._apply_nft()
         self._event("built")
 
@@ -326,6 +342,11 @@ class Lab:
 
     def address(self, node: str) -> str:
         return self._addr[self._known(node)]
+
+    def hb_address(self, node: str) -> str:
+        """Where node's peers reach it: its eth1 address with two_bridges, else address()."""
+        a = self.address(node)
+        return a.replace("10.213.0.", "10.213.1.", 1) if self.two_bridges else a
 
     def bridge_port(self, node: str) -> str:
         """The name of node's veth peer in bridge_ns."""
@@ -433,16 +454,31 @@ class Lab:
                 self._signal(p, signal.SIGKILL)
                 p.wait(2.0)
 
+    def _links(self, node: str) -> list[tuple[str, str]]:
+        """(interface in node, its peer in bridge_ns) for each of node's links."""
+        one = [("eth0", self.bridge_port(node))]
+        return one + ([("eth1", self._port1[node])] if node in self._port1 and
+                      self.two_bridges else [])
+
     def link_down(self, node: str) -> float:
-        """Both ends of node's veth down: to its peers the host is simply gone."""
-        self.ip(node, "link", "set", "eth0", "down")
-        _cmd(["ip", "-n", self.bridge_ns, "link", "set", self.bridge_port(node), "down"])
+        """Both ends of each of node's veths down: to its peers the host is simply gone."""
+        for dev, port in self._links(node):
+            self.ip(node, "link", "set", dev, "down")
+            _cmd(["ip", "-n", self.bridge_ns, "link", "set", port, "down"])
         return self._event(f"link_down {node}")
 
     def link_up(self, node: str) -> float:
-        _cmd(["ip", "-n", self.bridge_ns, "link", "set", self.bridge_port(node), "up"])
-        self.ip(node, "link", "set", "eth0", "up")
+        for dev, port in self._links(node):
+            _cmd(["ip", "-n", self.bridge_ns, "link", "set", port, "up"])
+            self.ip(node, "link", "set", dev, "up")
         return self._event(f"link_up {node}")
+
+    def set_carrier(self, node: str, up: bool, dev: str = "eth0") -> float:
+        """Set only the bridge-side end of node's `dev` veth down (or up): node's `dev` stays
+        administratively up but loses carrier (NO-CARRIER), like a pulled cable."""
+        port = dict(self._links(node))[dev]
+        _cmd(["ip", "-n", self.bridge_ns, "link", "set", port, "up" if up else "down"])
+        return self._event(f"carrier {'up' if up else 'down'} {node} {dev}")
 
     def partition(self, node: str) -> float:
         """Silently cut node off: the bridge drops all its frames, its carrier stays up."""
@@ -484,7 +520,8 @@ class Lab:
         # The whole chain is rewritten in one nft transaction: no frame ever sees a
         # half-applied fault set, and there are no rule handles to track.
         def ports(nodes: Sequence[str] | set[str]) -> str:
-            return "{ " + ", ".join(f'"{self._port[n]}"' for n in sorted(nodes)) + " }"
+            names = [p for n in sorted(nodes) for _, p in self._links(n)]
+            return "{ " + ", ".join(f'"{p}"' for p in names) + " }"
 
         rules = [f"table {_NFT} {{\n chain forward {{\n"
                  "  type filter hook forward priority 0; policy accept;\n }\n}",
