@@ -1,9 +1,10 @@
-"""Scenario tests named after the behaviours of the election core (rules 2-7 of node.py).
+"""Scenario tests named after the behaviours of the election core (the design list in node.py).
 
 Each test drives the simulator (invariants checked at every step) or a single `Node`, and
 asserts one observable behaviour: who holds the VIP, when, and what the action lists say.
 Quorum, witness and stability live in test_quorum.py; timings, leases on a single Node and
-freeze safety (rule 9) in test_timings.py.
+freeze safety in test_timings.py; failed effects, stop and the cold start in
+test_faults_and_startup.py; operator paths step by step in tests/transcripts/.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def vote_req(term: int, pre: bool, healthy: bool = True, maintenance: bool = Fal
     return VoteRequest(term, pre, healthy, maintenance)
 
 
-# ---------------------------------------------------------------------------- 2. leases
+# ---------------------------------------------------------------------------- leases
 
 
 @pytest.mark.parametrize("timings", [DEFAULT, FAST], ids=["default", "fast"])
@@ -129,7 +130,7 @@ def test_partitioned_leader_releases_vip_before_new_leader_acquires(
     assert decided(sim, old, Reason.LEASE_EXPIRED, t0)
 
 
-# ---------------------------------------------------------------------------- 3. PreVote
+# ---------------------------------------------------------------------------- PreVote
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -153,7 +154,7 @@ def test_rejoining_node_does_not_inflate_term_or_disrupt_leader(seed: int) -> No
     assert node_of(sim, follower).leader == leader
 
 
-# ---------------------------------------------------------------------------- 4. health gating
+# ---------------------------------------------------------------------------- health gating
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -210,7 +211,7 @@ def test_unhealthy_follower_ignores_timeout_now() -> None:
     assert not any(isinstance(a, Send) for a in acts)
 
 
-# ---------------------------------------------------------------------------- 5. priority
+# ---------------------------------------------------------------------------- priority
 
 
 def test_highest_priority_node_wins_the_first_election() -> None:
@@ -279,7 +280,7 @@ def test_preempt_timer_restarts_when_the_better_node_flaps() -> None:
     assert sim.holders() == ["node1"]
 
 
-# ---------------------------------------------------------------------------- 6. transfer
+# ---------------------------------------------------------------------------- transfer
 
 
 def test_switchover_releases_the_vip_before_sending_timeout_now() -> None:
@@ -439,7 +440,7 @@ def test_stale_and_duplicated_timeout_now_is_ignored() -> None:
     assert all(sn.node is not None and sn.node.term == new_term for sn in sim.nodes.values())
 
 
-# ---------------------------------------------------------------------------- 7. maintenance
+# ---------------------------------------------------------------------------- maintenance
 
 
 def test_node_in_maintenance_never_becomes_leader() -> None:

@@ -1,4 +1,4 @@
-"""Static membership and majority quorum (rule 1), witnesses (rule 8), and long-run stability."""
+"""Static membership and majority quorum, witnesses, and long-run stability."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def cluster(n: int) -> ClusterSpec:
     return ClusterSpec(tuple(NodeSpec(f"n{i + 1}", 100) for i in range(n)))
 
 
-# ---------------------------------------------------------------------------- 1. majority
+# ---------------------------------------------------------------------------- majority
 
 
 @pytest.mark.parametrize(("voters", "crashed", "holder"), CASES)
@@ -150,7 +150,7 @@ def test_unknown_sender_is_ignored() -> None:
     assert node.term == 0
 
 
-# ---------------------------------------------------------------------------- 8. witness
+# ---------------------------------------------------------------------------- witness
 
 
 def witness_cluster() -> ClusterSpec:

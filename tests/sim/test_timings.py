@@ -1,4 +1,4 @@
-"""Timings (rule 10), leases on a single Node (rule 2) and freeze safety (rule 9).
+"""Timings, leases on a single Node and freeze safety.
 
 What `Timings.validate()` accepts and refuses (with the text the operator sees), the
 drift-shortened lease arithmetic, a leader that holds the VIP exactly as long as that lease and
@@ -84,6 +84,10 @@ INVALID = [
     ),
     pytest.param(Timings(preempt_delay=-1.0), "preempt_delay must not be negative",
                  id="preempt-negative"),
+    pytest.param(Timings(startup_settle=-0.5), "startup_settle must be between 0 and 60",
+                 id="settle-negative"),
+    pytest.param(Timings(startup_settle=61.0), "startup_settle must be between 0 and 60",
+                 id="settle-huge"),
 ]
 
 
@@ -98,6 +102,16 @@ def test_invalid_timings_are_refused_with_the_reason(timings: Timings, message: 
     with pytest.raises(TimingError) as info:
         timings.validate()
     assert message in str(info.value)
+
+
+def test_timing_errors_are_the_operators_to_fix() -> None:
+    """A bad timing is a `LocalError` (this host's configuration) and still a `ValueError`
+    (so the configuration loader reports it like any other bad value)."""
+    from hafailover.errors import LocalError
+
+    with pytest.raises(TimingError) as info:
+        Timings(startup_settle=-1.0).validate()
+    assert isinstance(info.value, LocalError) and isinstance(info.value, ValueError)
 
 
 def test_node_refuses_invalid_timings() -> None:
