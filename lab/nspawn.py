@@ -183,7 +183,10 @@ class SystemdLab:
         with open(c.console, "ab") as console:
             c.popen = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-                 "--directory", str(c.root), "--machine", f"{self.lab.name}-{node}",
+                 "--directory", str(c.root),
+                 # A host-name-like machine name: the lab's "_<k>" (second lab of a process)
+                 # is not allowed there.
+                 "--machine", f"{self.lab.name}-{node}".replace("_", "-"),
                  "--hostname", node, "--link-journal=no", "--console=passive",
                  "--timezone=off", "--resolv-conf=off",
                  # nspawn drops CAP_NET_ADMIN unless it made the network namespace itself;
@@ -273,9 +276,6 @@ class SystemdLab:
         if check and r.returncode != 0:
             raise netns.LabCommandError(r.returncode, list(argv), r.stdout, r.stderr)
         return r
-
-    def sh(self, node: str, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.exec(node, ["sh", "-c", script], **kwargs)  # type: ignore[arg-type]
 
     def path(self, node: str, inside: str) -> Path:
         """A path inside the running container as the host reaches it (its mounts included)."""
