@@ -46,10 +46,10 @@ FT = DEFAULT.failover_timeout
 
 
 def settle(
-    spec: ClusterSpec, seed: int = 1, until: float = 5.0, **sim_args: bool
+    spec: ClusterSpec, seed: int = 1, until: float = 5.0, drift: bool = True
 ) -> tuple[Simulator, str]:
     """A simulator with invariants, run until one node holds the VIP; returns it and the holder."""
-    sim = Simulator(spec, seed, NetworkModel(), **sim_args)
+    sim = Simulator(spec, seed, NetworkModel(), drift=drift)
     Invariants(sim)
     sim.run_until(until)
     holders = sim.holders()
@@ -513,3 +513,24 @@ def test_maintenance_on_another_node_is_forwarded_and_applied() -> None:
     assert sim.holders() and sim.holders() != [leader]
     unknown = result_of(sim.inject(follower, SetMaintenance(10, True, node="nodeX")))
     assert (unknown.accepted, unknown.reason) == (False, Reason.TARGET_UNKNOWN)
+
+
+# ---------------------------------------------------------------------------- misuse and bugs
+
+
+def test_handle_before_start_is_the_callers_misuse() -> None:
+    from hafailover.core.node import NotStarted
+    from hafailover.errors import LocalError
+
+    node = Node(three_nodes(), "node1", random.Random(0))
+    with pytest.raises(NotStarted) as info:
+        node.handle(HealthChanged(True), 0.0)
+    assert isinstance(info.value, LocalError)
+
+
+def test_an_illegal_role_change_is_refused_as_raft_panics() -> None:
+    from hafailover.core.node import InvalidTransition
+
+    node = started(three_nodes(), "node1")
+    with pytest.raises(InvalidTransition, match=r"invalid transition \[follower -> leader\]"):
+        node._become_leader(1.0)  # a follower never becomes leader without standing
