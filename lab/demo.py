@@ -1,10 +1,10 @@
-"""A failover walkthrough in network namespaces: `./dev demo` (root, under a minute).
+"""An active/active walkthrough in network namespaces: `./dev demo` (root, under a minute).
 
-Builds an isolated lab (3 or 5 nodes and a client on one bridge, no route out), runs the real
-`hafailover run` daemons and a UDP echo on every node, and a client that asks the VIP every
-10 ms. Then it kills the leader's host, shows who took over and how long the client went
-unanswered, explains it with `hafailover events`, brings the host back and moves the VIP back
-with `hafailover switchover`. Everything shown is measured in this run.
+Builds an isolated lab (3 or 5 nodes and a client on one bridge, no route out) and runs the
+real `hafailover run` daemons with two VIP groups: web (preferring node1) and db (preferring
+node2), and a UDP echo on every node. Two clients ask the web and the db VIP every 10 ms. Then
+it kills node1's host: only web moves, and the db client loses nothing. node1 comes back: web
+returns to it after preempt_delay, db does not move. Everything shown is measured in this run.
 
     python -m lab.demo [--nodes 3|5] [--keep] [--quiet]
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import select
 import shutil
 import subprocess
@@ -25,18 +24,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lab.cluster import VIP, VIP_CIDR, ClusterOptions, HaCluster
+from lab.cluster import ClusterOptions, GroupSpec, HaCluster, web_db_groups
 from lab.netns import Lab, LabError, LabProcess, cleanup_stale
 
 if TYPE_CHECKING:
     from lab.probe import Gap, ProbeRun
 
 PREFIX = "hfdemo"  # namespaces are hfdemo<pid>-node1, ...: the test looks for exactly these
-STEPS = 8
+STEPS = 7
 KEEP_MAX_S = 600.0
 WIDTH = 96
+PREEMPT_DELAY = "3s"
 
 
 class DemoError(Exception):
@@ -151,155 +151,145 @@ def hold(lab: Lab, c: HaCluster, out: Out) -> None:
         time.sleep(KEEP_MAX_S)
 
 
+def lost_in(run: ProbeRun, lo: float) -> int:
+    """Probes sent from lo on that never got a reply."""
+    return sum(1 for r in run.records if r.recv is None and r.send >= lo)
+
+
+def group_events(c: HaCluster, node: str, group: str, since: float) -> dict[str, float]:
+    """reason -> ms after `since` (a time.time()) of node's decisions for group since then."""
+    out: dict[str, float] = {}
+    for e in c.events(node, limit=50):
+        ms = wall_ms(e.get("time", ""), since)
+        if ms is not None and ms >= 0 and e.get("group", group) == group:
+            out.setdefault(e["reason"], ms)
+    return out
+
+
 def run_demo(lab: Lab, c: HaCluster, out: Out) -> list[Row]:
     rows: list[Row] = []
     n = len(lab.nodes)
+    groups: list[GroupSpec] = c.opts.groups or []
+    web, db = groups[0], groups[1]
     out.step(1, f"Build a {n}-node lab")
-    opts = c.opts
     addrs = ", ".join(f"{x} {lab.address(x)}" for x in lab.nodes)
     out.result(f"namespaces {lab.name}-*: {addrs}; client {lab.address('client')}")
     out.why("Each node and the client get their own network namespace on one bridge: a real "
             "L2 network with real ARP, but nothing connects it to this machine's network.")
+    out.why(f"Two VIP groups, each elected on its own: web ({web.vip}) prefers node1, db "
+            f"({db.vip}) prefers node2; the other nodes are their backups. Preempt is on with "
+            f"a {PREEMPT_DELAY} delay.")
 
     out.step(2, "Start the hafailover daemons and the echo service")
     t0 = time.monotonic()
     c.start_all()
     echo = lab.start_echo()
-    first, _ = c.wait_for_holder(15.0)
-    st = c.status(first)
-    out.result(f"{first} was elected leader (term {st['term']}) and holds the VIP {VIP}, "
-               f"{time.monotonic() - t0:.1f} s after the daemons were started")
-    out.why(f"The nodes elect one leader by majority vote ({n // 2 + 1} of {n}); only the "
-            "leader holds the VIP.")
-    out.why(f"Settings: heartbeat {opts.heartbeat}, failover_timeout {opts.failover}, "
-            f"preempt {'on' if opts.preempt else 'off'}. Every node runs a UDP echo that "
-            "answers with its name.")
+    try:
+        c.wait_groups(lambda h: h == {"web": ["node1"], "db": ["node2"]}, timeout=15.0)
+    except TimeoutError as e:
+        raise DemoError(f"the groups did not settle on their preferred nodes: {e}") from e
+    out.result(f"active/active: web on node1, db on node2, {time.monotonic() - t0:.1f} s after "
+               "the daemons were started")
+    out.why("On a cold start each group waits a moment for its best-ranked node, so priority "
+            "decides the first holders without a preemption hop.")
 
-    out.step(3, "Start the client and look at the cluster")
-    probe1 = lab.start_probe(VIP, duration=60.0, interval=0.01)
-    out.result(f"the client sends a UDP probe to {VIP} every 10 ms; each reply names the node "
-               "that answered")
+    out.step(3, "Start two clients and look at the cluster")
+    p_web = lab.start_probe(web.vip, duration=60.0, interval=0.01)
+    p_db = lab.start_probe(db.vip, duration=60.0, interval=0.01)
+    out.result(f"one client probes {web.vip} (web), another {db.vip} (db), every 10 ms; each "
+               "reply names the node that answered")
     args: tuple[str, ...] = ("status",)
-    r = c.cli(first, *args)
+    r = c.cli("node1", *args)
     deadline = time.monotonic() + 10.0
     while r.returncode in (1, 2) and time.monotonic() < deadline:  # still settling
         time.sleep(0.2)
-        r = c.cli(first, *args)
+        r = c.cli("node1", *args)
     if r.returncode == 3:
-        raise DemoError(f"`hafailover status` cannot reach {first}'s daemon: {r.stderr.strip()}")
-    out.transcript(first, args, r)
-    out.why("`hafailover status` is what an operator runs on any node: leader, VIP holder, "
-            "quorum, each node's health.")
+        raise DemoError(f"`hafailover status` cannot reach node1's daemon: {r.stderr.strip()}")
+    out.transcript("node1", args, r)
+    out.why("`hafailover status` shows each group's holder and term, and every node's health.")
     time.sleep(1.0)
 
-    out.step(4, f"Kill the leader's host ({first})")
+    out.step(4, "Kill node1's host (it holds web)")
     t_fault, wall_fault = time.monotonic(), time.time()
-    lab.link_down(first)
-    lab.kill(c.procs[first])
-    lab.kill(echo[first])  # the service dies with its host
-    out.result(f"{first}: network link down and every process SIGKILLed, like a power cut")
-    out.why(f"The others stop hearing {first}'s heartbeats; after failover_timeout "
-            f"({opts.failover}) they elect a new leader, which brings the VIP up and announces "
-            "it with gratuitous ARP.")
+    c.kill_host("node1", echo)
+    out.result("node1: network link down and every process SIGKILLed, like a power cut")
+    out.why(f"The others stop hearing node1; after failover_timeout ({c.opts.failover}) web "
+            "elects a new holder. db's holder, node2, is alive: its group has nothing to do.")
     try:
-        new, t_new = c.wait_for_holder(10.0, exclude=(first,))
+        held, t_new = c.wait_groups(lambda h: len(h["web"]) == 1 and h["web"] != ["node1"],
+                                    timeout=10.0, poll=0.01)
     except TimeoutError as e:
-        raise DemoError(f"no node took over the VIP after {first} died: {e}") from e
+        raise DemoError(f"no node took over web after node1 died: {e}") from e
+    new = held["web"][0]
     time.sleep(1.0)
-    run1 = stop_probe(lab, probe1)
+    run_web, run_db = stop_probe(lab, p_web), stop_probe(lab, p_db)
 
-    out.step(5, "Who took over, and what the client saw")
-    out.result(f"new VIP holder: {new}, {(t_new - t_fault) * 1000:.0f} ms after the kill "
-               "(seen in its interface addresses)")
-    g1 = longest_gap(run1, t_fault - 0.2, run1.end)
+    out.step(5, "What each client saw")
+    g1 = longest_gap(run_web, t_fault - 0.2, run_web.end)
     if g1.after != new:
-        raise DemoError(f"the client never got a reply from {new} after the takeover "
-                        f"(longest gap {g1.ms:.0f} ms, then {g1.after})")
-    out.result(f"client outage: {describe(g1)}")
-    out.why("The outage is the longest time the client went without any answer, measured "
-            "from its own records.")
-    rows.append(Row(f"host death of {first}", f"{first} -> {new}", f"{g1.ms:.0f} ms"))
+        raise DemoError(f"the web client never got a reply from {new} after the takeover")
+    db_lost = lost_in(run_db, t_fault - 0.2)
+    g_db = longest_gap(run_db, t_fault - 0.2, run_db.end)
+    holders = c.group_holders()
+    if holders["db"] != ["node2"]:
+        raise DemoError(f"db moved although its holder lives: {holders['db']}")
+    out.result(f"web: now on {new}, {(t_new - t_fault) * 1000:.0f} ms after the kill; web "
+               f"client outage {describe(g1)}")
+    out.result(f"db: still on node2; the db client lost {db_lost} probes (longest gap "
+               f"{g_db.ms:.0f} ms)")
+    marks = ", ".join(f"{k} +{v:.0f} ms"
+                      for k, v in group_events(c, new, "web", wall_fault).items())
+    out.result(f"{new}'s decisions for web since the kill: {marks or 'none recorded'}")
+    rows.append(Row("host death of node1", f"web node1 -> {new}", f"{g1.ms:.0f} ms"))
+    rows.append(Row("host death of node1", "db node2 (stays)", f"{db_lost} lost"))
 
-    out.step(6, f"Why: the event history on {new}")
-    args = ("events",)
-    r = c.cli(new, *args)
-    if r.returncode != 0:
-        raise DemoError(f"`hafailover events` on {new} failed: {(r.stdout + r.stderr).strip()}")
-    out.transcript(new, args, r, bold=lambda line: (wall_ms(line.split(" ", 1)[0], wall_fault)
-                                                    or -1.0) >= 0)
-    after = {e["reason"]: wall_ms(e["time"], wall_fault) for e in c.events(new)
-             if (wall_ms(e["time"], wall_fault) or -1.0) >= 0}
-    if "lease-acquired" not in after:
-        raise DemoError(f"{new}'s events show no lease-acquired after the fault: {r.stdout}")
-    marks = ", ".join(f"{k} +{v:.0f} ms" for k, v in after.items() if v is not None)
-    out.result(f"since the kill: {marks}")
-    out.why(f"leader-lost: {new} had heard no heartbeat for failover_timeout (counted from the "
-            "last one, which came shortly before the kill); prevote-won and elected: a majority "
-            "agreed; lease-acquired: the majority's lease lets it hold the VIP.")
-
-    out.step(7, f"Bring {first} back")
-    probe2 = lab.start_probe(VIP, duration=60.0, interval=0.01)
-    t_back = time.monotonic()
-    # A rebooted host comes up without its old addresses; the namespace kept the VIP.
-    lab.ip(first, "addr", "del", VIP_CIDR, "dev", "eth0", check=False)
-    lab.link_up(first)
-    lab.start_echo(nodes=[first])
-    c.start(first)
-    c.wait_ready(first, 15.0)
-
-    def rejoined() -> bool:
-        me, lead = c.try_status(first), c.try_status(new)
-        peers: list[dict[str, Any]] = (lead or {}).get("nodes", [])
-        peer = next((p for p in peers if p["name"] == first), {})
-        return (me is not None and me["role"] == "follower" and me["leader"] == new
-                and peer.get("reachable") is True and peer.get("healthy") is True)
-
-    wait_until(f"{first} rejoining as a healthy follower of {new}", 10.0, rejoined)
-    holders = c.holders()
-    if holders != [new]:
-        raise DemoError(f"after {first} rejoined the VIP is on {holders}, expected only {new}")
-    out.result(f"{first} is back as a healthy follower of {new}; {new} keeps the VIP")
-    out.why("With preempt off (the default) a returning node never takes the VIP back by "
-            "itself: no second outage.")
-    out.why("Moving it back is the operator's choice, at a quiet moment: a switchover.")
-
-    out.step(8, f"Switch the VIP back to {first}")
-    time.sleep(0.5)
-    t_switch = time.monotonic()
-    args = ("switchover", "--to", first)
-    r = c.cli(new, *args)
-    out.transcript(new, args, r)
-    if r.returncode != 0:
-        raise DemoError(f"`hafailover switchover --to {first}` exited {r.returncode}: "
-                        f"{(r.stdout + r.stderr).strip()}")
-    holder, _ = c.wait_for_holder(5.0, exclude=(new,))
-    if holder != first:
-        raise DemoError(f"after the switchover the VIP is on {holder}, not {first}")
+    out.step(6, "Bring node1 back")
+    p_web = lab.start_probe(web.vip, duration=60.0, interval=0.01)
+    p_db = lab.start_probe(db.vip, duration=60.0, interval=0.01)
+    t_back = c.revive_host("node1", echo)
+    out.result(f"node1's links are up and its daemon runs again ({time.monotonic() - t_back:.1f}"
+               " s to start)")
+    out.why(f"web prefers node1: once node1 has been healthy for preempt_delay "
+            f"({PREEMPT_DELAY}), {new} hands web back in a planned handover. db's holder is "
+            "already its preferred node: it stays.")
+    try:
+        _, t_ret = c.wait_groups(lambda h: h["web"] == ["node1"], timeout=20.0, poll=0.02)
+    except TimeoutError as e:
+        raise DemoError(f"web did not return to node1: {e}") from e
     time.sleep(1.0)
-    run2 = stop_probe(lab, probe2)
-    g_back = longest_gap(run2, t_back, t_switch)
-    g2 = longest_gap(run2, t_switch, run2.end)
-    if g2.after != first:
-        raise DemoError(f"the client got no reply from {first} after the switchover")
-    took = re.search(r"took (\d+) ms", r.stdout)
-    out.result(f"client outage: {describe(g2)}")
-    out.why("A planned handover: the leader drops the VIP and tells the target to stand at "
-            "once, without waiting out failover_timeout.")
-    rows.append(Row(f"{first} rejoins (preempt off)", f"{new} (stays)", f"{g_back.ms:.0f} ms"))
-    rows.append(Row(f"switchover --to {first}", f"{new} -> {first}", f"{g2.ms:.0f} ms" + (
-        f" (CLI: {took.group(1)} ms)" if took else "")))
+    run_web, run_db = stop_probe(lab, p_web), stop_probe(lab, p_db)
+    g2 = longest_gap(run_web, t_ret - 1.0, run_web.end)
+    db_lost2 = lost_in(run_db, t_back)
+    holders = c.group_holders()
+    if holders != {"web": ["node1"], "db": ["node2"]}:
+        raise DemoError(f"after node1 came back the holders are {holders}")
+    out.result(f"web back on node1 {t_ret - t_back:.1f} s after node1 came back; web client "
+               f"outage {describe(g2)}")
+    out.result(f"db stayed on node2; the db client lost {db_lost2} probes")
+    rows.append(Row(f"node1 back (preempt_delay {PREEMPT_DELAY})", f"web {new} -> node1",
+                    f"{g2.ms:.0f} ms"))
+    rows.append(Row(f"node1 back (preempt_delay {PREEMPT_DELAY})", "db node2 (stays)",
+                    f"{db_lost2} lost"))
+
+    out.step(7, "Events of web on node1")
+    args = ("events", "--group", "web", "-n", "6")
+    r = c.cli("node1", *args)
+    if r.returncode != 0:
+        raise DemoError(f"`hafailover {' '.join(args)}` failed: {(r.stdout + r.stderr).strip()}")
+    out.transcript("node1", args, r)
     return rows
 
 
 def summary(rows: list[Row], out: Out) -> None:
-    head = Row("EVENT", "VIP HOLDER", "CLIENT OUTAGE (longest gap)")
+    head = Row("EVENT", "GROUP HOLDER", "ITS CLIENT (longest gap or lost probes)")
     w1 = max(len(r.fault) for r in [head, *rows]) + 3
     w2 = max(len(r.holder) for r in [head, *rows]) + 3
     print("\n" + out.paint("1", "Summary"))
     for r in [head, *rows]:
         print(f"  {r.fault:<{w1}}{r.holder:<{w2}}{r.outage}", flush=True)
-    out.why("The client probes every 10 ms, so a longest gap of 10-20 ms means it missed no "
-            "reply at all.")
+    out.why("The clients probe every 10 ms: a moving group's client sees one gap; the other "
+            "group's client loses nothing.")
 
 
 def preflight() -> str:
@@ -329,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         cleanup_stale(PREFIX)  # only namespaces of earlier demos whose process is gone
         with Lab(a.nodes, PREFIX) as lab:
             name = lab.name
-            c = HaCluster(lab, ClusterOptions())
+            c = HaCluster(lab, ClusterOptions(groups=web_db_groups(PREEMPT_DELAY)))
             summary(run_demo(lab, c, out), out)
             if a.keep:
                 hold(lab, c, out)
