@@ -93,14 +93,21 @@ class ControlClient:
     def status(self) -> dict[str, object]:
         return self.request({"op": "status"})
 
-    def events(self, limit: int = 50, after: int | None = None) -> dict[str, object]:
+    def events(
+        self, limit: int = 50, after: int | None = None, group: str | None = None
+    ) -> dict[str, object]:
         payload: dict[str, object] = {"op": "events", "limit": limit}
         if after is not None:
             payload["after"] = after
+        if group is not None:
+            payload["group"] = group
         return self.request(payload)
 
-    def switchover(self, to: str | None = None) -> dict[str, object]:
-        return self.request({"op": "switchover", "to": to}, COMMAND_TIMEOUT)
+    def switchover(self, to: str | None = None, group: str | None = None) -> dict[str, object]:
+        payload: dict[str, object] = {"op": "switchover", "to": to}
+        if group is not None:
+            payload["group"] = group
+        return self.request(payload, COMMAND_TIMEOUT)
 
     def maintenance(self, on: bool, node: str | None = None) -> dict[str, object]:
         return self.request({"op": "maintenance", "on": on, "node": node}, COMMAND_TIMEOUT)

@@ -64,12 +64,16 @@ class EventsRequest:
     limit: int = 50
     # Only events with a sequence number strictly greater than this (for `events --follow`).
     after: int | None = None
+    # Only the events of this VIP group (node-wide events, without a group, are kept too).
+    group: str | None = None
 
 
 @dataclass(frozen=True)
 class SwitchoverRequest:
     # None: the leader picks the best other eligible node.
     to: str | None = None
+    # The VIP group to move; None is fine while the daemon has a single group.
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ MUTATING_REQUESTS: Final = (SwitchoverRequest, MaintenanceRequest)
 # typo such as {"op": "switchover", "target": "node2"} must not silently mean "any node".
 _FIELDS: Final[dict[str, frozenset[str]]] = {
     "status": frozenset(),
-    "events": frozenset({"limit", "after"}),
-    "switchover": frozenset({"to"}),
+    "events": frozenset({"limit", "after", "group"}),
+    "switchover": frozenset({"to", "group"}),
     "maintenance": frozenset({"on", "node"}),
     "ping": frozenset(),
 }
@@ -207,9 +211,9 @@ def _build(op: str, obj: dict[str, object]) -> Request:
             _bad("'after' must be a non-negative integer or null")
         if after is not None and after < 0:
             _bad("'after' must be a non-negative integer or null")
-        return EventsRequest(limit=limit, after=after)
+        return EventsRequest(limit=limit, after=after, group=_node_name(obj, "group"))
     if op == "switchover":
-        return SwitchoverRequest(to=_node_name(obj, "to"))
+        return SwitchoverRequest(to=_node_name(obj, "to"), group=_node_name(obj, "group"))
     # maintenance
     if "on" not in obj or not isinstance(obj["on"], bool):
         _bad("'on' must be true or false")
@@ -223,8 +227,12 @@ def request_to_dict(request: Request) -> dict[str, object]:
         out["limit"] = request.limit
         if request.after is not None:
             out["after"] = request.after
+        if request.group is not None:
+            out["group"] = request.group
     elif isinstance(request, SwitchoverRequest):
         out["to"] = request.to
+        if request.group is not None:
+            out["group"] = request.group
     elif isinstance(request, MaintenanceRequest):
         out["on"] = request.on
         out["node"] = request.node

@@ -80,6 +80,10 @@ class CheckSpec:
     critical: bool = True
     expect_status: tuple[int, int] = (200, 399)
     expect_body: str = ""
+    # Run once when the check turns failing, after this node has handed its groups over
+    # (the daemon decides when); () for none.
+    recover: tuple[str, ...] = ()
+    recover_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         where = f"check {self.name!r}"
@@ -402,13 +406,18 @@ class CheckRunner:
         specs: Sequence[CheckSpec],
         on_health: Callable[[bool, str], None],
         clock: Callable[[], float] = time.monotonic,
+        on_check: Callable[[CheckStatus, float, bool], None] | None = None,
     ) -> None:
+        """`on_health`: the aggregate verdict over the critical checks, on change.
+        `on_check(status, duration, flipped)`: after every run of any check, with its status
+        then, the run's duration and whether its verdict changed."""
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate check names in {names}")
         self._specs = list(specs)
         self._status = {s.name: CheckStatus(s.name, s.kind, s.critical) for s in specs}
         self._on_health = on_health
+        self._on_check = on_check
         self._clock = clock
         self._healthy = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -478,6 +487,11 @@ class CheckRunner:
             consecutive_fail=n_fail,
             last_error=outcome.error,
         )
+        if self._on_check is not None:
+            try:
+                self._on_check(new, duration, flipped)
+            except Exception:
+                log.exception("on_check callback failed")
         if not flipped:
             return
         if ok:

@@ -12,6 +12,10 @@ and only then sends TimeoutNow to its successor); after a short grace for that d
 leave, the engine stops taking events and the UDP socket is closed, so this node answers no
 election any more; only then do the hooks (notify.stop) drain. Nothing after `Stop` can make
 this node take a VIP again. An `Exit` from the core ends the process at once with status 1.
+
+VIP groups: the daemon runs one election per group (`hafailover.core.groups.Groups`; a file
+with top-level `vips:` is the one group `default`), over one UDP socket, with each group's
+health judged from its own checks and links (`runtime/grouphealth.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -33,25 +37,28 @@ from hafailover.config import (
     load_config,
     resolve_self,
 )
-from hafailover.config.schema import CheckKind, Config, NodeConfig
+from hafailover.config.schema import CheckKind, Config, NodeConfig, NotifyConfig
 from hafailover.control.server import ControlServer, ControlServerError
 from hafailover.core.events import Stop, VipConflict
-from hafailover.core.messages import Message
-from hafailover.core.node import Node
+from hafailover.core.groups import Groups
+from hafailover.core.reasons import Role
 from hafailover.errors import LocalError
-from hafailover.net.announce import ConflictWatcher, RawAnnouncer
+from hafailover.net.announce import Announcer, ConflictWatcher, RawAnnouncer
+from hafailover.net.links import LinkWatcher
 from hafailover.net.vip import IPAddress, NetlinkVipPort, Vip, VipError, record_vips
 from hafailover.runtime.checks import CheckRunner, CheckSpec
 from hafailover.runtime.engine import Engine, Ports, lag_ticker, renewal_interval
+from hafailover.runtime.grouphealth import Drift, GroupHealth
 from hafailover.runtime.interfaces import interface_networks
 from hafailover.runtime.logs import setup_logging
-from hafailover.runtime.notify import Notifier
+from hafailover.runtime.metrics import GroupSnapshot, MetricsError, MetricsServer, MetricsSnapshot
+from hafailover.runtime.notify import Notifier, NotifierPort
 from hafailover.runtime.reload import Reloader
 from hafailover.runtime.sdnotify import SystemdNotifier
 from hafailover.runtime.status import StatusHandler
 from hafailover.runtime.store import EventLog, StateError, StateStore
 from hafailover.runtime.transport import UdpTransport
-from hafailover.wire import Codec, KeyFileError, load_key, new_incarnation
+from hafailover.wire import Codec, Decoded, KeyFileError, load_key, new_incarnation
 
 log = logging.getLogger("hafailover.daemon")
 
@@ -62,6 +69,18 @@ STOP_GRACE: Final = 0.2
 # The Stop step itself (a VIP removal answers within the port's 2 s netlink timeout).
 STOP_STEP_TIMEOUT: Final = 5.0
 HOOK_DRAIN: Final = 5.0
+
+
+def _group_shapes(config: Config) -> list[tuple[object, ...]]:
+    return [
+        (g.name, g.vips, sorted(g.priorities.items()), g.preempt, g.preempt_delay,
+         g.track_interfaces)
+        for g in config.groups
+    ]
+
+
+def _ignore(ok: bool, detail: str) -> None:
+    """The checks' node-wide verdict: unused, each group judges its own checks."""
 
 
 class StartupError(LocalError):
@@ -121,13 +140,15 @@ def check_specs(config: Config) -> list[CheckSpec]:
                 critical=c.critical,
                 expect_status=c.expect_status if kind is CheckKind.HTTP else (200, 399),
                 expect_body=c.expect_body or "",
+                recover=tuple(c.recover or ()),
+                recover_timeout=c.recover_timeout,
             )
         )
     return specs
 
 
-def notify_hooks(config: Config) -> dict[str, tuple[str, ...]]:
-    n = config.notify
+def notify_hooks(config: Config | NotifyConfig) -> dict[str, tuple[str, ...]]:
+    n = config.notify if isinstance(config, Config) else config
     hooks = {"leader": n.leader, "follower": n.follower, "unhealthy": n.unhealthy,
              "maintenance": n.maintenance, "stop": n.stop}
     return {k: tuple(v) for k, v in hooks.items() if v}
@@ -138,20 +159,14 @@ class Daemon:
         self.config = config
         self.me = me
         self.config_path = config_path
-        # One group: the top-level `vips:` (group "default") or a `groups:` list of one.
-        self.group = config.groups[0] if len(config.groups) == 1 else None
-        self.vips = [Vip(v.address, v.interface) for v in config.all_vips]
+        self.group_vips = {
+            g.name: [Vip(v.address, v.interface) for v in g.vips] for g in config.groups
+        }
+        self.vips = [v for vs in self.group_vips.values() for v in vs]
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
         config, me = self.config, self.me
-        if self.group is None:
-            names = ", ".join(g.name for g in config.groups)
-            raise StartupError(
-                f"this daemon elects one VIP group, the configuration has {len(config.groups)} "
-                f"({names}); until the multi-group runtime lands, write one group (or top-level "
-                "vips:) per cluster"
-            )
         systemd = SystemdNotifier.from_env(unset=True)
         # `watchdog: false` in the config: never ping, even if the unit sets WatchdogSec.
         interval = systemd.watchdog_interval() if config.cluster.watchdog else None
@@ -173,7 +188,7 @@ class Daemon:
             raise StartupError(str(e)) from e
         store = StateStore(config.state_dir)
         try:
-            persisted = store.load()
+            persisted = store.load_groups()
         except StateError as e:
             raise StartupError(str(e)) from e
         events = EventLog(config.state_dir)
@@ -197,46 +212,78 @@ class Daemon:
         for v in removed:
             log.warning("removed leftover VIP %s (from an earlier run)", v)
         engine: Engine | None = None
-        announcer = RawAnnouncer(
-            self.vips, config.announce.count, config.announce.interval, config.announce.refresh,
-            # A repeat due during a freeze must not claim the address once the lease is over.
-            may_announce=lambda: engine is not None and engine.lease_valid(),
-        )
-        await announcer.start()
 
-        spec = config.group_spec(self.group.name)
-        node = Node(spec, me.name, random.Random(), persisted)
-        codec = Codec(key, config.cluster.name, me.name, spec.names, new_incarnation())
+        def may_announce(group: str) -> Callable[[], bool]:
+            # A repeat due during a freeze must not claim the address once the lease is over.
+            return lambda: engine is not None and engine.lease_valid(group)
+
+        announcers: dict[str, Announcer] = {}
+        for g in config.groups:
+            announcers[g.name] = RawAnnouncer(
+                self.group_vips[g.name], config.announce.count, config.announce.interval,
+                config.announce.refresh, macs=macs, may_announce=may_announce(g.name),
+            )
+            await announcers[g.name].start()
+        first = config.groups[0].name
+
+        specs = {g.name: config.group_spec(g.name) for g in config.groups}
+        groups = Groups(specs, me.name, random.Random(), persisted)
+        fingerprint = config.fingerprint()
+        codec = Codec(
+            key, config.cluster.name, me.name, [n.name for n in config.nodes],
+            new_incarnation(), groups=groups.groups, fingerprint=fingerprint.as_bytes(),
+        )
         peers = {n.name: (str(n.address), config.port_of(n)) for n in config.nodes
                  if n.name != me.name}
-        notifier = Notifier(notify_hooks(config), config.notify.timeout)
+        notifiers = self._notifiers(config)
+        drift: Drift | None = None
 
-        def on_message(sender: str, message: Message) -> None:
-            if engine is not None:
-                engine.on_message(sender, message)
+        def on_batch(decoded: Decoded) -> None:
+            if engine is not None and drift is not None:
+                drift.observe(decoded.sender, decoded.fingerprint)
+                engine.on_batch(decoded.sender, decoded.items)
 
         try:
             transport = await UdpTransport.bind(
-                codec, (str(me.address), config.port_of(me)), peers, on_message
+                codec, (str(me.address), config.port_of(me)), peers, on_batch
             )
         except OSError as e:
             raise StartupError(
                 f"cannot bind UDP {me.address}:{config.port_of(me)}: {e.strerror}"
             ) from e
         watcher = ConflictWatcher(self.vips, macs, lambda addr: self._conflict(engine, addr))
-        ports = Ports(transport, vip_port, announcer, notifier, store, events, systemd,
-                      on_holding=watcher.set_holding)
+        ports = Ports(transport, vip_port, announcers[first], notifiers[first], store, events,
+                      systemd, on_holding=watcher.set_holding, announcers=announcers,
+                      notifiers=notifiers)
         engine = Engine(
-            node, ports, self.vips, config.cluster.max_loop_lag_seconds,
+            groups, ports, self.group_vips, config.cluster.max_loop_lag_seconds,
             watchdog=interval is not None,
             vip_lifetime=config.cluster.vip_lifetime,
             # The core answers a forwarded command by 2 x failover_timeout at the latest; this
             # bound only guards against a lost answer.
             command_timeout=3 * timings.failover_timeout + 1.0,
         )
-        checks = CheckRunner(check_specs(config),
-                             lambda ok, detail: engine.set_health("checks", ok, detail))
-        handler = StatusHandler(engine, config.cluster.name, checks)
+        drift = Drift(engine, fingerprint)
+        engine.vetted = drift.vetted
+        metrics = await self._start_metrics(engine)
+        check_list = check_specs(config)
+        health = GroupHealth(
+            engine, config, check_list,
+            on_duration=metrics.observe_check_duration if metrics is not None else None,
+        )
+        checks = CheckRunner(check_list, _ignore, on_check=health.on_check)
+        links = LinkWatcher(
+            health.interfaces, self.vips, on_link=health.on_link,
+            on_address_removed=engine.readd, own_removal=vip_port.removed_by_us,
+        )
+        try:
+            health.set_links((await links.start()).links)
+        except Exception as e:  # netlink errors come in many types
+            log.error("link tracking disabled: %s", e)
+        handler = StatusHandler(
+            engine, config.cluster.name, checks, fingerprint=dict(fingerprint),
+            peer_fingerprints=drift.peer_fingerprints, drift=lambda: drift.differing,
+        )
         control = ControlServer(config.control_socket, config.control_group, handler)
         try:
             await control.start()
@@ -244,6 +291,7 @@ class Daemon:
             transport.close()
             raise StartupError(str(e)) from e
         self.engine, self.checks, self.handler = engine, checks, handler
+        self.health, self.links = health, links
         try:
             watcher.start()
         except OSError as e:
@@ -256,6 +304,8 @@ class Daemon:
         await checks.start()
         # Lag is judged against ~300 ms; one wake-up per heartbeat interval resolves that.
         tick = min(interval or 1.0, timings.heartbeat_interval)
+        if metrics is not None:
+            engine.on_lag = self._publisher(engine, metrics, transport)
         ticker = asyncio.create_task(lag_ticker(engine, tick))
         systemd.ready()
         log.info("ready: node %s, %d peers, VIPs %s", me.name, len(peers),
@@ -275,20 +325,74 @@ class Daemon:
             # 3. stop answering elections: no more events, no timer, no socket.
             await engine.close()
             transport.close()
-            await checks.stop()
+            await self.checks.stop()
+            await health.close()
+            await links.close()
             await control.stop()
+            if metrics is not None:
+                metrics.stop()
             # 4. the hooks (notify.stop) may take their time now; nothing can re-take the VIP.
-            await notifier.drain(HOOK_DRAIN)
+            await asyncio.gather(*(n.drain(HOOK_DRAIN) for n in engine.ports.notifiers.values()))
             try:
                 await vip_port.remove(self.vips)  # at exit a node never leaves a VIP behind
             except VipError as e:
                 log.error("removing VIPs at exit failed: %s", e)
             watcher.close()
-            announcer.close()
+            for a in announcers.values():
+                a.close()
             await vip_port.close()
         return 0
 
+    def _notifiers(self, config: Config) -> dict[str, NotifierPort]:
+        """Each group's hooks (its own laid over the top-level ones), one runner per group."""
+        return {g.name: Notifier(notify_hooks(g.notify), config.notify.timeout)
+                for g in config.groups}
+
+    async def _start_metrics(self, engine: Engine) -> MetricsServer | None:
+        if self.config.metrics is None:
+            return None
+        server = MetricsServer()
+        listen = self.config.metrics.listen
+        try:
+            bound = await asyncio.to_thread(server.start, (listen.host, listen.port))
+        except MetricsError as e:
+            raise StartupError(str(e)) from e
+        log.info("metrics on http://%s:%d/metrics", *bound)
+        engine.on_decision = lambda group, d: server.observe_transition(group, d.reason.value)
+        return server
+
+    def _publisher(
+        self, engine: Engine, metrics: MetricsServer, transport: UdpTransport
+    ) -> Callable[[float], None]:
+        def publish(lag: float) -> None:
+            metrics.observe_loop_lag(lag)
+            now = engine.clock()
+            snaps = []
+            heard: dict[str, float | None] = {}
+            for g in engine.groups.groups:
+                node = engine.groups.node(g)
+                view = node.view(now)
+                snaps.append(GroupSnapshot(
+                    g, view.holds_vip, view.role is Role.LEADER, view.term, view.eligible,
+                    node.lease_until if view.lease_remaining is not None else None,
+                ))
+                for p in view.peers:
+                    old = heard.get(p.name)
+                    if p.last_heard is not None:
+                        heard[p.name] = p.last_heard if old is None else max(old, p.last_heard)
+                    else:
+                        heard.setdefault(p.name, None)
+            metrics.publish(MetricsSnapshot.build(
+                tuple(snaps),
+                checks={c.name: bool(c.ok) for c in self.checks.statuses() if c.ok is not None},
+                peers_heard=heard,
+                dropped=dict(transport.drops),
+                maintenance=engine.groups.maintenance,
+            ))
+        return publish
+
     def _conflict(self, engine: Engine | None, address: str) -> None:
+        # Fed to every group: only the group holding that address acts on it.
         if engine is not None:
             engine.feed(VipConflict(address))
 
@@ -323,8 +427,14 @@ class Daemon:
             "port": (old.cluster.port, new.cluster.port),
             "key_file": (old.cluster.key_file, new.cluster.key_file),
             "vips": (old.vips, new.vips),
+            # A group's election and addresses: which groups, their VIPs, priorities,
+            # preemption and the interfaces they track. A group's checks and hooks may change.
+            "groups (names, VIPs, priorities, preempt, track_interfaces)": (
+                _group_shapes(old), _group_shapes(new)
+            ),
             "timings": (old.cluster.timings, new.cluster.timings),
             "preempt": (old.cluster.preempt, new.cluster.preempt),
+            "link_settle": (old.cluster.link_settle, new.cluster.link_settle),
             "control_socket": (old.control_socket, new.control_socket),
             "control_group": (old.control_group, new.control_group),
             "state_dir": (old.state_dir, new.state_dir),
@@ -332,29 +442,33 @@ class Daemon:
             "max_loop_lag": (old.cluster.max_loop_lag, new.cluster.max_loop_lag),
             "watchdog": (old.cluster.watchdog, new.cluster.watchdog),
             "vip_lifetime": (old.cluster.vip_lifetime, new.cluster.vip_lifetime),
+            "metrics": (old.metrics, new.metrics),
         }
         changed = [name for name, (a, b) in fixed.items() if a != b]
         if changed:
             log.error(
-                "reload refused: %s cannot change while running (restart the daemon); "
-                "the old configuration stays in force", ", ".join(changed)
+                "reload refused: %s cannot change while running (restart the daemon, one node "
+                "at a time); the old configuration stays in force", ", ".join(changed)
             )
             return
         setup_logging(new.log_level, self.me.name)
         engine = self.engine
-        engine.ports.notifier = Notifier(notify_hooks(new), new.notify.timeout)
+        notifiers = self._notifiers(new)
+        engine.ports.notifiers = notifiers
+        engine.ports.notifier = notifiers[new.groups[0].name]
         old_checks = self.checks
-        checks = CheckRunner(check_specs(new),
-                             lambda ok, detail: engine.set_health("checks", ok, detail))
+        specs = check_specs(new)
+        self.health.configure(new, specs)
+        self.health.rejudge()
+        checks = CheckRunner(specs, _ignore, on_check=self.health.on_check)
         self.checks = checks
         self.handler.checks = checks
 
         async def swap() -> None:
             await old_checks.stop()
-            # The new runner reports changes from the verdict it starts with, so it must start
-            # from the one the engine holds: started healthy, it would never clear an unhealthy
-            # verdict left by the old checks, and the node would stay unhealthy for good.
-            await checks.start(healthy=old_checks.healthy)
+            # Each group keeps the verdicts of the checks that still exist until the new
+            # runner has its own (GroupHealth.rejudge).
+            await checks.start()
 
         asyncio.get_running_loop().create_task(swap())
         self.config = new

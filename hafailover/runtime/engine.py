@@ -1,29 +1,43 @@
-"""The engine: an ordered async executor driving the protocol core.
+"""The engine: an ordered async executor driving the protocol core, one election per VIP group.
 
-Every input (packet, timer, health verdict, operator command) becomes a core event and goes into
-one inbox; a single task takes events out one at a time, asks the core for its actions
-(`Node.handle(event, clock())`) and carries them out in list order, awaiting the slow ones (a
-VIP added or removed over netlink, the state file written off the loop). The next event waits
-until the whole step is done, so the ordering the core documents in `hafailover.core.actions`
-holds in the world, not just in the list: nothing is sent before the vote it carries is on
-disk, nobody is told to take over before this node's address is gone.
+Every input (a received datagram, a timer, a health verdict, an operator command) becomes one or
+more core events and goes into one inbox; a single task takes them out one at a time, asks the
+groups' multiplexer for its actions (`Groups.handle_many(events, clock())`, each action tagged
+with its group) and carries them out in list order, awaiting the slow ones (a VIP added or
+removed over netlink, the state file written off the loop). The next input waits until the whole
+step is done, so the ordering the core documents in `hafailover.core.actions` holds in the
+world, not just in the list: nothing is sent before the vote it carries is on disk, nobody is
+told to take over before this node's address is gone.
 
-Barrier actions (`Persist`, `AcquireVip`, `ReleaseVip`): when one fails, the engine carries out
-nothing more of that step except `ReleaseVip` (always attempted: holding an address too many is
-the dangerous direction), `Decision` (recorded) and `Exit`; a `CommandResult` of that step is
-answered as refused with the failure's sentence. Then it feeds `EffectFailed(kind, detail)` to
-the core and carries out the actions of that under the same rule. It keeps the kinds failing
-until one of them succeeds again, when it feeds `EffectSucceeded(kind)` after the step.
+Groups (`hafailover.core.groups`): a tagged action acts on that group's VIPs, announcer and
+hooks (which get HAFAILOVER_GROUP). Every `Send` of a step is held back and, at the end of the
+step, what goes to one peer leaves in ONE datagram (`TransportPort.send_batch`); holding a send
+back only delays it, and a send listed after a barrier still leaves after that barrier is done.
+The whole `GroupsState` is written at the first `Persist` of a core call and that call's later
+`Persist` actions count as done: one fsync per step however many groups persisted.
+
+Barrier actions (`Persist`, `AcquireVip`, `ReleaseVip`), per group: when one of group g's fails,
+the engine carries out nothing more of g's actions in that step except `ReleaseVip` (always
+attempted: holding an address too many is the dangerous direction), `Decision` (recorded) and
+`Exit`; a `CommandResult` of g is answered as refused with the failure's sentence. Other groups
+go on. A failed `Persist` is every group's (one file): it stops every group's later actions.
+Then the engine feeds `EffectFailed(kind, detail)` (to g, or to every group for persist) and
+carries out the actions of that under the same rule. It keeps the kinds failing per group until
+one succeeds again, when it feeds `EffectSucceeded(kind)` to that group after the step.
 
 Kernel-backed VIP lifetime: with `vip_lifetime` set, addresses are added with a finite valid
-(and preferred) lifetime and renewed every `renewal_interval()` while the core holds a valid
-lease. A frozen, wedged or starved daemon stops renewing, and the kernel removes its address
-within the lifetime plus the kernel's timer slack (docs/architecture.md). A renewal that fails
-is a failed acquire.
+(and preferred) lifetime and renewed every `renewal_interval()`, each group's only while that
+group's core holds a valid lease. A frozen, wedged or starved daemon stops renewing, and the
+kernel removes its addresses within the lifetime plus the kernel's timer slack
+(docs/architecture.md). A renewal that fails is that group's failed acquire.
 
-One timer is armed at the core's next deadline on the engine's own clock. The core releases an
-expired lease before it looks at any event, so whatever is handled first after a stall (a
-packet or the timer) drops the VIP first.
+Health is per group: node-wide components (loop lag; the checks of a single-group daemon) and
+the group's own (its checks, its links) must all be fine for the group's core to see the node
+healthy (`set_health`, `set_group_health`).
+
+One timer is armed at the earliest deadline of all groups on the engine's own clock. The core
+releases an expired lease before it looks at any event, so whatever is handled first after a
+stall (a packet or the timer) drops the VIP first.
 """
 
 from __future__ import annotations
@@ -33,10 +47,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from hafailover.core.actions import (
     AcquireVip,
@@ -62,9 +76,10 @@ from hafailover.core.events import (
     Switchover,
     TimerFired,
 )
+from hafailover.core.groups import DEFAULT_GROUP, ForGroup, Groups, GroupsState, GroupVote, Tagged
 from hafailover.core.messages import Message
 from hafailover.core.node import Node
-from hafailover.core.reasons import Reason
+from hafailover.core.reasons import Reason, Role
 from hafailover.errors import HafailoverError
 from hafailover.net.announce import Announcer
 from hafailover.net.vip import Vip, VipError, VipPort
@@ -84,6 +99,7 @@ MIN_RENEW_INTERVAL: Final = 0.25
 # EffectFailed/EffectSucceeded fed back within one step: a core that keeps answering a failure
 # with the same failing action would otherwise spin; the core retries on its timers instead.
 MAX_FEEDBACK: Final = 8
+NODE_WIDE: Final = ""  # the "group" of a node-wide failure (persist) or refusal
 
 _ALWAYS: Final = (ReleaseVip, Decision, Exit)
 FAILED_REASON: Final = {
@@ -91,6 +107,8 @@ FAILED_REASON: Final = {
     Effect.ACQUIRE: Reason.ACQUIRE_FAILED,
     Effect.RELEASE: Reason.RELEASE_FAILED,
 }
+
+Input = Event | ForGroup
 
 
 class EffectError(HafailoverError):
@@ -103,11 +121,19 @@ class EffectError(HafailoverError):
 
 
 class _Renew:
-    """Inbox marker: renew the VIP lifetime (ordered with the events, never beside them)."""
+    """Inbox marker: renew the VIP lifetimes (ordered with the events, never beside them)."""
+
+
+@dataclass(frozen=True)
+class _Readd:
+    """Inbox item: a VIP of `group` vanished behind our back; put it back if still holding."""
+
+    group: str
+    vip: Vip
 
 
 _RENEW: Final = _Renew()
-_Item = tuple[Event | _Renew, "asyncio.Future[list[Action]] | None"]
+_Item = tuple[list[Input] | _Renew | _Readd, "asyncio.Future[list[Action]] | None"]
 
 
 def exit_now(action: Exit) -> None:
@@ -120,9 +146,70 @@ def exit_now(action: Exit) -> None:
     os._exit(1)
 
 
+class Elections(Protocol):
+    """What the engine needs of `Groups` (a single `Node` is adapted by `_OneGroup`)."""
+
+    name: str
+
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+
+    @property
+    def maintenance(self) -> bool: ...
+
+    def node(self, group: str) -> Node: ...
+
+    def start(self, now: float) -> list[Tagged]: ...
+
+    def handle_many(self, events: Iterable[Input], now: float) -> list[Tagged]: ...
+
+    def next_deadline(self) -> float: ...
+
+    def persistent_state(self) -> GroupsState: ...
+
+
+class _OneGroup:
+    """A single `Node` as the only group `default` (unit tests script a `Node`). Its `Persist`
+    is saved as the single-group state, exactly as before groups."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self.name = node.name
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (DEFAULT_GROUP,)
+
+    @property
+    def maintenance(self) -> bool:
+        return self._node.maintenance
+
+    def node(self, group: str) -> Node:
+        return self._node
+
+    def start(self, now: float) -> list[Tagged]:
+        return [Tagged(DEFAULT_GROUP, a) for a in self._node.start(now)]
+
+    def handle_many(self, events: Iterable[Input], now: float) -> list[Tagged]:
+        out: list[Tagged] = []
+        for e in events:
+            ev = e.event if isinstance(e, ForGroup) else e
+            out += [Tagged(DEFAULT_GROUP, a) for a in self._node.handle(ev, now)]
+        return out
+
+    def next_deadline(self) -> float:
+        return self._node.next_deadline()
+
+    def persistent_state(self) -> GroupsState:
+        n = self._node
+        return GroupsState(n.maintenance, {DEFAULT_GROUP: GroupVote(n.term, n.voted_for)})
+
+
 @dataclass
 class Ports:
-    """Every effect the engine uses, each behind a small port with a fake for tests."""
+    """Every effect the engine uses, each behind a small port with a fake for tests.
+
+    `announcer`/`notifier` serve every group that has no entry in `announcers`/`notifiers`."""
 
     transport: TransportPort
     vips: VipPort
@@ -133,36 +220,53 @@ class Ports:
     systemd: SdNotifyPort
     on_holding: Callable[[bool], None] = field(default=lambda holding: None)
     on_exit: Callable[[Exit], None] = exit_now
+    announcers: dict[str, Announcer] = field(default_factory=dict)
+    notifiers: dict[str, NotifierPort] = field(default_factory=dict)
+
+    def announcer_for(self, group: str) -> Announcer:
+        return self.announcers.get(group, self.announcer)
+
+    def notifier_for(self, group: str) -> NotifierPort:
+        return self.notifiers.get(group, self.notifier)
 
 
 class Engine:
     def __init__(
         self,
-        node: Node,
+        elections: Node | Groups,
         ports: Ports,
-        vips: Sequence[Vip],
+        vips: Sequence[Vip] | Mapping[str, Sequence[Vip]],
         max_loop_lag: float,
         clock: Callable[[], float] = time.monotonic,
         watchdog: bool = True,
         vip_lifetime: float | None = None,
         command_timeout: float = 10.0,
     ) -> None:
-        self.node = node
+        """`elections`: the node's `Groups`, or one `Node` (the group `default`). `vips`: each
+        group's addresses (a plain sequence: the only group's)."""
+        self._single = isinstance(elections, Node)
+        self.groups: Elections = _OneGroup(elections) if isinstance(elections, Node) else elections
         self.ports = ports
-        self.vips = tuple(vips)
+        if isinstance(vips, Mapping):
+            self.group_vips = {g: tuple(vips.get(g, ())) for g in self.groups.groups}
+        else:
+            self.group_vips = {g: tuple(vips) for g in self.groups.groups[:1]}
+        self.vips = tuple(v for vs in self.group_vips.values() for v in vs)
         self.vip_names = [str(v) for v in self.vips]
         self.max_loop_lag = max_loop_lag
         self.clock = clock
         self.watchdog = watchdog
         self.vip_lifetime = vip_lifetime
+        first = self.groups.node(self.groups.groups[0])
         self.renew_interval = (
-            renewal_interval(vip_lifetime, node.spec.timings.lease_duration)
+            renewal_interval(vip_lifetime, first.spec.timings.lease_duration)
             if vip_lifetime
             else float("inf")
         )
         self.command_timeout = command_timeout
         self.started_at = clock()
-        self.failing: dict[Effect, str] = {}  # effect kinds failing now -> the last sentence
+        # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
+        self.group_failing: dict[str, dict[Effect, str]] = {}
         self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -170,16 +274,33 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._waiters: dict[int, asyncio.Future[CommandResult]] = {}
-        self._added = False  # this engine added the VIPs and has not removed them since
+        self._added: set[str] = set()  # groups whose VIPs this engine added and kept since
         self._renew_queued = False
         self._health: dict[str, tuple[bool, str]] = {}
-        self._reported_healthy = node.healthy
+        self._group_health: dict[str, dict[str, tuple[bool, str]]] = {}
+        self._reported = {g: self.groups.node(g).healthy for g in self.groups.groups}
         self._seq = _last_seq(ports.events)
         self.recent: list[dict[str, Any]] = [
             e for e in ports.events.read(RECENT_TRANSITIONS) if isinstance(e, dict)
         ]
         self.max_lag_seen = 0.0
         self.stopping = False
+        self.on_decision: Callable[[str, Decision], None] | None = None  # metrics
+        self.on_lag: Callable[[float], None] | None = None
+        self.vetted: Callable[[str, Message], bool] | None = None  # False: drop the message
+
+    @property
+    def node(self) -> Node:
+        """The first group's election (the only one of a single-group daemon)."""
+        return self.groups.node(self.groups.groups[0])
+
+    @property
+    def failing(self) -> dict[Effect, str]:
+        """Every effect kind failing now in any group (the last sentence of each)."""
+        out: dict[Effect, str] = {}
+        for kinds in self.group_failing.values():
+            out.update(kinds)
+        return out
 
     # ------------------------------------------------------------------ life cycle
 
@@ -209,69 +330,130 @@ class Engine:
 
     # ------------------------------------------------------------------ inputs
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: Input) -> None:
         """Queue an event; it is handled after every event queued before it."""
-        if not self._closed:
-            self._silence_if_lease_expired()
-            self._inbox.put_nowait((event, None))
+        self.feed_many([event])
 
-    def lease_valid(self) -> bool:
-        """Whether this node holds the VIPs under a lease still running now (asked by the
-        announcer before each burst)."""
-        return self.node.holds_vip and self.clock() < self.node.lease_until
+    def feed_many(self, events: list[Input]) -> None:
+        """Queue several events as one step (e.g. every item of one datagram)."""
+        if not self._closed and events:
+            self._silence_if_lease_expired()
+            self._inbox.put_nowait((events, None))
+
+    def lease_valid(self, group: str | None = None) -> bool:
+        """Whether this node holds `group`'s VIPs (any group's, for None) under a lease still
+        running now (asked by the announcer before each burst)."""
+        now = self.clock()
+        names = self.groups.groups if group is None else (group,)
+        for g in names:
+            n = self.groups.node(g)
+            if n.holds_vip and now < n.lease_until:
+                return True
+        return False
 
     def _silence_if_lease_expired(self) -> None:
         """A lease that ran out while this process could not run (frozen, starved) silences the
-        announcements at once, synchronously, before any other callback queued on the loop
-        (an ARP refresh due since the freeze) can claim the address; the core's release
+        group's announcements at once, synchronously, before any other callback queued on the
+        loop (an ARP refresh due since the freeze) can claim the address; the core's release
         follows in order. Stopping announcements never needs the core's consent."""
-        if self._added and self.node.holds_vip and self.clock() >= self.node.lease_until:
-            self.ports.announcer.cancel()
-            self.ports.on_holding(False)
+        if not self._added:
+            return
+        now = self.clock()
+        silenced = False
+        for g in self._added:
+            n = self.groups.node(g)
+            if n.holds_vip and now >= n.lease_until:
+                self.ports.announcer_for(g).cancel()
+                silenced = True
+        if silenced:
+            self.ports.on_holding(self._holding_any(now))
 
-    async def process(self, event: Event) -> list[Action]:
+    def _holding_any(self, now: float) -> bool:
+        return any(
+            self.groups.node(g).holds_vip and now < self.groups.node(g).lease_until
+            for g in self._added
+        )
+
+    async def process(self, event: Input) -> list[Action]:
         """Queue an event and wait until its whole step has been carried out."""
         fut: asyncio.Future[list[Action]] = asyncio.get_running_loop().create_future()
         if self._closed:
             return []
-        self._inbox.put_nowait((event, fut))
+        self._inbox.put_nowait(([event], fut))
         return await fut
 
-    def on_message(self, sender: str, message: Message) -> None:
-        self.feed(MessageReceived(sender, message))
+    def on_message(self, sender: str, message: Message, group: str = DEFAULT_GROUP) -> None:
+        self.on_batch(sender, ((group, message),))
 
-    async def command(self, event: Switchover | SetMaintenance) -> CommandResult:
-        """Carry out an operator command and wait for its answer: the `CommandResult` with its
-        request id, which may come in a later step (a forwarded request answered by a peer),
-        or a refusal after `command_timeout`."""
+    def on_batch(self, sender: str, items: Iterable[tuple[str, Message]]) -> None:
+        """Every item of one received datagram, handled as one step."""
+        vetted = self.vetted
+        events: list[Input] = [
+            ForGroup(g, MessageReceived(sender, m))
+            for g, m in items
+            if vetted is None or vetted(sender, m)
+        ]
+        self.feed_many(events)
+
+    async def command(self, event: Input) -> CommandResult:
+        """Carry out an operator command (`Switchover`/`SetMaintenance`, maybe `ForGroup`) and
+        wait for its answer: the `CommandResult` with its request id, which may come in a later
+        step (a forwarded request answered by a peer), or a refusal after `command_timeout`."""
+        inner = event.event if isinstance(event, ForGroup) else event
+        assert isinstance(inner, Switchover | SetMaintenance)
         if self._closed:
-            return _stopping(event.request_id)
+            return _stopping(inner.request_id)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CommandResult] = loop.create_future()
-        self._waiters[event.request_id] = fut
+        self._waiters[inner.request_id] = fut
         try:
             self.feed(event)
             return await asyncio.wait_for(fut, self.command_timeout)
         except TimeoutError:
             return CommandResult(
-                event.request_id, False, Reason.COMMAND_TIMEOUT,
+                inner.request_id, False, Reason.COMMAND_TIMEOUT,
                 f"no answer within {self.command_timeout:g}s",
             )
         finally:
-            self._waiters.pop(event.request_id, None)
+            self._waiters.pop(inner.request_id, None)
 
     def set_health(self, component: str, ok: bool, detail: str) -> None:
-        """The node is healthy when every component is (checks, loop lag)."""
+        """A node-wide health component (loop lag; a single group's checks)."""
         self._health[component] = (ok, detail)
-        healthy = all(ok for ok, _ in self._health.values())
-        if healthy != self._reported_healthy:
-            self._reported_healthy = healthy
-            why = "; ".join(f"{c}: {d}" for c, (ok, d) in self._health.items() if not ok)
-            self.feed(HealthChanged(healthy, why or detail))
+        self._reevaluate(self.groups.groups, detail)
+
+    def set_group_health(self, group: str, component: str, ok: bool, detail: str) -> None:
+        """One group's own component (its checks, a link it needs)."""
+        if group not in self._reported:
+            return
+        self._group_health.setdefault(group, {})[component] = (ok, detail)
+        self._reevaluate((group,), detail)
+
+    def _reevaluate(self, groups: Iterable[str], detail: str) -> None:
+        events: list[Input] = []
+        for g in groups:
+            parts = {**self._health, **self._group_health.get(g, {})}
+            healthy = all(ok for ok, _ in parts.values())
+            if healthy != self._reported[g]:
+                self._reported[g] = healthy
+                why = "; ".join(f"{c}: {d}" for c, (ok, d) in parts.items() if not ok)
+                events.append(ForGroup(g, HealthChanged(healthy, why or detail)))
+        self.feed_many(events)
 
     @property
     def health_detail(self) -> dict[str, tuple[bool, str]]:
         return dict(self._health)
+
+    def group_health(self, group: str) -> dict[str, tuple[bool, str]]:
+        """Every component of `group`'s health, node-wide ones included."""
+        return {**self._health, **self._group_health.get(group, {})}
+
+    def readd(self, vip: Vip) -> None:
+        """A VIP was removed behind our back (netlink): re-add and re-announce it if its group
+        still holds under a valid lease."""
+        for g, vs in self.group_vips.items():
+            if vip in vs and g in self._added and not self._closed:
+                self._inbox.put_nowait((_Readd(g, vip), None))
 
     # ------------------------------------------------------------------ the executor
 
@@ -283,10 +465,12 @@ class Engine:
                     fut.set_result([])
                 break
             try:
+                actions: list[Action] = []
                 if isinstance(item, _Renew):
                     self._renew_queued = False
                     await self._renew()
-                    actions: list[Action] = []
+                elif isinstance(item, _Readd):
+                    await self._readd(item)
                 else:
                     actions = await self._step(item)
             except Exception as e:  # a bug: keep the loop, tell whoever waits
@@ -302,95 +486,130 @@ class Engine:
             if fut is not None and not fut.done():
                 fut.set_result([])
 
-    async def _step(self, event: Event | None) -> list[Action]:
+    async def _step(self, events: list[Input] | None) -> list[Action]:
         """One input and the effect feedback it causes, carried out completely."""
-        pending: deque[Event | None] = deque([event])
+        pending: deque[list[Input] | None] = deque([events])
         done: list[Action] = []
         rounds = 0
         while pending:
             rounds += 1
             if rounds > MAX_FEEDBACK:
                 log.error("effect feedback did not settle after %d rounds; dropped %s",
-                          MAX_FEEDBACK, [type(e).__name__ for e in pending])
+                          MAX_FEEDBACK, [type(e).__name__ for evs in pending for e in evs or ()])
                 break
-            ev = pending.popleft()
+            evs = pending.popleft()
             now = self.clock()
-            actions = self.node.start(now) if ev is None else self.node.handle(ev, now)
-            done += actions
-            failed, succeeded = await self._run(actions)
-            for kind, detail in failed:
-                self.failing[kind] = detail
-                pending.append(EffectFailed(kind, detail))
-            failed_kinds = {k for k, _ in failed}
-            for kind in succeeded - failed_kinds:
-                if self.failing.pop(kind, None) is not None:
-                    log.info("%s works again", kind.value)
-                    pending.append(EffectSucceeded(kind))
+            tagged = self.groups.start(now) if evs is None else self.groups.handle_many(evs, now)
+            done += [t.action for t in tagged]
+            failed, succeeded = await self._run(tagged)
+            feedback: list[Input] = []
+            for group, kind, detail in failed:
+                self.group_failing.setdefault(group, {})[kind] = detail
+                feedback.append(_for(group, EffectFailed(kind, detail)))
+            failed_keys = {(g, k) for g, k, _ in failed}
+            for group, kind in succeeded - failed_keys:
+                if self.group_failing.get(group, {}).pop(kind, None) is not None:
+                    log.info("%s works again%s", kind.value, _in(group))
+                    feedback.append(_for(group, EffectSucceeded(kind)))
+            if feedback:
+                pending.append(feedback)
         self._arm()
         return done
 
-    async def _run(self, actions: list[Action]) -> tuple[list[tuple[Effect, str]], set[Effect]]:
-        """Carry out one step's actions under the barrier rule: (failures, barrier successes)."""
-        failed: list[tuple[Effect, str]] = []
-        succeeded: set[Effect] = set()
-        for action in actions:
-            if failed and isinstance(action, CommandResult):
-                first, detail = failed[0]
-                self._answer(CommandResult(action.request_id, False, FAILED_REASON[first], detail))
-                continue
-            if failed and not isinstance(action, _ALWAYS):
-                log.debug("skipped after a failed %s: %s", failed[0][0].value, action)
-                continue
-            try:
-                kind = await self._do(action)
-            except EffectError as e:
-                # Said once per new failure: the core retries on its timers, and a retry that
-                # fails the same way is not news for the log or the event history.
-                if self.failing.get(e.effect) != e.detail:
-                    log.error("%s", e.detail)
-                else:
-                    log.debug("still failing: %s", e.detail)
-                failed.append((e.effect, e.detail))
-                continue
-            except Exception:  # a non-barrier effect (send, hook, record) must not stop a step
-                log.exception("action %s failed", action)
-                continue
-            if kind is not None:
-                succeeded.add(kind)
+    async def _run(
+        self, actions: list[Tagged]
+    ) -> tuple[list[tuple[str, Effect, str]], set[tuple[str, Effect]]]:
+        """Carry out one core call's actions under the per-group barrier rule; then send what
+        the call sent, one datagram per peer. Returns (failures, barrier successes), each
+        keyed by group (NODE_WIDE for persist)."""
+        failed: list[tuple[str, Effect, str]] = []
+        blocked: dict[str, tuple[Effect, str]] = {}  # group -> its first failure
+        succeeded: set[tuple[str, Effect]] = set()
+        outbox: dict[str, list[tuple[str, Message]]] = {}
+        persisted = False
+        try:
+            for group, action in actions:
+                stop = blocked.get(group) or blocked.get(NODE_WIDE)
+                if stop is not None and isinstance(action, CommandResult):
+                    first, detail = stop
+                    self._answer(
+                        CommandResult(action.request_id, False, FAILED_REASON[first], detail)
+                    )
+                    continue
+                if stop is not None and not isinstance(action, _ALWAYS):
+                    log.debug("skipped after a failed %s: %s", stop[0].value, action)
+                    continue
+                if isinstance(action, Send):
+                    outbox.setdefault(action.to, []).append(
+                        (group or DEFAULT_GROUP, action.message)
+                    )
+                    continue
+                if isinstance(action, Persist) and persisted:
+                    continue  # the state written at this call's first Persist is as new
+                try:
+                    kind = await self._do(group, action)
+                except EffectError as e:
+                    key = NODE_WIDE if e.effect is Effect.PERSIST else group
+                    # Said once per new failure: the core retries on its timers, and a retry
+                    # that fails the same way is not news for the log or the event history.
+                    if self.group_failing.get(key, {}).get(e.effect) != e.detail:
+                        log.error("%s%s", e.detail, _in(key))
+                    else:
+                        log.debug("still failing: %s", e.detail)
+                    failed.append((key, e.effect, e.detail))
+                    blocked.setdefault(key, (e.effect, e.detail))
+                    continue
+                except Exception:  # a non-barrier effect (hook, record) must not stop a step
+                    log.exception("action %s failed", action)
+                    continue
+                if kind is Effect.PERSIST:
+                    persisted = True
+                    succeeded.add((NODE_WIDE, kind))
+                elif kind is not None:
+                    succeeded.add((group, kind))
+        finally:
+            for to, items in outbox.items():
+                try:
+                    self.ports.transport.send_batch(to, items)
+                except Exception:
+                    log.exception("sending to %s failed", to)
         return failed, succeeded
 
-    async def _do(self, action: Action) -> Effect | None:
+    async def _do(self, group: str, action: Action) -> Effect | None:
         """Carry out one action; returns the barrier kind it succeeded at, if it is one."""
         p = self.ports
         match action:
-            case Send(to=to, message=message):
-                p.transport.send(to, message)
             case ReleaseVip():
-                p.announcer.cancel()
-                p.announcer.set_holding(False)
-                p.on_holding(False)
+                announcer = p.announcer_for(group)
+                announcer.cancel()
+                announcer.set_holding(False)
                 # No renewal from now on, even if the removal fails: the lifetime then still
                 # takes the address away.
-                self._added = False
+                self._added.discard(group)
+                p.on_holding(self._holding_any(self.clock()))
                 try:
-                    await p.vips.remove(self.vips)
+                    await p.vips.remove(self.group_vips.get(group, ()))
                 except VipError as e:
                     raise EffectError(Effect.RELEASE, f"removing the VIP failed: {e}") from e
                 return Effect.RELEASE
             case AcquireVip():
                 try:
-                    await p.vips.add(self.vips, self.vip_lifetime)
+                    await p.vips.add(self.group_vips.get(group, ()), self.vip_lifetime)
                 except VipError as e:
                     raise EffectError(Effect.ACQUIRE, f"adding the VIP failed: {e}") from e
-                self._added = True
+                self._added.add(group)
                 return Effect.ACQUIRE
             case Announce():
-                p.announcer.announce()
-                p.announcer.set_holding(True)
+                announcer = p.announcer_for(group)
+                announcer.announce()
+                announcer.set_holding(True)
                 p.on_holding(True)
             case Persist(state=state):
                 try:
-                    await p.store.asave(state)
+                    if self._single:
+                        await p.store.asave(state)
+                    else:
+                        await p.store.asave_groups(self.groups.persistent_state())
                 except StateError as e:  # names the file, the reason and what to check
                     raise EffectError(Effect.PERSIST, str(e)) from e
                 except OSError as e:
@@ -398,11 +617,13 @@ class Engine:
                 return Effect.PERSIST
             case Notify(kind=kind, role=role, term=term, leader=leader):
                 env = hook_env(
-                    node=self.node.name, role=role, term=term, leader=leader, vips=self.vip_names
+                    node=self.groups.name, role=role, term=term, leader=leader,
+                    vips=[str(v) for v in self.group_vips.get(group, ())],
                 )
-                p.notifier.submit(kind.value, env)
+                env["HAFAILOVER_GROUP"] = group or DEFAULT_GROUP
+                p.notifier_for(group).submit(kind.value, env)
             case Decision():
-                self._record(action)
+                self._record(group, action)
             case Exit():
                 log.critical("%s", action.detail)
                 p.on_exit(action)
@@ -415,7 +636,31 @@ class Engine:
         if fut is not None and not fut.done():
             fut.set_result(result)
 
-    # ------------------------------------------------------------------ VIP lifetime
+    # ------------------------------------------------------------------ VIPs held
+
+    async def _readd(self, item: _Readd) -> None:
+        g = item.group
+        n = self.groups.node(g)
+        if g not in self._added or not (n.holds_vip and self.clock() < n.lease_until):
+            return
+        try:
+            await self.ports.vips.add([item.vip], self.vip_lifetime)
+        except VipError as e:
+            detail = f"re-adding {item.vip} (removed behind our back) failed: {e}"
+            log.error("%s%s", detail, _in(g))
+            self.group_failing.setdefault(g, {})[Effect.ACQUIRE] = detail
+            await self._step([_for(g, EffectFailed(Effect.ACQUIRE, detail))])
+            return
+        self.ports.announcer_for(g).announce()
+        log.warning("VIP %s was removed behind our back; re-added and announced%s",
+                    item.vip, _in(g))
+        self._append({
+            "reason": "vip-readded", "group": g, "term": n.term, "role": n.role.value,
+            "leader": n.leader or None,
+            "message": f"{item.vip} was removed by someone else while {self.groups.name} "
+                       "held it; re-added and re-announced",
+            "detail": "address removed behind hafailover's back (netlink RTM_DELADDR)",
+        })
 
     async def _renew_ticks(self) -> None:
         while not self._closed:
@@ -425,27 +670,42 @@ class Engine:
                 self._inbox.put_nowait((_RENEW, None))
 
     async def _renew(self) -> None:
-        """Extend the addresses' lifetime, only while the core holds a valid lease."""
+        """Extend the addresses' lifetime, each group's only while its core holds a valid
+        lease: all in one call, and group by group only to find the one that failed."""
         if not self._added or self.vip_lifetime is None:
             return
         now = self.clock()
-        if not (self.node.holds_vip and now < self.node.lease_until):
+        due = [g for g in self.groups.groups if g in self._added
+               and self.groups.node(g).holds_vip and now < self.groups.node(g).lease_until]
+        if not due:
             return  # the core releases at its next event; let the kernel's clock run meanwhile
         try:
-            await self.ports.vips.renew(self.vips, self.vip_lifetime)
+            await self.ports.vips.renew([v for g in due for v in self.group_vips[g]],
+                                        self.vip_lifetime)
+            return
         except VipError as e:
-            detail = f"renewing the VIP failed: {e}"
-            if self.failing.get(Effect.ACQUIRE) != detail:
-                log.error("%s", detail)
-            self.failing[Effect.ACQUIRE] = detail
-            await self._step(EffectFailed(Effect.ACQUIRE, detail))
+            if len(due) == 1:
+                await self._renew_failed(due[0], e)
+                return
+        for g in due:
+            try:
+                await self.ports.vips.renew(self.group_vips[g], self.vip_lifetime)
+            except VipError as e:
+                await self._renew_failed(g, e)
+
+    async def _renew_failed(self, group: str, e: VipError) -> None:
+        detail = f"renewing the VIP failed: {e}"
+        if self.group_failing.get(group, {}).get(Effect.ACQUIRE) != detail:
+            log.error("%s%s", detail, _in(group))
+        self.group_failing.setdefault(group, {})[Effect.ACQUIRE] = detail
+        await self._step([_for(group, EffectFailed(Effect.ACQUIRE, detail))])
 
     # ------------------------------------------------------------------ timer and lag
 
     def _arm(self) -> None:
         if self._closed:
             return
-        deadline = self.node.next_deadline()
+        deadline = self.groups.next_deadline()
         if deadline == self._timer_at and self._timer is not None:
             return
         self._cancel_timer()
@@ -470,6 +730,8 @@ class Engine:
         """Called by the lag ticker: measures lateness, drives the watchdog, flags a slow loop."""
         lag = max(0.0, self.clock() - expected)
         self.max_lag_seen = max(self.max_lag_seen, lag)
+        if self.on_lag is not None:
+            self.on_lag(lag)
         on_time = lag <= self.max_loop_lag
         if on_time and self.watchdog:
             self.ports.systemd.watchdog()
@@ -479,37 +741,75 @@ class Engine:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, d: Decision) -> None:
-        log_decision(log, d)
+    def _record(self, group: str, d: Decision) -> None:
+        multi = len(self.groups.groups) > 1
+        if multi and group:
+            log_decision(log, {"reason": d.reason.value, "role": d.role.value, "term": d.term,
+                               "leader": d.leader, "detail": d.detail, "group": group})
+        else:
+            log_decision(log, d)
         entry: dict[str, Any] = {
             "reason": d.reason.value,
+            "group": group or DEFAULT_GROUP,
             "term": d.term,
             "role": d.role.value,
             "leader": d.leader or None,
-            "message": describe(self.node.name, d),
+            "message": describe(self.groups.name, d) + (f" (group {group})" if multi else ""),
         }
         if isinstance(d.detail.get("detail"), str):
             entry["detail"] = d.detail["detail"]  # e.g. the sentence of a failed effect
         self._append(entry)
-        view = self.node.view(self.clock())
+        if self.on_decision is not None:
+            self.on_decision(group or DEFAULT_GROUP, d)
+        self.ports.systemd.status(self.status_line())
+
+    def status_line(self) -> str:
+        """The systemd status line: one group as before groups, several summarised."""
+        now = self.clock()
         failing = "".join(f", {k.value} failing" for k in self.failing)
-        self.ports.systemd.status(
-            f"{view.role.value}, term {view.term}, leader {view.leader or 'none'}, "
-            f"{'healthy' if view.healthy else 'unhealthy'}"
-            f"{', holds VIP' if view.holds_vip else ''}{failing}"
-        )
+        names = self.groups.groups
+        if len(names) == 1:
+            view = self.node.view(now)
+            return (
+                f"{view.role.value}, term {view.term}, leader {view.leader or 'none'}, "
+                f"{'healthy' if view.healthy else 'unhealthy'}"
+                f"{', holds VIP' if view.holds_vip else ''}{failing}"
+            )
+        views = [(g, self.groups.node(g).view(now)) for g in names]
+        leads = [g for g, v in views if v.role is Role.LEADER]
+        holds = sum(1 for _, v in views if v.holds_vip)
+        leaderless = [g for g, v in views if not v.leader]
+        not_eligible = [g for g, v in views if not v.eligible]
+        text = f"{len(names)} groups: leads {', '.join(leads) or 'none'}, holds {holds}"
+        if leaderless:
+            text += f", no leader: {', '.join(leaderless)}"
+        if not_eligible:
+            text += f", not eligible for {', '.join(not_eligible)}"
+        return text + failing
+
+    def record(self, fields: dict[str, Any]) -> None:
+        """An event of the runtime's own (drift, link, recover) in the history."""
+        self._append(fields)
 
     def _append(self, fields: dict[str, Any]) -> None:
         self._seq += 1
         entry: dict[str, Any] = {
             "seq": self._seq,
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "node": self.node.name,
+            "node": self.groups.name,
             **fields,
         }
         self.ports.events.append(entry)
         self.recent.append(entry)
         del self.recent[:-RECENT_TRANSITIONS]
+
+
+def _for(group: str, event: Event) -> Input:
+    return event if group == NODE_WIDE else ForGroup(group, event)
+
+
+def _in(group: str) -> str:
+    return f" (group {group})" if group and group != DEFAULT_GROUP else ""
 
 
 def renewal_interval(lifetime: float, lease: float) -> float:

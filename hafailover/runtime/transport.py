@@ -2,6 +2,9 @@
 
 One socket bound to this node's address and port. Every received datagram goes through the
 codec (which never raises); anything dropped is counted per reason and logged rate-limited.
+What one step sends one peer, for every VIP group, leaves in one datagram (`send_batch`; the
+codec splits only a batch over `MAX_PACKET`). Each peer's configuration fingerprint, as its
+last datagram carried it, is kept in `fingerprints`.
 A packet can therefore neither crash nor stall the loop: the work per datagram is bounded by
 the codec's header checks and one HMAC.
 """
@@ -13,20 +16,23 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, cast
 
 from hafailover.core.messages import Message
 from hafailover.runtime.logs import RateLimitedLogger
-from hafailover.wire import Codec, Decoded, Dropped, EncodeError
+from hafailover.wire import DEFAULT_GROUP, Codec, Decoded, Dropped, EncodeError
 
 log = logging.getLogger("hafailover.transport")
 
 Address = tuple[str, int]
 
 
+Item = tuple[str, Message]  # (group, message)
+
+
 class TransportPort(Protocol):
-    def send(self, to: str, message: Message) -> None: ...
+    def send_batch(self, to: str, items: Sequence[Item]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -39,11 +45,12 @@ class UdpTransport(asyncio.DatagramProtocol):
         self,
         codec: Codec,
         peers: Mapping[str, Address],
-        on_message: Callable[[str, Message], None],
+        on_batch: Callable[[Decoded], None],
     ) -> None:
         self._codec = codec
         self._peers = dict(peers)
-        self._on_message = on_message
+        self._on_batch = on_batch
+        self.fingerprints: dict[str, tuple[tuple[str, bytes], ...]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._epoch = time.monotonic()
         self._limited = RateLimitedLogger(log, burst=5, interval=60.0)
@@ -55,7 +62,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         codec: Codec,
         local: Address,
         peers: Mapping[str, Address],
-        on_message: Callable[[str, Message], None],
+        on_batch: Callable[[Decoded], None],
     ) -> UdpTransport:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
@@ -70,7 +77,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         except OSError:
             sock.close()
             raise
-        proto = cls(codec, peers, on_message)
+        proto = cls(codec, peers, on_batch)
         await loop.create_datagram_endpoint(lambda: proto, sock=sock)
         return proto
 
@@ -88,11 +95,12 @@ class UdpTransport(asyncio.DatagramProtocol):
             )
             return
         assert isinstance(result, Decoded)
+        if result.fingerprint:
+            self.fingerprints[result.sender] = result.fingerprint
         try:
-            self._on_message(result.sender, result.message)
+            self._on_batch(result)
         except Exception:  # a bug in a handler must not kill the transport
-            log.exception("handling %s from %s failed", type(result.message).__name__,
-                          result.sender)
+            log.exception("handling a datagram from %s failed", result.sender)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (peer down, port unreachable) are normal during failures.
@@ -100,21 +108,26 @@ class UdpTransport(asyncio.DatagramProtocol):
 
     # sending -----------------------------------------------------------------------------
 
-    def send(self, to: str, message: Message) -> None:
+    def send(self, to: str, message: Message, group: str = DEFAULT_GROUP) -> None:
+        self.send_batch(to, [(group, message)])
+
+    def send_batch(self, to: str, items: Sequence[Item]) -> None:
+        """Every item for `to` in one datagram (several only past `MAX_PACKET`)."""
         addr = self._peers.get(to)
-        if addr is None or self._transport is None:
+        if addr is None or self._transport is None or not items:
             return
         try:
             ms = int((time.monotonic() - self._epoch) * 1000)
-            packet = self._codec.encode(message, ms, to=to)
+            packets = self._codec.encode_batch(items, ms, to=to)
         except EncodeError as e:
-            log.error("cannot encode %s for %s: %s", type(message).__name__, to, e)
+            log.error("cannot encode %d messages for %s: %s", len(items), to, e)
             return
-        try:
-            self._transport.sendto(packet, addr)
-        except OSError as e:
-            self.send_errors += 1
-            self._limited.debug(f"send:{to}", "send to %s failed: %s", to, e)
+        for packet in packets:
+            try:
+                self._transport.sendto(packet, addr)
+            except OSError as e:
+                self.send_errors += 1
+                self._limited.debug(f"send:{to}", "send to %s failed: %s", to, e)
 
     @property
     def drops(self) -> Mapping[str, int]:

@@ -32,14 +32,6 @@ def run(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_two_vip_groups_are_refused_with_exit_78(tmp_path: Path) -> None:
-    r = run(tmp_path, "groups:\n"
-                      "  - {name: web, vips: [{address: 10.213.0.100/24, interface: eth0}]}\n"
-                      "  - {name: db, vips: [{address: 10.213.0.101/24, interface: eth0}]}\n")
-    assert r.returncode == 78, r.stderr
-    assert "one VIP group" in r.stderr and "web, db" in r.stderr
-
-
 def test_a_lifetime_too_short_for_the_lease_is_refused_with_exit_78(tmp_path: Path) -> None:
     r = run(tmp_path, "  failover_timeout: 2s\n  vip_lifetime: 2s\n"
                       "vips:\n  - {address: 10.213.0.100/24, interface: eth0}\n")

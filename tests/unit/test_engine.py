@@ -68,10 +68,13 @@ class Recorder:
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.sent: list[tuple[str, Message]] = []
+        self.batches: list[tuple[str, int]] = []
 
-    def send(self, to: str, message: Message) -> None:
-        self.sent.append((to, message))
-        self.log.append(f"send {type(message).__name__} {to}")
+    def send_batch(self, to: str, items: Sequence[tuple[str, Message]]) -> None:
+        self.batches.append((to, len(items)))
+        for _, message in items:
+            self.sent.append((to, message))
+            self.log.append(f"send {type(message).__name__} {to}")
 
     def close(self) -> None:
         pass
