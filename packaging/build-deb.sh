@@ -130,6 +130,10 @@ printf 'Source: hafailover\n\nPackage: hafailover\nArchitecture: any\n' > "$WORK
 mapfile -t SOS < <(find "$VENV" -name '*.so' -type f)
 SHLIBS=$(cd "$WORK/shlibs" && dpkg-shlibdeps -O --ignore-missing-info "${SOS[@]}" 2>/dev/null \
          | sed -n 's/^shlibs:Depends=//p')
+if [ -z "$SHLIBS" ]; then
+    echo "build-deb.sh: dpkg-shlibdeps found no library dependencies for: ${SOS[*]}" >&2
+    exit 1
+fi
 INSTALLED_SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 sed -e "s|@VERSION@|$VERSION|" -e "s|@ARCH@|$ARCH|" -e "s|@SIZE@|$INSTALLED_SIZE|" \
     -e "s|@SHLIBS@|$SHLIBS|" "$SRC/packaging/debian/control.in" > "$STAGE/DEBIAN/control"
