@@ -313,6 +313,11 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
     "--to", "target", help="Hand the VIP to this node (default: the best other eligible node)."
 )
 @click.option(
+    "--group",
+    "-g",
+    help="The VIP group to move (may be left out when the cluster has one group).",
+)
+@click.option(
     "--timeout",
     type=Duration(0.1, 600),
     default="5s",
@@ -320,8 +325,8 @@ def status(settings: Settings, as_json: bool, watch: bool, interval: float) -> N
     help="How long to wait for the VIP to move.",
 )
 @click.pass_obj
-def switchover(settings: Settings, target: str | None, timeout: float) -> None:
-    """Move the VIP to another node and wait until it has moved.
+def switchover(settings: Settings, target: str | None, group: str | None, timeout: float) -> None:
+    """Move a VIP group to another node and wait until it has moved.
 
     Exit status: 0 the VIP moved, 1 refused, 2 timed out, 3 daemon unreachable.
 
@@ -329,16 +334,17 @@ def switchover(settings: Settings, target: str | None, timeout: float) -> None:
     Examples:
       hafailover switchover
       hafailover switchover --to node2 --timeout 10s
+      hafailover switchover --group web --to node2
     """
     client = settings.client()
-    previous = _call(client.status, error_exit=1).get("vip_holder")
+    previous = fmt.group_holder(_call(client.status, error_exit=1), group)
     start = time.monotonic()
-    result = _call(lambda: client.switchover(target))
-    click.echo(fmt.format_outcome("switchover", result))
+    result = _call(lambda: client.switchover(target, group))
+    click.echo(fmt.format_outcome("switchover" + (f" of {group}" if group else ""), result))
     if not result.get("accepted"):
         sys.exit(1)
     while True:
-        holder = _call(client.status, error_exit=1).get("vip_holder")
+        holder = fmt.group_holder(_call(client.status, error_exit=1), group)
         elapsed = time.monotonic() - start
         if holder and (holder == target if target else holder != previous):
             click.echo(f"VIP now held by {holder} (switchover took {elapsed * 1000:.0f} ms)")
@@ -399,18 +405,31 @@ def maintenance(settings: Settings, state: str, node: str | None) -> None:
     show_default=True,
     help="Poll interval for --follow (100ms..60s).",
 )
+@click.option(
+    "--group",
+    "-g",
+    help="Only this VIP group's events (and the node-wide ones, which name no group).",
+)
 @click.pass_obj
-def events(settings: Settings, follow: bool, limit: int, as_json: bool, interval: float) -> None:
+def events(
+    settings: Settings,
+    follow: bool,
+    limit: int,
+    as_json: bool,
+    interval: float,
+    group: str | None,
+) -> None:
     """Show the role-transition history (newest last).
 
     \b
     Examples:
       hafailover events -n 50
       hafailover events --follow
+      hafailover events --group web
     """
     client = settings.client()
     if not follow:
-        result = _call(lambda: client.events(limit))
+        result = _call(lambda: client.events(limit, group=group))
         if as_json:
             click.echo(json.dumps(result, indent=2))
         else:
@@ -424,7 +443,7 @@ def events(settings: Settings, follow: bool, limit: int, as_json: bool, interval
         while True:
             try:
                 batch = fmt.records(
-                    client.events(limit if after is None else 10_000, after)["events"]
+                    client.events(limit if after is None else 10_000, after, group)["events"]
                 )
             except (DaemonUnreachable, ControlError) as e:
                 if not lost:

@@ -28,15 +28,34 @@ def records(value: object) -> list[Mapping[str, Any]]:
     return [item for item in value if isinstance(item, Mapping)]
 
 
-def status_verdict(status: Mapping[str, Any]) -> tuple[int, str]:
-    """The `status` exit code and a one-line reason for it.
+def group_holder(status: Mapping[str, Any], group: str | None) -> str | None:
+    """The holder of `group` (None: the only or first group) in a status object."""
+    groups = records(status.get("groups"))
+    if group is None or not groups:
+        return status.get("vip_holder") if not groups else groups[0].get("holder")
+    for g in groups:
+        if g.get("name") == group:
+            holder = g.get("holder")
+            return str(holder) if holder else None
+    return None
 
-    0: some node holds the VIP and every node is reachable, healthy and out of maintenance.
-    1: a node holds the VIP but something is degraded. 2: no node holds the VIP.
-    A witness reports no health (null), which is not counted against it; for a data node an
-    unknown health (null) is counted as degraded, since it cannot be shown to be healthy.
+
+def status_verdict(status: Mapping[str, Any]) -> tuple[int, str]:
+    """The `status` exit code and a one-line reason for it; the worst group decides.
+
+    0: some node holds every group's VIPs and every node is reachable, healthy and out of
+    maintenance, with the same configuration. 1: every group has a holder but something is
+    degraded. 2: some group has no holder. A witness reports no health (null), which is not
+    counted against it; for a data node an unknown health (null) is counted as degraded, since
+    it cannot be shown to be healthy.
     """
-    if not status.get("vip_holder"):
+    groups = records(status.get("groups"))
+    if groups:
+        none = [str(g.get("name", "?")) for g in groups if not g.get("holder")]
+        if none:
+            what = "group " + ", ".join(none) if len(groups) > 1 else "the VIP"
+            return EXIT_NO_HOLDER, f"no node holds {what}"
+    elif not status.get("vip_holder"):
         return EXIT_NO_HOLDER, "no node holds the VIP"
     problems: list[str] = []
     for node in records(status.get("nodes")):
@@ -51,6 +70,9 @@ def status_verdict(status: Mapping[str, Any]) -> tuple[int, str]:
             problems.append(f"{name} in maintenance")
     if status.get("quorum") is False:
         problems.append(f"{status.get('node', 'this node')} has no quorum")
+    for drift in records(status.get("drift")):
+        sections = ", ".join(str(x) for x in drift.get("sections") or ())
+        problems.append(f"{drift.get('node', '?')} has a different configuration ({sections})")
     if problems:
         return EXIT_DEGRADED, "degraded: " + ", ".join(problems)
     return EXIT_OK, "healthy"
@@ -139,12 +161,29 @@ def _node_row(node: Mapping[str, Any], me: object) -> list[str]:
     ]
 
 
+def _group_row(group: Mapping[str, Any]) -> list[str]:
+    eligible = "yes" if group.get("eligible") else "no: " + "; ".join(
+        str(w) for w in group.get("not_eligible") or ["?"]
+    )
+    return [
+        str(group.get("name", "?")),
+        _or_none(group.get("holder")),
+        str(group.get("term", "?")),
+        _or_none(group.get("preferred")),
+        eligible,
+    ]
+
+
 def format_event(event: Mapping[str, Any]) -> str:
-    """`2024-05-01T12:00:00.123Z  #42 node1 term 7 elected: won the election with 2/3 votes`."""
+    """`2024-05-01T12:00:00.123Z  #42 node1 [web] term 7 elected: won the election ...`."""
     message = event.get("message") or ""
+    group = event.get("group")
+    term = event.get("term")
     return (
         f"{event.get('time', '?')}  #{event.get('seq', '?')} {event.get('node', '?')} "
-        f"term {event.get('term', '?')} {event.get('reason', '?')}"
+        + (f"[{group}] " if group and group != "default" else "")
+        + (f"term {term} " if term is not None else "")
+        + f"{event.get('reason', '?')}"
         + (f": {message}" if message else "")
     )
 
@@ -180,6 +219,10 @@ def format_status(status: Mapping[str, Any]) -> str:
             [_node_row(n, me) for n in nodes],
         )
     )
+    groups = records(status.get("groups"))
+    if groups:
+        out += ["", table(["GROUP", "HOLDER", "TERM", "PREFERRED", f"{me} ELIGIBLE"],
+                          [_group_row(g) for g in groups])]
     failing = [c for c in records(status.get("checks")) if c.get("ok") is False]
     if failing:
         out += ["", click.style(f"Failing checks on {me}:", bold=True)]
