@@ -26,9 +26,9 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from hafailover.config import (
     ConfigError,
@@ -152,6 +152,13 @@ def notify_hooks(config: Config | NotifyConfig) -> dict[str, tuple[str, ...]]:
     hooks = {"leader": n.leader, "follower": n.follower, "unhealthy": n.unhealthy,
              "maintenance": n.maintenance, "stop": n.stop}
     return {k: tuple(v) for k, v in hooks.items() if v}
+
+
+async def _bounded(step: Coroutine[Any, Any, None], what: str, timeout: float = 2.0) -> None:
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        log.error("%s did not finish within %gs at exit; going on", what, timeout)
 
 
 class Daemon:
@@ -325,10 +332,11 @@ class Daemon:
             # 3. stop answering elections: no more events, no timer, no socket.
             await engine.close()
             transport.close()
-            await self.checks.stop()
-            await health.close()
-            await links.close()
-            await control.stop()
+            # Each bounded: nothing left to stop may keep the process from exiting.
+            await _bounded(self.checks.stop(), "stopping the checks")
+            await _bounded(health.close(), "stopping the group health")
+            await _bounded(links.close(), "stopping link tracking")
+            await _bounded(control.stop(), "closing the control socket")
             if metrics is not None:
                 metrics.stop()
             # 4. the hooks (notify.stop) may take their time now; nothing can re-take the VIP.
