@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
@@ -27,6 +27,9 @@ from hafailover.control.client import (
     ControlError,
     DaemonUnreachable,
 )
+
+if TYPE_CHECKING:
+    from hafailover.config.schema import Config
 
 DEFAULT_CONFIG = Path("/etc/hafailover/hafailover.yaml")
 # How often `switchover` looks at the VIP holder while it waits: fine enough to report the
@@ -545,7 +548,43 @@ def check_config(settings: Settings, config: Path | None, node: str | None, no_h
     loaded = load_and_report(path, report)
     if loaded is not None and not no_host:
         check_host(loaded, node, settings.socket, report)
+        _compare_with_peers(loaded.config, settings, report)
     sys.exit(1 if report.failed else 0)
+
+
+def _compare_with_peers(config: Config, settings: Settings, report: fmt.Report) -> None:
+    """The file's fingerprint against the running daemon's and the ones its peers advertise
+    (in their heartbeats, carried in the daemon's status). Membership or groups differing is a
+    failure: nodes that disagree on them refuse each other's votes (docs/architecture.md)."""
+    try:
+        status = ControlClient(settings.socket_path(), timeout=1.0).status()
+    except (DaemonUnreachable, ControlError, OSError) as e:
+        report.ok(f"configuration not compared with the peers: the local daemon is not "
+                  f"reachable ({e})")
+        return
+    ours = dict(config.fingerprint())
+    voting = {"cluster", "nodes", "groups"}
+    running = status.get("fingerprint")
+    if isinstance(running, dict) and running and running != ours:
+        diff = sorted(k for k in set(ours) | set(running) if ours.get(k) != running.get(k))
+        report.warn(f"the running daemon uses a different configuration ({', '.join(diff)}): "
+                    "reload (systemctl reload hafailover) or restart it")
+    peers = status.get("peer_fingerprints")
+    if not isinstance(peers, dict) or not peers:
+        report.ok("configuration not compared with the peers: none heard yet")
+        return
+    for name, theirs in sorted(peers.items()):
+        if not isinstance(theirs, dict):
+            continue
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if not diff:
+            report.ok(f"{name} has the same cluster-wide configuration")
+        elif voting.intersection(diff):
+            report.fail(f"{name} differs in {', '.join(diff)}: nodes that disagree on "
+                        "membership or groups refuse each other's votes. Copy one file to "
+                        "every node (change membership one node at a time)")
+        else:
+            report.warn(f"{name} differs in {', '.join(diff)}")
 
 
 # --------------------------------------------------------------------------------- release-vips
