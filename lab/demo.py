@@ -248,8 +248,9 @@ def run_demo(lab: Lab, c: HaCluster, out: Out) -> list[Row]:
     p_web = lab.start_probe(web.vip, duration=60.0, interval=0.01)
     p_db = lab.start_probe(db.vip, duration=60.0, interval=0.01)
     t_back = c.revive_host("node1", echo)
-    out.result(f"node1's links are up and its daemon runs again ({time.monotonic() - t_back:.1f}"
-               " s to start)")
+    t_ready = time.monotonic()
+    out.result(f"node1's links are up and its daemon runs again ({t_ready - t_back:.1f} s to "
+               "start)")
     out.why(f"web prefers node1: once node1 has been healthy for preempt_delay "
             f"({PREEMPT_DELAY}), {new} hands web back in a planned handover. db's holder is "
             "already its preferred node: it stays.")
@@ -264,8 +265,8 @@ def run_demo(lab: Lab, c: HaCluster, out: Out) -> list[Row]:
     holders = c.group_holders()
     if holders != {"web": ["node1"], "db": ["node2"]}:
         raise DemoError(f"after node1 came back the holders are {holders}")
-    out.result(f"web back on node1 {t_ret - t_back:.1f} s after node1 came back; web client "
-               f"outage {describe(g2)}")
+    out.result(f"web back on node1 {t_ret - t_ready:.1f} s after node1's daemon was up; web "
+               f"client outage {describe(g2)}")
     out.result(f"db stayed on node2; the db client lost {db_lost2} probes")
     rows.append(Row(f"node1 back (preempt_delay {PREEMPT_DELAY})", f"web {new} -> node1",
                     f"{g2.ms:.0f} ms"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 
@@ -71,8 +72,10 @@ def test_host_death_moves_only_its_group_and_preempt_brings_it_back(
     assert db_changes == [], db_changes
     assert c.group_holders() == {"web": ["node1"], "db": ["node2"]}
     # Preempted back only after preempt_delay, and never two holders of web on the way.
-    assert t_return - t_back >= PREEMPT_DELAY_S - 0.1, t_return - t_back
-    assert t_return - t_back <= PREEMPT_DELAY_S + 6.0, t_return - t_back
+    # preempt_delay counts from when node1 is healthy and heard, which is after its daemon
+    # answered; a restart under load can take seconds, so the bounds count from then.
+    assert t_return - t_ready >= PREEMPT_DELAY_S - 0.1, t_return - t_ready
+    assert t_return - t_ready <= PREEMPT_DELAY_S + 3.0, t_return - t_ready
     assert web_tl.dual_holder_ms() == 0.0
 
 
@@ -81,18 +84,20 @@ def test_vip_deleted_behind_the_daemons_back_is_readded(
         web_db: tuple[Lab, HaCluster, dict[str, LabProcess]]) -> None:
     lab, c, _echo = web_db
     c.wait_groups(spread, timeout=10.0)
-    lab.start_vip_monitors(WEB, nodes=["node1"])
     web_probe = lab.start_probe(WEB, duration=30.0)
     time.sleep(0.5)
     figures = []
-    for _ in range(3):
-        t_del = time.monotonic()
+    for k in range(1, 4):
+        # A removal and re-add within microseconds can escape an address monitor: the
+        # daemon's vip-readded event (ms resolution, logged once the address is back) times it.
+        t_del = time.time()
         lab.ip("node1", "addr", "del", f"{WEB}/24", "dev", "eth0")
         time.sleep(1.0)
-        tl = lab.holder_timeline(WEB)["node1"]
-        back = [t for t, present in tl.changes if present and t > t_del]
-        assert back, f"the VIP was not re-added: {tl.changes[-4:]}\n{c.log('node1')[-2000:]}"
-        figures.append(back[0] - t_del)
+        readded = [e for e in c.event_log("node1") if e["reason"] == "vip-readded"]
+        assert len(readded) == k, f"{readded}\n{c.log('node1')[-2000:]}"
+        assert readded[-1].get("group") == "web", readded
+        figures.append(datetime.fromisoformat(readded[-1]["time"]).timestamp() - t_del)
+        assert lab.vip_holders(WEB) == ["node1"]
     time.sleep(0.3)
     lab.stop(web_probe)
     assert web_probe.data is not None
@@ -100,8 +105,6 @@ def test_vip_deleted_behind_the_daemons_back_is_readded(
     outage_ms = probe_mod.longest_outage_ms(run.records, run.start + 0.4, run.end)
     print(f"\nVIP re-added after {', '.join(f'{x * 1000:.0f}' for x in figures)} ms; longest "
           f"client gap {outage_ms:.0f} ms")
-    readded = [e for e in c.event_log("node1") if e["reason"] == "vip-readded"]
-    assert len(readded) == 3 and all(e.get("group") == "web" for e in readded), readded
     assert c.group_holders() == {"web": ["node1"], "db": ["node2"]}
     assert max(figures) <= HEARTBEAT_S + 0.15, figures
     assert outage_ms <= 200.0
