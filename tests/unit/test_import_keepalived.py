@@ -340,8 +340,8 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     assert usage.exit_code == 2
     ids = runner.invoke(cli, ["import-keepalived", "--config-id", "a", "--config-id", "b", *files])
     assert ids.exit_code == 2
-    name = runner.invoke(cli, ["import-keepalived", "--cluster-name", "no good", *files])
-    assert name.exit_code == 2 and "--cluster-name" in name.stderr
+    bad_name = runner.invoke(cli, ["import-keepalived", "--cluster-name", "no good", *files])
+    assert bad_name.exit_code == 2 and "--cluster-name" in bad_name.stderr
 
 
 @pytest.mark.parametrize(
