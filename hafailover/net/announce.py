@@ -449,6 +449,12 @@ class ConflictWatcher:
     def holding(self) -> bool:
         return self._holding
 
+    def set_held(self, vips: Sequence[Vip]) -> None:
+        """Only `vips` are this node's now (with VIP groups each group holds on its own): a
+        claim on another watched VIP is a peer holding its group, not a conflict."""
+        self._watched = {(v.interface, v.ip): str(v.ip) for v in vips}
+        self._holding = bool(self._watched)
+
     def start(self) -> None:
         if self._loop is not None:
             return

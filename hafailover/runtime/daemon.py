@@ -39,11 +39,20 @@ from hafailover.config import (
 )
 from hafailover.config.schema import CheckKind, Config, NodeConfig, NotifyConfig
 from hafailover.control.server import ControlServer, ControlServerError
-from hafailover.core.events import Stop, VipConflict
+from hafailover.core.events import Stop
 from hafailover.core.groups import Groups
 from hafailover.core.reasons import Role
 from hafailover.errors import LocalError
-from hafailover.net.announce import Announcer, ConflictWatcher, RawAnnouncer
+from hafailover.net.announce import (
+    AnnounceError,
+    Announcer,
+    ConflictWatcher,
+    FrameSocket,
+    RawAnnouncer,
+    _ipv6_forwarding,  # the IPv6 router flag, read as the announcer itself reads it
+    build_frames_async,
+    open_packet_socket,
+)
 from hafailover.net.links import LinkWatcher
 from hafailover.net.vip import IPAddress, NetlinkVipPort, Vip, VipError, record_vips
 from hafailover.runtime.checks import CheckRunner, CheckSpec
@@ -224,11 +233,29 @@ class Daemon:
             # A repeat due during a freeze must not claim the address once the lease is over.
             return lambda: engine is not None and engine.lease_valid(group)
 
+        # One announcer per group (each group announces and goes quiet on its own), sharing
+        # one packet socket per interface and frames crafted once for every VIP: crafting runs
+        # a subprocess (~0.4 s), which must not be paid once per group.
+        sockets: dict[str, FrameSocket] = {}
+
+        def shared_socket(ifname: str) -> FrameSocket:
+            if ifname not in sockets:
+                sockets[ifname] = open_packet_socket(ifname)
+            return sockets[ifname]
+
+        try:
+            router = {i: _ipv6_forwarding(i) for i in {v.interface for v in self.vips}}
+            frames = await build_frames_async(self.vips, macs, router=router) if self.vips else {}
+        except (AnnounceError, OSError) as e:
+            await vip_port.close()
+            raise StartupError(f"cannot build the VIP announcements: {e}") from e
         announcers: dict[str, Announcer] = {}
         for g in config.groups:
             announcers[g.name] = RawAnnouncer(
                 self.group_vips[g.name], config.announce.count, config.announce.interval,
                 config.announce.refresh, macs=macs, may_announce=may_announce(g.name),
+                frames={v: frames[v] for v in self.group_vips[g.name]},
+                socket_factory=shared_socket,
             )
             await announcers[g.name].start()
         first = config.groups[0].name
@@ -260,7 +287,7 @@ class Daemon:
             ) from e
         watcher = ConflictWatcher(self.vips, macs, lambda addr: self._conflict(engine, addr))
         ports = Ports(transport, vip_port, announcers[first], notifiers[first], store, events,
-                      systemd, on_holding=watcher.set_holding, announcers=announcers,
+                      systemd, on_held=watcher.set_held, announcers=announcers,
                       notifiers=notifiers)
         engine = Engine(
             groups, ports, self.group_vips, config.cluster.max_loop_lag_seconds,
@@ -400,9 +427,8 @@ class Daemon:
         return publish
 
     def _conflict(self, engine: Engine | None, address: str) -> None:
-        # Fed to every group: only the group holding that address acts on it.
         if engine is not None:
-            engine.feed(VipConflict(address))
+            engine.conflict(address)  # to the group announcing that address
 
     # The SIGHUP reloads (runtime/reload.py), made by the first SIGHUP.
     _reloader: Reloader | None = None

@@ -75,6 +75,7 @@ from hafailover.core.events import (
     SetMaintenance,
     Switchover,
     TimerFired,
+    VipConflict,
 )
 from hafailover.core.groups import DEFAULT_GROUP, ForGroup, Groups, GroupsState, GroupVote, Tagged
 from hafailover.core.messages import Message
@@ -219,6 +220,9 @@ class Ports:
     events: EventLogPort
     systemd: SdNotifyPort
     on_holding: Callable[[bool], None] = field(default=lambda holding: None)
+    # The VIPs this node announces as its own now (every group's; the ARP conflict watcher
+    # must only report claims on these, not on a peer's group).
+    on_held: Callable[[Sequence[Vip]], None] = field(default=lambda vips: None)
     on_exit: Callable[[Exit], None] = exit_now
     announcers: dict[str, Announcer] = field(default_factory=dict)
     notifiers: dict[str, NotifierPort] = field(default_factory=dict)
@@ -275,7 +279,9 @@ class Engine:
         self._timer_at = float("inf")
         self._waiters: dict[int, asyncio.Future[CommandResult]] = {}
         self._added: set[str] = set()  # groups whose VIPs this engine added and kept since
+        self._announced: set[str] = set()  # groups announcing their VIPs as this node's
         self._renew_queued = False
+        self._status_due = False
         self._health: dict[str, tuple[bool, str]] = {}
         self._group_health: dict[str, dict[str, tuple[bool, str]]] = {}
         self._reported = {g: self.groups.node(g).healthy for g in self.groups.groups}
@@ -356,23 +362,29 @@ class Engine:
         group's announcements at once, synchronously, before any other callback queued on the
         loop (an ARP refresh due since the freeze) can claim the address; the core's release
         follows in order. Stopping announcements never needs the core's consent."""
-        if not self._added:
+        if not self._announced:
             return
         now = self.clock()
         silenced = False
-        for g in self._added:
+        for g in list(self._announced):
             n = self.groups.node(g)
             if n.holds_vip and now >= n.lease_until:
                 self.ports.announcer_for(g).cancel()
+                self._announced.discard(g)
                 silenced = True
         if silenced:
-            self.ports.on_holding(self._holding_any(now))
+            self._holding_changed()
 
-    def _holding_any(self, now: float) -> bool:
-        return any(
-            self.groups.node(g).holds_vip and now < self.groups.node(g).lease_until
-            for g in self._added
-        )
+    def _holding_changed(self) -> None:
+        held = [v for g in self.groups.groups if g in self._announced for v in self.group_vips[g]]
+        self.ports.on_holding(bool(self._announced))
+        self.ports.on_held(held)
+
+    def conflict(self, address: str) -> None:
+        """Another host claims `address` (ARP/NA): for the group announcing it, if any."""
+        for g in self._announced:
+            if any(str(v.ip) == address for v in self.group_vips[g]):
+                self.feed(ForGroup(g, VipConflict(address)))
 
     async def process(self, event: Input) -> list[Action]:
         """Queue an event and wait until its whole step has been carried out."""
@@ -513,6 +525,9 @@ class Engine:
                     feedback.append(_for(group, EffectSucceeded(kind)))
             if feedback:
                 pending.append(feedback)
+        if self._status_due:
+            self._status_due = False
+            self.ports.systemd.status(self.status_line())
         self._arm()
         return done
 
@@ -586,7 +601,8 @@ class Engine:
                 # No renewal from now on, even if the removal fails: the lifetime then still
                 # takes the address away.
                 self._added.discard(group)
-                p.on_holding(self._holding_any(self.clock()))
+                self._announced.discard(group)
+                self._holding_changed()
                 try:
                     await p.vips.remove(self.group_vips.get(group, ()))
                 except VipError as e:
@@ -603,7 +619,8 @@ class Engine:
                 announcer = p.announcer_for(group)
                 announcer.announce()
                 announcer.set_holding(True)
-                p.on_holding(True)
+                self._announced.add(group)
+                self._holding_changed()
             case Persist(state=state):
                 try:
                     if self._single:
@@ -761,7 +778,7 @@ class Engine:
         self._append(entry)
         if self.on_decision is not None:
             self.on_decision(group or DEFAULT_GROUP, d)
-        self.ports.systemd.status(self.status_line())
+        self._status_due = True  # the status line is set once, at the end of the step
 
     def status_line(self) -> str:
         """The systemd status line: one group as before groups, several summarised."""
