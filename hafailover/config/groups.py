@@ -15,20 +15,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from hafailover.config.sections import (
+    CheckConfig,
+    ClusterConfig,
+    GroupConfig,
+    NodeConfig,
+    NotifyConfig,
+    VipConfig,
+)
 from hafailover.core.spec import ClusterSpec, NodeSpec
-
-if TYPE_CHECKING:
-    from hafailover.config.schema import Config, GroupConfig, NotifyConfig, VipConfig
 
 __all__ = [
     "DEFAULT_GROUP",
     "FINGERPRINT_SECTIONS",
     "Fingerprint",
     "Group",
+    "GroupSource",
     "fingerprint",
     "group_spec",
     "normalize_groups",
@@ -66,13 +72,31 @@ class Group:
         return tuple(dict.fromkeys(names))
 
 
-def normalize_groups(config: Config) -> tuple[Group, ...]:
+class GroupSource(Protocol):
+    """What groups are resolved from: the sections of a configuration (`schema.Config` is one)."""
+
+    @property
+    def cluster(self) -> ClusterConfig: ...
+    @property
+    def nodes(self) -> tuple[NodeConfig, ...]: ...
+    @property
+    def vips(self) -> tuple[VipConfig, ...]: ...
+    @property
+    def group_entries(self) -> tuple[GroupConfig, ...]: ...
+    @property
+    def checks(self) -> tuple[CheckConfig, ...]: ...
+    @property
+    def notify(self) -> NotifyConfig: ...
+    def port_of(self, node: NodeConfig) -> int: ...
+
+
+def normalize_groups(config: GroupSource) -> tuple[Group, ...]:
     if not config.group_entries:
         return (_default_group(config),)
     return tuple(_resolve(config, entry) for entry in config.group_entries)
 
 
-def _default_group(config: Config) -> Group:
+def _default_group(config: GroupSource) -> Group:
     return Group(
         name=DEFAULT_GROUP,
         vips=config.vips,
@@ -85,7 +109,7 @@ def _default_group(config: Config) -> Group:
     )
 
 
-def _resolve(config: Config, entry: GroupConfig) -> Group:
+def _resolve(config: GroupSource, entry: GroupConfig) -> Group:
     notify = config.notify
     if entry.notify is not None:
         # Only the keys the group writes replace the top-level ones.
@@ -108,7 +132,7 @@ def _resolve(config: Config, entry: GroupConfig) -> Group:
     )
 
 
-def group_spec(config: Config, group: Group) -> ClusterSpec:
+def group_spec(config: GroupSource, group: Group) -> ClusterSpec:
     """The core's ClusterSpec for one group: same members and timings, the group's ranking."""
     return ClusterSpec(
         nodes=tuple(NodeSpec(n.name, group.priorities[n.name], n.witness) for n in config.nodes),
@@ -158,7 +182,8 @@ class Fingerprint(Mapping[str, str]):
         return [k for k in names if self._sections.get(k) != other.get(k)]
 
 
-def fingerprint(config: Config) -> Fingerprint:
+def fingerprint(config: GroupSource, groups: Sequence[Group]) -> Fingerprint:
+    """The digests of `config` whose groups, resolved by `normalize_groups`, are `groups`."""
     cluster = config.cluster
     timings = dataclasses.asdict(cluster.timings)
     # Preemption is per group: its delay is part of each group's digest, not of the timings.
@@ -166,7 +191,7 @@ def fingerprint(config: Config) -> Fingerprint:
     nodes = sorted(
         (n.name, str(n.address), config.port_of(n), n.priority, n.witness) for n in config.nodes
     )
-    groups = sorted(
+    rows = sorted(
         (
             g.name,
             sorted((str(v.address), v.interface) for v in g.vips),
@@ -174,12 +199,12 @@ def fingerprint(config: Config) -> Fingerprint:
             g.preempt,
             g.preempt_delay,
         )
-        for g in config.groups
+        for g in groups
     )
     content: dict[str, object] = {
         "cluster": {"name": cluster.name, "port": cluster.port},
         "nodes": nodes,
-        "groups": groups,
+        "groups": rows,
         "timings": timings,
     }
     return Fingerprint({k: _digest(k, content[k]) for k in FINGERPRINT_SECTIONS})
