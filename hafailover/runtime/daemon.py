@@ -364,8 +364,8 @@ class Daemon:
             await _bounded(health.close(), "stopping the group health")
             await _bounded(links.close(), "stopping link tracking")
             await _bounded(control.stop(), "closing the control socket")
-            if metrics is not None:
-                metrics.stop()
+            if metrics is not None:  # joins the HTTP thread: off the loop
+                await _bounded(asyncio.to_thread(metrics.stop), "stopping the metrics endpoint")
             # 4. the hooks (notify.stop) may take their time now; nothing can re-take the VIP.
             await asyncio.gather(*(n.drain(HOOK_DRAIN) for n in engine.ports.notifiers.values()))
             try:

@@ -49,7 +49,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from hafailover.core.actions import (
@@ -64,7 +63,6 @@ from hafailover.core.actions import (
     ReleaseVip,
     Send,
 )
-from hafailover.core.describe import describe
 from hafailover.core.events import (
     Effect,
     EffectFailed,
@@ -80,19 +78,18 @@ from hafailover.core.events import (
 from hafailover.core.groups import DEFAULT_GROUP, ForGroup, Groups, Tagged
 from hafailover.core.messages import Message
 from hafailover.core.node import Node
-from hafailover.core.reasons import Reason, Role
+from hafailover.core.reasons import Reason
 from hafailover.errors import HafailoverError
 from hafailover.net.vip import Vip, VipError
-from hafailover.runtime.logs import log_decision
+from hafailover.runtime.history import History, status_line
 from hafailover.runtime.notify import hook_env
 from hafailover.runtime.ports import Elections, Input, OneGroup, Ports, exit_now
-from hafailover.runtime.store import EventLogPort, StateError
+from hafailover.runtime.store import StateError
 
 __all__ = ["Elections", "Engine", "Ports", "exit_now", "lag_ticker", "renewal_interval"]
 
 log = logging.getLogger("hafailover.engine")
 
-RECENT_TRANSITIONS: Final = 50
 # Kept between the lease and the address's expiry: the kernel deletes up to 20 ms early, and a
 # renewal waits its turn in the inbox.
 RENEW_MARGIN: Final = 0.1
@@ -186,10 +183,7 @@ class Engine:
         self._health: dict[str, tuple[bool, str]] = {}
         self._group_health: dict[str, dict[str, tuple[bool, str]]] = {}
         self._reported = {g: self.groups.node(g).healthy for g in self.groups.groups}
-        self._seq = _last_seq(ports.events)
-        self.recent: list[dict[str, Any]] = [
-            e for e in ports.events.read(RECENT_TRANSITIONS) if isinstance(e, dict)
-        ]
+        self.history = History(ports.events, self.groups.name)
         self.max_lag_seen = 0.0
         self.stopping = False
         self.on_decision: Callable[[str, Decision], None] | None = None  # metrics
@@ -660,66 +654,24 @@ class Engine:
     # ------------------------------------------------------------------ records
 
     def _record(self, group: str, d: Decision) -> None:
-        multi = len(self.groups.groups) > 1
-        if multi and group:
-            log_decision(log, {"reason": d.reason.value, "role": d.role.value, "term": d.term,
-                               "leader": d.leader, "detail": d.detail, "group": group})
-        else:
-            log_decision(log, d)
-        entry: dict[str, Any] = {
-            "reason": d.reason.value,
-            "group": group or DEFAULT_GROUP,
-            "term": d.term,
-            "role": d.role.value,
-            "leader": d.leader or None,
-            "message": describe(self.groups.name, d) + (f" (group {group})" if multi else ""),
-        }
-        if isinstance(d.detail.get("detail"), str):
-            entry["detail"] = d.detail["detail"]  # e.g. the sentence of a failed effect
-        self._append(entry)
+        self.history.decision(group or DEFAULT_GROUP, d, multi=len(self.groups.groups) > 1)
         if self.on_decision is not None:
             self.on_decision(group or DEFAULT_GROUP, d)
         self._status_due = True  # the status line is set once, at the end of the step
 
     def status_line(self) -> str:
-        """The systemd status line: one group as before groups, several summarised."""
-        now = self.clock()
-        failing = "".join(f", {k.value} failing" for k in self.failing)
-        names = self.groups.groups
-        if len(names) == 1:
-            view = self.node.view(now)
-            return (
-                f"{view.role.value}, term {view.term}, leader {view.leader or 'none'}, "
-                f"{'healthy' if view.healthy else 'unhealthy'}"
-                f"{', holds VIP' if view.holds_vip else ''}{failing}"
-            )
-        views = [(g, self.groups.node(g).view(now)) for g in names]
-        leads = [g for g, v in views if v.role is Role.LEADER]
-        holds = sum(1 for _, v in views if v.holds_vip)
-        leaderless = [g for g, v in views if not v.leader]
-        not_eligible = [g for g, v in views if not v.eligible]
-        text = f"{len(names)} groups: leads {', '.join(leads) or 'none'}, holds {holds}"
-        if leaderless:
-            text += f", no leader: {', '.join(leaderless)}"
-        if not_eligible:
-            text += f", not eligible for {', '.join(not_eligible)}"
-        return text + failing
+        return status_line(self.groups, self.failing, self.clock())
 
     def record(self, fields: dict[str, Any]) -> None:
         """An event of the runtime's own (drift, link, recover) in the history."""
-        self._append(fields)
+        self.history.append(fields)
 
     def _append(self, fields: dict[str, Any]) -> None:
-        self._seq += 1
-        entry: dict[str, Any] = {
-            "seq": self._seq,
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "node": self.groups.name,
-            **fields,
-        }
-        self.ports.events.append(entry)
-        self.recent.append(entry)
-        del self.recent[:-RECENT_TRANSITIONS]
+        self.history.append(fields)
+
+    @property
+    def recent(self) -> list[dict[str, Any]]:
+        return self.history.recent
 
 
 def _for(group: str, event: Event) -> Input:
@@ -753,13 +705,6 @@ def renewal_interval(lifetime: float, lease: float) -> float:
 
 def _stopping(request_id: int) -> CommandResult:
     return CommandResult(request_id, False, Reason.STOPPING, "the daemon is stopping")
-
-
-def _last_seq(events: EventLogPort) -> int:
-    last = events.read(1)
-    if last and isinstance(last[-1].get("seq"), int):
-        return int(last[-1]["seq"])
-    return 0
 
 
 async def lag_ticker(engine: Engine, interval: float) -> None:
