@@ -3,8 +3,8 @@
 One socket bound to this node's address and port. Every received datagram goes through the
 codec (which never raises); anything dropped is counted per reason and logged rate-limited.
 What one step sends one peer, for every VIP group, leaves in one datagram (`send_batch`; the
-codec splits only a batch over `MAX_PACKET`). Each peer's configuration fingerprint, as its
-last datagram carried it, is kept in `fingerprints`.
+codec splits only a batch over `MAX_PACKET`). The receiver gets the whole `Decoded` batch,
+with the sender's configuration fingerprint.
 A packet can therefore neither crash nor stall the loop: the work per datagram is bounded by
 the codec's header checks and one HMAC.
 """
@@ -50,7 +50,6 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._codec = codec
         self._peers = dict(peers)
         self._on_batch = on_batch
-        self.fingerprints: dict[str, tuple[tuple[str, bytes], ...]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._epoch = time.monotonic()
         self._limited = RateLimitedLogger(log, burst=5, interval=60.0)
@@ -95,8 +94,6 @@ class UdpTransport(asyncio.DatagramProtocol):
             )
             return
         assert isinstance(result, Decoded)
-        if result.fingerprint:
-            self.fingerprints[result.sender] = result.fingerprint
         try:
             self._on_batch(result)
         except Exception:  # a bug in a handler must not kill the transport
