@@ -613,7 +613,8 @@ def release_vips(settings: Settings, config: Path | None) -> None:
     """
     import asyncio
 
-    from hafailover.net.vip import NetlinkVipPort, Vip, VipError, recorded_vips
+    from hafailover.net.record import recorded_vips
+    from hafailover.net.vip import NetlinkVipPort, Vip, VipError
 
     path = config or settings.config or DEFAULT_CONFIG
     vips: list[Vip] | None = None

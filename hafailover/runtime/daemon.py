@@ -54,7 +54,8 @@ from hafailover.net.announce import (
     open_packet_socket,
 )
 from hafailover.net.links import LinkWatcher
-from hafailover.net.vip import IPAddress, NetlinkVipPort, Vip, VipError, record_vips
+from hafailover.net.record import record_vips
+from hafailover.net.vip import IPAddress, NetlinkVipPort, Vip, VipError
 from hafailover.runtime.checks import CheckRunner, CheckSpec
 from hafailover.runtime.engine import Engine, Ports, lag_ticker, renewal_interval
 from hafailover.runtime.grouphealth import Drift, GroupHealth

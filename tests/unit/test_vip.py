@@ -20,14 +20,8 @@ from typing import Any
 import pytest
 
 from hafailover.errors import HafailoverError
-from hafailover.net.vip import (
-    FakeVipPort,
-    Vip,
-    VipError,
-    kernel_lifetime,
-    record_vips,
-    recorded_vips,
-)
+from hafailover.net.record import record_vips, recorded_vips
+from hafailover.net.vip import FakeVipPort, Vip, VipError, kernel_lifetime
 from tests.unit.vipnet import VipNet
 
 V4 = Vip(ipaddress.ip_interface("10.213.0.100/24"), "eth0")
