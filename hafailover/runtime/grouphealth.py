@@ -58,6 +58,7 @@ class GroupHealth:
         self._tasks: set[asyncio.Task[None]] = set()
         self.links: dict[str, bool] = {}
         self.verdicts: dict[str, bool] = {}  # check -> passing, once it has a verdict
+        self.errors: dict[str, str] = {}  # check -> its last error, for the detail
         self.configure(config, specs)
 
     def configure(self, config: Config, specs: Sequence[CheckSpec]) -> None:
@@ -80,6 +81,7 @@ class GroupHealth:
         if not flipped or status.ok is None:
             return
         self.verdicts[status.name] = status.ok
+        self.errors[status.name] = status.last_error
         self._judge([g for g, names in self.group_checks.items() if status.name in names])
         spec = self.specs.get(status.name)
         if status.ok is False and spec is not None and spec.recover:
@@ -95,7 +97,10 @@ class GroupHealth:
     def _judge(self, groups: Sequence[str]) -> None:
         for group in groups:
             failing = [n for n in self.group_checks[group] if self.verdicts.get(n) is False]
-            detail = "; ".join(f"check {n!r} failing" for n in failing)
+            detail = "; ".join(
+                f"check {n!r} failing" + (f": {self.errors[n]}" if self.errors.get(n) else "")
+                for n in failing
+            )
             self.engine.set_group_health(
                 group, "checks", not failing, detail or "all its checks passing"
             )
