@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from hafailover.config.groups import Fingerprint
-from hafailover.core.events import TimerFired
+from hafailover.core.events import Effect, TimerFired
 from hafailover.core.groups import Groups
 from hafailover.core.messages import HeartbeatAck, Message, VoteRequest, VoteResponse
 from hafailover.core.reasons import Role
@@ -277,3 +277,24 @@ async def test_status_lists_every_group_with_eligibility() -> None:
     assert groups["db"]["preferred"] == "a"
 
 
+
+
+@sync
+async def test_the_vip_lifetime_is_renewed_only_for_groups_holding_a_lease() -> None:
+    rig = Rig()
+    rig.engine = Engine(rig.groups, rig.ports, {"web": [WEB], "db": [DB]}, 0.3, rig.clock,
+                        command_timeout=0.5, vip_lifetime=5.0)
+    await rig.elect()
+    assert rig.vips.lifetimes[WEB] == 5.0 and rig.vips.lifetimes[DB] == 5.0
+    rig.engine.set_group_health("db", "link eth1", False, "link eth1 is down")
+    await rig.engine.process(TimerFired())
+    assert DB not in rig.vips.state
+    rig.vips.calls.clear()
+    await rig.engine._renew()
+    assert rig.vips.calls == [("renew", (WEB,))]
+    # A renewal failure is that group's failed acquire, not the other's.
+    rig.engine.set_group_health("db", "link eth1", True, "up")
+    rig.vips.fail_next("renew", VipError("fake: gone"), 1)
+    await rig.engine._renew()
+    assert "renewing the VIP failed" in rig.engine.group_failing["web"][Effect.ACQUIRE]
+    assert "db" not in rig.engine.group_failing
