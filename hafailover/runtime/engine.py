@@ -531,8 +531,8 @@ class Engine:
                 env = hook_env(
                     node=self.groups.name, role=role, term=term, leader=leader,
                     vips=[str(v) for v in self.group_vips.get(group, ())],
+                    group=group or DEFAULT_GROUP,
                 )
-                env["HAFAILOVER_GROUP"] = group or DEFAULT_GROUP
                 p.notifier_for(group).submit(kind.value, env)
             case Decision():
                 self._record(group, action)

@@ -14,8 +14,12 @@ HAFAILOVER_NODE     this node's name
 HAFAILOVER_ROLE     this node's role after the change (follower, candidate, leader, ...)
 HAFAILOVER_TERM     the election term (decimal)
 HAFAILOVER_LEADER   the current leader's name, empty when none is known
-HAFAILOVER_VIPS     the floating addresses, space separated (e.g. "10.0.0.10/24 fd00::10/64")
+HAFAILOVER_VIPS     the group's floating addresses, space separated ("10.0.0.10/24 fd00::10/64")
+HAFAILOVER_GROUP    the VIP group whose role changed (``default`` without ``groups:``)
 ==================  ====================================================================
+
+Each group has its own notifier (its hooks, the top-level ones with the group's own laid over
+them); the daemon drains them all at exit.
 
 The caller supplies the values (``hook_env`` builds them); HAFAILOVER_EVENT is set here.
 """
@@ -41,7 +45,7 @@ QUEUE_LIMIT = 256
 
 
 def hook_env(
-    *, node: str, role: str, term: int, leader: str, vips: Sequence[str]
+    *, node: str, role: str, term: int, leader: str, vips: Sequence[str], group: str = "default"
 ) -> dict[str, str]:
     """The HAFAILOVER_* variables (all but HAFAILOVER_EVENT) for ``submit``."""
     return {
@@ -50,6 +54,7 @@ def hook_env(
         "HAFAILOVER_TERM": str(term),
         "HAFAILOVER_LEADER": leader,
         "HAFAILOVER_VIPS": " ".join(vips),
+        "HAFAILOVER_GROUP": group,
     }
 
 
