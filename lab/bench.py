@@ -278,6 +278,9 @@ def _command(argv: Sequence[str]) -> str:
     return shlex.join(["./dev", "bench", *args])
 
 
+KEPT_SECTION = "\n## VIP groups"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     a = parse(args)
@@ -309,8 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = render(meta, rec.runs, rec.idle, end)
     print(report)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(report)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # The hand-written sections measured by other commands (lab.bench_groups_daemon) stay.
+        kept = out.read_text().partition(KEPT_SECTION)[1:] if out.exists() else ("", "")
+        out.write_text(report.rstrip("\n") + "\n" + "".join(kept) if kept[0] else report)
         _say(f"wrote {a.out}")
     return 0
 
