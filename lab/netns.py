@@ -475,10 +475,12 @@ class Lab:
 
     def set_carrier(self, node: str, up: bool, dev: str = "eth0") -> float:
         """Set only the bridge-side end of node's `dev` veth down (or up): node's `dev` stays
-        administratively up but loses carrier (NO-CARRIER), like a pulled cable."""
+        administratively up but loses carrier (NO-CARRIER), like a pulled cable. The time is
+        stamped before the `ip` command: the node may react before that command returns."""
         port = dict(self._links(node))[dev]
+        t = self._event(f"carrier {'up' if up else 'down'} {node} {dev}")
         _cmd(["ip", "-n", self.bridge_ns, "link", "set", port, "up" if up else "down"])
-        return self._event(f"carrier {'up' if up else 'down'} {node} {dev}")
+        return t
 
     def partition(self, node: str) -> float:
         """Silently cut node off: the bridge drops all its frames, its carrier stays up."""
