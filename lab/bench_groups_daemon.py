@@ -125,7 +125,8 @@ def bench_failover() -> dict[str, Any]:
         p_web = lab.start_probe(WEB, duration=60.0)
         time.sleep(1.0)
         t_kill = c.kill_host("node1", echo)
-        _, t_web = c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0, poll=0.005)
+        _, t_web = c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0, poll=0.005,
+                                    exclude=("node1",))
         time.sleep(1.0)
         lab.stop(p_db)
         lab.stop(p_web)

@@ -282,23 +282,26 @@ class HaCluster:
     def holders(self, vip: str = VIP) -> list[str]:
         return self.lab.vip_holders(vip)
 
-    def group_holders(self) -> dict[str, list[str]]:
-        """Group name -> the nodes that have its VIP now (one `ip -j addr` per node)."""
+    def group_holders(self, exclude: tuple[str, ...] = ()) -> dict[str, list[str]]:
+        """Group name -> the nodes that have its VIP now (one `ip -j addr` per node). Leave
+        out dead hosts (`exclude`): their namespace keeps the address until its kernel
+        lifetime runs out, though nobody can reach it."""
         groups = self.opts.groups or [GroupSpec("default", VIP)]
-        have: dict[str, set[str]] = {}
-        for n in self.lab.nodes:
+        have: dict[str, set[str]] = {n: set() for n in exclude}
+        for n in (n for n in self.lab.nodes if n not in exclude):
             out = self.lab.ip(n, "-j", "addr").stdout or "[]"
             have[n] = {a.get("local", "") for link in json.loads(out)
                        for a in link.get("addr_info", [])}
         return {g.name: [n for n in self.lab.nodes if g.vip in have[n]] for g in groups}
 
     def wait_groups(self, predicate: Callable[[dict[str, list[str]]], bool], timeout: float = 10.0,
-                    poll: float = 0.02) -> tuple[dict[str, list[str]], float]:
-        """Poll group_holders() until predicate holds: (holders, monotonic time seen)."""
+                    poll: float = 0.02, exclude: tuple[str, ...] = ()
+                    ) -> tuple[dict[str, list[str]], float]:
+        """Poll group_holders(exclude) until predicate holds: (holders, monotonic time seen)."""
         deadline = time.monotonic() + timeout
         last: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
-            last = self.group_holders()
+            last = self.group_holders(exclude)
             if predicate(last):
                 return last, time.monotonic()
             time.sleep(poll)

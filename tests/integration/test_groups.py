@@ -48,7 +48,9 @@ def test_host_death_moves_only_its_group_and_preempt_brings_it_back(
     time.sleep(0.5)
 
     t_kill = c.kill_host("node1", echo)
-    _, t_web = c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0, poll=0.01)
+    # node1's dead namespace may keep the address until its kernel lifetime runs out.
+    _, t_web = c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0, poll=0.01,
+                             exclude=("node1",))
     failover_s = t_web - t_kill
     time.sleep(0.5)
 
@@ -130,8 +132,8 @@ def test_fifty_groups_all_held_within_two_seconds_and_a_death_moves_exactly_its_
         victim = "node3"
         mine = {g for g, n in before.items() if n == victim}
         t_kill = c.kill_host(victim)
-        after, t_moved = c.wait_groups(
-            lambda h: all(len(v) == 1 and v[0] != victim for v in h.values()), timeout=15.0)
+        after, t_moved = c.wait_groups(lambda h: all(len(v) == 1 for v in h.values()),
+                                       timeout=15.0, exclude=(victim,))
         moved = {g for g in before if after[g][0] != before[g]}
         print(f"\n50 groups: all held {t_all - t0:.2f} s after the daemons were spawned, "
               f"{start_s:.2f} s after all answered "
