@@ -97,6 +97,8 @@ MIN_RENEW_INTERVAL: Final = 0.25
 # EffectFailed/EffectSucceeded fed back within one step: a core that keeps answering a failure
 # with the same failing action would otherwise spin; the core retries on its timers instead.
 MAX_FEEDBACK: Final = 8
+# Queued inputs merged into one step at most (bounds the step's length).
+MAX_MERGE: Final = 64
 NODE_WIDE: Final = ""  # the "group" of a node-wide failure (persist) or refusal
 
 _ALWAYS: Final = (ReleaseVip, Decision, Exit)
@@ -170,6 +172,7 @@ class Engine:
         # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
         self.group_failing: dict[str, dict[Effect, str]] = {}
         self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self._held: deque[_Item] = deque()
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
@@ -364,9 +367,31 @@ class Engine:
 
     # ------------------------------------------------------------------ the executor
 
+    async def _next(self) -> _Item:
+        """The next input; inputs without a waiter that queued up meanwhile (datagrams, timer,
+        health) are merged into one step, in order: one state write and one datagram per peer
+        for all of them. A node that fell behind (an election of many groups, each vote on
+        disk before it is sent) catches up in a few steps instead of one fsync per datagram;
+        merging only delays sends to the end of the step, which the core allows."""
+        if self._held:
+            return self._held.popleft()
+        item, fut = await self._inbox.get()
+        if not isinstance(item, list) or fut is not None:
+            return item, fut
+        merged = list(item)
+        for _ in range(MAX_MERGE):
+            if self._inbox.empty():
+                break
+            nxt = self._inbox.get_nowait()
+            if not isinstance(nxt[0], list) or nxt[1] is not None:
+                self._held.append(nxt)  # taken out of order: handled next, before the inbox
+                break
+            merged += nxt[0]
+        return merged, None
+
     async def _consume(self) -> None:
         while not self._closed:
-            item, fut = await self._inbox.get()
+            item, fut = await self._next()
             if self._closed:
                 if fut is not None and not fut.done():
                     fut.set_result([])
@@ -388,6 +413,10 @@ class Engine:
             if fut is not None and not fut.done():
                 fut.set_result(actions)
         # Whoever still waits gets an empty step rather than hanging.
+        while self._held:
+            _, fut = self._held.popleft()
+            if fut is not None and not fut.done():
+                fut.set_result([])
         while not self._inbox.empty():
             _, fut = self._inbox.get_nowait()
             if fut is not None and not fut.done():

@@ -298,3 +298,23 @@ async def test_the_vip_lifetime_is_renewed_only_for_groups_holding_a_lease() -> 
     await rig.engine._renew()
     assert "renewing the VIP failed" in rig.engine.group_failing["web"][Effect.ACQUIRE]
     assert "db" not in rig.engine.group_failing
+
+
+@sync
+async def test_datagrams_queued_meanwhile_are_one_step_with_one_state_write() -> None:
+    rig = Rig()
+    await rig.engine.start()
+    rig.clock.now += 1.0  # past the start-up promise (no votes right after a start)
+    saves = len(rig.store.group_saves)
+    # Two datagrams arrive while the engine is busy: both votes are granted in one step,
+    # on disk in one write, and each answer leaves in its own batch to its candidate.
+    rig.engine.on_batch("b", [("web", VoteRequest(1, False, True, False))])
+    rig.engine.on_batch("c", [("db", VoteRequest(1, False, True, False))])
+    await rig.engine.process(TimerFired())
+    assert rig.store.groups.votes["web"].voted_for == "b"
+    assert rig.store.groups.votes["db"].voted_for == "c"
+    assert len(rig.store.group_saves) == saves + 1
+    assert sorted(to for to, _ in rig.transport.batches) == ["b", "c"]  # one batch per peer
+    for to, items in rig.transport.batches:
+        granted = [m for _, m in items if isinstance(m, VoteResponse) and m.granted]
+        assert len(granted) == 1, (to, items)
