@@ -423,7 +423,8 @@ class Codec:
             length = data[tag_end + 1]
             pos = tag_end + 2
             if length >= 0x80:
-                r.pos = tag_end + 1
+                # The reader may still be bounded by the previous item's end.
+                r.pos, r.end = tag_end + 1, body_end
                 length = r.uvarint()
                 pos = r.pos
             end = pos + length

@@ -207,6 +207,18 @@ def test_a_long_reply_detail_is_cut_on_a_character_boundary() -> None:
     assert isinstance(got, CommandReply) and got.detail == "é" * 128
 
 
+
+def test_an_item_of_128_bytes_or_more_after_another_item_decodes() -> None:
+    # Its length takes a two-byte varint, read while the reader was still bounded by the
+    # previous item's end: the whole packet used to be dropped as malformed.
+    items: list[Item] = [
+        ("web", Heartbeat(1, 1)),
+        ("web", CommandReply(1, 7, False, Reason.COMMAND_TIMEOUT, "x" * 200)),
+    ]
+    packets = codec("alpha").encode_batch(items, 5, to="bravo")
+    assert len(packets) == 1
+    assert decoded(codec().decode(packets[0])).items == tuple(items)
+
 # --- splitting big batches ---------------------------------------------------------------------
 
 PEERS3 = tuple(PeerSummary(n, True, False, True) for n in NODES)
