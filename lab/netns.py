@@ -1,7 +1,8 @@
 """A throwaway L2 cluster built from network namespaces.
 
 One namespace holds a bridge; every node and the client get their own namespace joined to it
-by a veth pair (``eth0`` inside, a port named after the node on the bridge). Nothing is ever
+by a veth pair (``eth0`` inside, a port named after the node on the bridge; with
+``two_bridges`` each node also has ``eth1`` on a second bridge for heartbeats). Nothing is ever
 connected to the root namespace and no namespace has a default route, so whatever runs in the
 lab cannot reach a real network. Faults are injected on the bridge with nftables (silent
 partitions, loss) or by taking links down, and processes are started generically with
