@@ -193,10 +193,8 @@ def _indent_tail(text: str) -> list[str]:
     return [f"      | {line}" for line in lines[-OUTPUT_TAIL_LINES:]]
 
 
-def format_status(status: Mapping[str, Any]) -> str:
-    code, verdict = status_verdict(status)
-    colour = {EXIT_OK: "green", EXIT_DEGRADED: "yellow"}.get(code, "red")
-    me = status.get("node")
+def _single_header(status: Mapping[str, Any]) -> tuple[str, str]:
+    """The top two lines for one election (no groups, or only one): its term, leader, holder."""
     lease = status.get("lease_remaining_ms")
     header = (
         f"cluster {status.get('cluster', '?')}  term {status.get('term', '?')}  "
@@ -205,12 +203,47 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"quorum {_flag(status.get('quorum'), 'yes', 'NO')}"
     )
     local = (
-        f"this node: {me} ({status.get('role', '?')}"
+        f"this node: {status.get('node')} ({status.get('role', '?')}"
         + (", in maintenance" if status.get("maintenance") else "")
         + (", holds the VIP" if status.get("holds_vip") else "")
         + (f", lease {_ms(lease)}" if lease is not None else "")
         + f", up {_uptime(status.get('uptime_s'))})"
     )
+    return header, local
+
+
+def _groups_header(
+    status: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]
+) -> tuple[str, str]:
+    """The top two lines with several groups: nothing in them is one group's election (each
+    group has its own leader, holder and term, shown in the group table)."""
+    held = sum(1 for g in groups if g.get("holder"))
+    no_quorum = [str(g.get("name", "?")) for g in groups if g.get("quorum") is not True]
+    drift = sorted({str(d.get("node", "?")) for d in records(status.get("drift"))})
+    header = (
+        f"cluster {status.get('cluster', '?')}  {len(groups)} groups, {held} held  "
+        + (f"quorum NO ({', '.join(no_quorum)})" if no_quorum else "quorum yes")
+        + f"  config drift {', '.join(drift) if drift else 'none'}"
+    )
+    mine = [str(g.get("name", "?")) for g in groups if g.get("holds_vip")]
+    local = (
+        f"this node: {status.get('node')} ("
+        + (f"holds {', '.join(mine)}" if mine else "holds no group")
+        + (", in maintenance" if status.get("maintenance") else "")
+        + f", up {_uptime(status.get('uptime_s'))})"
+    )
+    return header, local
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    code, verdict = status_verdict(status)
+    colour = {EXIT_OK: "green", EXIT_DEGRADED: "yellow"}.get(code, "red")
+    me = status.get("node")
+    groups = records(status.get("groups"))
+    if len(groups) > 1:
+        header, local = _groups_header(status, groups)
+    else:
+        header, local = _single_header(status)
     out = [click.style(header, bold=True), local, click.style(verdict, fg=colour), ""]
     nodes = records(status.get("nodes"))
     out.append(
@@ -219,7 +252,6 @@ def format_status(status: Mapping[str, Any]) -> str:
             [_node_row(n, me) for n in nodes],
         )
     )
-    groups = records(status.get("groups"))
     if groups:
         out += ["", table(["GROUP", "HOLDER", "TERM", "PREFERRED", f"{me} ELIGIBLE"],
                           [_group_row(g) for g in groups])]

@@ -54,6 +54,35 @@ def test_the_worst_group_decides_the_status_exit_code(
     assert result.exit_code == 1 and "node3 has a different configuration (nodes)" in result.stdout
 
 
+def test_status_header_with_groups_names_no_single_leader(
+    daemon: Path, handler: ScriptedHandler  # noqa: F811
+) -> None:
+    web, db = _group("web", "node1"), _group("db", "node2")
+    web["holds_vip"] = True  # this node (node1) holds web, node2 holds db
+    db["quorum"] = False
+    handler.status["groups"] = [web, db]
+    handler.status["drift"] = [{"node": "node3", "sections": ["nodes"]}]
+    out = invoke(daemon, "status").stdout
+    header, local = out.splitlines()[:2]
+    assert header == "cluster test  2 groups, 2 held  quorum NO (db)  config drift node3"
+    assert local.startswith("this node: node1 (holds web, up ")
+    assert "VIP holder" not in out and "leader node1" not in out
+    web["holds_vip"] = False
+    db.update(holder=None, quorum=True)
+    handler.status["drift"] = []
+    header, local = invoke(daemon, "status").stdout.splitlines()[:2]
+    assert header == "cluster test  2 groups, 1 held  quorum yes  config drift none"
+    assert local.startswith("this node: node1 (holds no group, up ")
+
+
+def test_status_with_one_group_keeps_the_election_header(
+    daemon: Path, handler: ScriptedHandler  # noqa: F811
+) -> None:
+    handler.status["groups"] = [_group("default", "node1")]
+    out = invoke(daemon, "status").stdout
+    assert out.startswith("cluster test  term 7  leader node1  VIP holder node1  quorum yes")
+
+
 def test_switchover_names_the_group_and_waits_for_its_holder(
     daemon: Path, handler: ScriptedHandler  # noqa: F811
 ) -> None:
