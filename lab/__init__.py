@@ -3,13 +3,17 @@
 Generic on purpose (it starts whatever command it is given) and independent of hafailover's
 internals, so the same lab measures keepalived too.
 
-    with Lab(3) as lab:
-        lab.start_echo()
-        lab.start_vip_monitors("10.213.0.100")
-        ...
-        lab.holder_timeline().dual_holder_ms()
+    from lab import echo, monitor, probe
 
-echo, probe and monitor are also run as `python -m lab.<name>`; importing them
+    with Lab(3) as lab:
+        echo.start(lab)
+        monitor.start(lab, "10.213.0.100")
+        prober = probe.start(lab, "10.213.0.100", duration=10.0)
+        ...
+        monitor.timeline(lab).dual_holder_ms()
+
+The services (echo, probe, monitor) depend on netns (Lab, LabProcess), never the other way:
+each starts itself in a lab. They are also run as `python -m lab.<name>`; importing them
 here eagerly would make runpy warn (and load them twice), so their names are resolved lazily.
 """
 

@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from lab import echo as echo_mod
+from lab import monitor as monitor_mod
 from lab import probe as probe_mod
 from lab.cluster import ClusterOptions, HaCluster
 from lab.keepalived import KeepalivedCluster, KeepalivedOptions
@@ -290,12 +292,12 @@ def run_fault(cfg: BenchConfig, fault: str, lab: Lab, repeat: int, *, hold: floa
 def _run(cfg: BenchConfig, fault: str, lab: Lab, res: RunResult, hold: float,
          loss_seconds: float) -> None:
     d = Daemons(cfg, lab)
-    observe_in_realtime(lab.start_echo().values())
+    observe_in_realtime(echo_mod.start(lab).values())
     d.start_all()
     holder = res.holder = wait_stable_holder(lab)
-    observe_in_realtime(lab.start_vip_monitors(VIP).values())
+    observe_in_realtime(monitor_mod.start(lab, VIP).values())
     span = loss_seconds if fault == "loss" else hold
-    prober = lab.start_probe(VIP, duration=PRE + span + POST + 30)
+    prober = probe_mod.start(lab, VIP, duration=PRE + span + POST + 30)
     observe_in_realtime([prober])
     time.sleep(PRE)
     proc = d.procs[holder]
@@ -340,7 +342,7 @@ def _run(cfg: BenchConfig, fault: str, lab: Lab, res: RunResult, hold: float,
     res.notes["prober"] = {k: run.meta.get(k) for k in (
         "skipped_slots", "send_errors", "send_lag_p99_ms", "send_lag_max_ms")}
     res.notes["load1"] = round(os.getloadavg()[0], 2)
-    tl = lab.holder_timeline(VIP)
+    tl = monitor_mod.timeline(lab, VIP)
     _measure(res, d, tl, records, fault, holder, t, heal, end, exclude)
     if fault == "loss" and d.hf is not None:
         # Why the VIP moved: every node's decisions during the loss window (the labs' logs

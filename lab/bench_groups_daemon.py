@@ -30,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lab import echo as echo_mod
+from lab import monitor as monitor_mod
 from lab import probe as probe_mod
 from lab.cluster import ClusterOptions, HaCluster, generated_groups, web_db_groups
 from lab.netns import CLIENT, Lab, in_netns
@@ -118,11 +120,11 @@ def bench_cpu(groups: int, window: float, settle: float) -> dict[str, Any]:
 def bench_failover() -> dict[str, Any]:
     with Lab(3, "hfbgd") as lab:
         c = HaCluster(lab, ClusterOptions(groups=web_db_groups("3s")))
-        echo = lab.start_echo()
+        echo = echo_mod.start(lab)
         c.start_all()
         c.wait_groups(lambda h: h == {"web": ["node1"], "db": ["node2"]}, timeout=15.0)
-        p_db = lab.start_probe(DB, duration=60.0)
-        p_web = lab.start_probe(WEB, duration=60.0)
+        p_db = probe_mod.start(lab, DB, duration=60.0)
+        p_web = probe_mod.start(lab, WEB, duration=60.0)
         time.sleep(1.0)
         t_kill = c.kill_host("node1", echo)
         _, t_web = c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0, poll=0.005,
@@ -146,12 +148,12 @@ def bench_link() -> dict[str, Any]:
         c = HaCluster(lab, ClusterOptions(groups=web_db_groups("3s")))
         c.start_all()
         c.wait_groups(lambda h: h == {"web": ["node1"], "db": ["node2"]}, timeout=15.0)
-        lab.start_vip_monitors(WEB)
+        monitor_mod.start(lab, WEB)
         time.sleep(1.0)
         t_down = lab.set_carrier("node1", False)
         c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0)
         time.sleep(0.5)
-        tl = lab.holder_timeline(WEB)
+        tl = monitor_mod.timeline(lab, WEB)
         merged = tl.merged()
         rel = next(t for t, n, p in merged if n == "node1" and not p and t > t_down)
         took = next(t for t, n, p in merged if n == "node2" and p and t > t_down)
@@ -166,11 +168,11 @@ def bench_vipdel(repeats: int) -> list[dict[str, Any]]:
     out = []
     with Lab(3, "hfbgd") as lab:
         c = HaCluster(lab, ClusterOptions(groups=web_db_groups("3s")))
-        lab.start_echo()
+        echo_mod.start(lab)
         c.start_all()
         c.wait_groups(lambda h: h == {"web": ["node1"], "db": ["node2"]}, timeout=15.0)
         for k in range(1, repeats + 1):
-            p = lab.start_probe(WEB, duration=30.0)
+            p = probe_mod.start(lab, WEB, duration=30.0)
             time.sleep(0.5)
             t_del, m_del = time.time(), time.monotonic()
             lab.ip("node1", "addr", "del", f"{WEB}/24", "dev", "eth0")

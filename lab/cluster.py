@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import echo as echo_mod
 from lab.netns import Lab, LabProcess
 
 VIP = "10.213.0.100"
@@ -247,7 +248,7 @@ class HaCluster:
                        capture_output=True, text=True, timeout=30, check=False)
         t = self.lab.link_up(node)
         if echo is not None:
-            echo.update(self.lab.start_echo(nodes=[node]))
+            echo.update(echo_mod.start(self.lab, nodes=[node]))
         self.start(node)
         self.wait_ready(node)
         return t

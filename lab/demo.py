@@ -24,13 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
+from lab import echo as echo_mod
+from lab import probe as probe_mod
 from lab.cluster import ClusterOptions, GroupSpec, HaCluster, web_db_groups
 from lab.netns import Lab, LabError, LabProcess, cleanup_stale
-
-if TYPE_CHECKING:
-    from lab.probe import Gap, ProbeRun
+from lab.probe import Gap, ProbeRun
 
 PREFIX = "hfdemo"  # namespaces are hfdemo<pid>-node1, ...: the test looks for exactly these
 STEPS = 7
@@ -92,19 +91,15 @@ def wait_until(what: str, timeout: float, pred: Callable[[], bool], poll: float 
 
 
 def stop_probe(lab: Lab, proc: LabProcess) -> ProbeRun:
-    from lab import probe
-
     lab.stop(proc)
     if proc.data is None or not proc.data.exists():
         raise DemoError(f"the client probe wrote no results: {proc.stderr.read_text()[-500:]}")
-    return probe.load(proc.data)
+    return probe_mod.load(proc.data)
 
 
 def longest_gap(run: ProbeRun, lo: float, hi: float) -> Gap:
     """The longest time the client went without any reply between lo and hi."""
-    from lab import probe
-
-    gaps = probe.outages(run.records, lo, min(hi, run.end), min_ms=0.0)
+    gaps = probe_mod.outages(run.records, lo, min(hi, run.end), min_ms=0.0)
     if not gaps:
         raise DemoError("the client probe recorded nothing in the window")
     return max(gaps, key=lambda g: g.ms)
@@ -183,7 +178,7 @@ def run_demo(lab: Lab, c: HaCluster, out: Out) -> list[Row]:
     out.step(2, "Start the hafailover daemons and the echo service")
     t0 = time.monotonic()
     c.start_all()
-    echo = lab.start_echo()
+    echo = echo_mod.start(lab)
     try:
         c.wait_groups(lambda h: h == {"web": ["node1"], "db": ["node2"]}, timeout=15.0)
     except TimeoutError as e:
@@ -194,8 +189,8 @@ def run_demo(lab: Lab, c: HaCluster, out: Out) -> list[Row]:
             "decides the first holders without a preemption hop.")
 
     out.step(3, "Start two clients and look at the cluster")
-    p_web = lab.start_probe(web.vip, duration=60.0, interval=0.01)
-    p_db = lab.start_probe(db.vip, duration=60.0, interval=0.01)
+    p_web = probe_mod.start(lab, web.vip, duration=60.0, interval=0.01)
+    p_db = probe_mod.start(lab, db.vip, duration=60.0, interval=0.01)
     out.result(f"one client probes {web.vip} (web), another {db.vip} (db), every 10 ms; each "
                "reply names the node that answered")
     args: tuple[str, ...] = ("status",)
@@ -245,8 +240,8 @@ def run_demo(lab: Lab, c: HaCluster, out: Out) -> list[Row]:
     rows.append(Row("host death of node1", "db node2 (stays)", f"{db_lost} lost"))
 
     out.step(6, "Bring node1 back")
-    p_web = lab.start_probe(web.vip, duration=60.0, interval=0.01)
-    p_db = lab.start_probe(db.vip, duration=60.0, interval=0.01)
+    p_web = probe_mod.start(lab, web.vip, duration=60.0, interval=0.01)
+    p_db = probe_mod.start(lab, db.vip, duration=60.0, interval=0.01)
     t_back = c.revive_host("node1", echo)
     t_ready = time.monotonic()
     out.result(f"node1's links are up and its daemon runs again ({t_ready - t_back:.1f} s to "

@@ -17,10 +17,8 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from lab.netns import Lab, LabProcess
+from lab.netns import Lab, LabProcess
 
 # Not exported by Python 3.11's socket module; the value is fixed by the Linux ABI.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)

@@ -29,13 +29,13 @@ import socket
 import struct
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from lab.netns import Lab, LabProcess
+from lab.netns import Lab, LabError, LabProcess
 
 MAX_DURATION = 24 * 3600.0
 _NLMSG_ERROR, _NLMSG_DONE, _RTM_NEWADDR, _RTM_GETADDR = 2, 3, 20, 22
@@ -169,10 +169,16 @@ def watch(address: str, node: str, interval: float, duration: float, out: IO[str
          max_gap_ms=1e3 * max_gap)
 
 
+# The monitors start() ran, per lab and address, for timeline(); forgotten with the lab.
+_started: weakref.WeakKeyDictionary[Lab, dict[str, dict[str, LabProcess]]] = (
+    weakref.WeakKeyDictionary())
+
+
 def start(lab: Lab, address: str, interval: float = 0.01,
           nodes: Sequence[str] | None = None) -> dict[str, LabProcess]:
-    """One monitor per node (default: all), each in its namespace; returns once all run."""
-    procs = {}
+    """One monitor per node (default: all), each in its namespace; returns once all run.
+    timeline(lab, address) merges the records of every monitor started for address."""
+    procs: dict[str, LabProcess] = {}
     for n in nodes if nodes is not None else lab.nodes:
         data = lab.workdir / f"monitor-{n}-{address.replace(':', '_')}.jsonl"
         procs[n] = p = lab.spawn_python(n, __name__, [
@@ -181,7 +187,20 @@ def start(lab: Lab, address: str, interval: float = 0.01,
     for p in procs.values():
         assert p.data is not None
         lab.wait_for_output(p, '"start"', path=p.data)
+    _started.setdefault(lab, {}).setdefault(address, {}).update(procs)
     return procs
+
+
+def timeline(lab: Lab, address: str | None = None) -> HolderTimeline:
+    """The merged timeline of address's monitors in lab (also while they still run); address
+    may be left out when only one address is monitored."""
+    monitored = _started.get(lab, {})
+    if address is None and len(monitored) != 1:
+        raise LabError(f"say which address; monitored: {sorted(monitored)}")
+    address = address or next(iter(monitored))
+    if address not in monitored:
+        raise LabError(f"no monitor was started for {address}; monitored: {sorted(monitored)}")
+    return merge(monitored[address])
 
 
 def merge(monitors: Mapping[str, LabProcess]) -> HolderTimeline:

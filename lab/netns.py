@@ -30,10 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from lab.monitor import HolderTimeline
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 CLIENT = "client"
@@ -277,7 +274,6 @@ class Lab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.events: list[tuple[float, str]] = []  # (monotonic time, what the lab did)
         self._procs: list[LabProcess] = []
-        self._monitors: dict[str, dict[str, LabProcess]] = {}
         self._partitioned: set[str] = set()
         self._groups: list[list[str]] = []
         self._loss: dict[str, int] = {}  # node -> drop probability in per mille
@@ -583,35 +579,6 @@ class Lab:
             arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\0" * 6 + ip
             s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
         self._event(f"garp {node} {address}")
-
-    # The services: each module knows how to run itself in a lab.
-
-    def start_echo(self, port: int = 7000, nodes: Sequence[str] | None = None
-                   ) -> dict[str, LabProcess]:
-        """The UDP echo on each node (default all); returns once every one listens."""
-        from lab import echo
-        return echo.start(self, port, nodes)
-
-    def start_probe(self, target: str, port: int = 7000, *, duration: float,
-                    interval: float = 0.01, node: str = CLIENT) -> LabProcess:
-        """The prober, in the client by default; load its results with probe.load(p.data)."""
-        from lab import probe
-        return probe.start(self, target, port, duration=duration, interval=interval, node=node)
-
-    def start_vip_monitors(self, address: str, interval: float = 0.01,
-                           nodes: Sequence[str] | None = None) -> dict[str, LabProcess]:
-        """One holder monitor per node, in that node's namespace; returns once all run."""
-        from lab import monitor
-        procs = monitor.start(self, address, interval, nodes)
-        self._monitors.setdefault(address, {}).update(procs)
-        return procs
-
-    def holder_timeline(self, address: str | None = None) -> HolderTimeline:
-        """Merge the monitors' records into one timeline (also while they still run)."""
-        from lab import monitor
-        if address is None and len(self._monitors) != 1:
-            raise LabError(f"say which address; monitored: {sorted(self._monitors)}")
-        return monitor.merge(self._monitors[address or next(iter(self._monitors))])
 
     def close(self) -> None:
         """Stop every process we started, delete the namespaces; idempotent and bounded."""

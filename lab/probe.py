@@ -24,10 +24,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-if TYPE_CHECKING:
-    from lab.netns import Lab, LabProcess
+from lab.netns import Lab, LabProcess
 
 MAX_DURATION = 3600.0
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
+from lab import echo as echo_mod
+from lab import monitor as monitor_mod
 from lab import probe as probe_mod
 from lab.cluster import PORT, VIP, ClusterOptions, HaCluster
 from lab.monitor import Exclude, HolderTimeline
@@ -194,7 +196,7 @@ class Rig:
         return self.lab.nodes
 
     def timeline(self) -> HolderTimeline:
-        return self.lab.holder_timeline(VIP)
+        return monitor_mod.timeline(self.lab, VIP)
 
     def changes(self, node: str, present: bool, after: float = -math.inf,
                 before: float = math.inf) -> list[float]:
@@ -261,7 +263,7 @@ class Rig:
                 and bool(s["quorum"]), timeout)
 
     def probe(self, duration: float, interval: float = 0.01) -> LabProcess:
-        return self.lab.start_probe(VIP, duration=duration, interval=interval)
+        return probe_mod.start(self.lab, VIP, duration=duration, interval=interval)
 
     def probe_result(self, proc: LabProcess, timeout: float = 30.0) -> ProbeRun:
         """Wait for the prober to finish (stopping it if it overruns) and load its records."""
@@ -280,8 +282,8 @@ def running_cluster(nodes: int | Sequence[str] = 3, options: ClusterOptions | No
     with Lab(nodes) as lab:
         cluster = HaCluster(lab, options)
         if echo:
-            lab.start_echo()
-        lab.start_vip_monitors(VIP, nodes=monitor_nodes)
+            echo_mod.start(lab)
+        monitor_mod.start(lab, VIP, nodes=monitor_nodes)
         t0 = time.monotonic()
         cluster.start_all(timeout=ready_timeout)
         holder, t1 = cluster.wait_for_holder(timeout=ready_timeout)

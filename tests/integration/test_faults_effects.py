@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from lab import echo as echo_mod
+from lab import monitor as monitor_mod
 from lab.cluster import VIP, ClusterOptions, HaCluster
 from lab.netns import Lab
 from tests.integration.faultlab import Rig, figure, wait_for
@@ -44,8 +46,8 @@ def effects_cluster(options: ClusterOptions | None = None, prepare: PREPARE | No
     (extra interfaces, edited configurations). Cleaned up whatever happens in the body."""
     with Lab(3) as lab:
         cluster = HaCluster(lab, options)
-        lab.start_echo()
-        lab.start_vip_monitors(VIP)
+        echo_mod.start(lab)
+        monitor_mod.start(lab, VIP)
         if prepare is not None:
             prepare(lab, cluster)
         cluster.start_all(timeout=ready_timeout)

@@ -14,6 +14,8 @@ from datetime import datetime
 import pytest
 
 from lab import Lab, LabProcess
+from lab import echo as echo_mod
+from lab import monitor as monitor_mod
 from lab import probe as probe_mod
 from lab.cluster import ClusterOptions, HaCluster, generated_groups, web_db_groups
 
@@ -28,7 +30,7 @@ SLACK_S = 1.0  # scheduling on a loaded 2-core machine
 def web_db() -> Iterator[tuple[Lab, HaCluster, dict[str, LabProcess]]]:
     with Lab(3, "hfgrp") as lab:
         c = HaCluster(lab, ClusterOptions(groups=web_db_groups(f"{PREEMPT_DELAY_S:g}s")))
-        echo = lab.start_echo()
+        echo = echo_mod.start(lab)
         c.start_all()
         yield lab, c, echo
 
@@ -42,9 +44,9 @@ def test_host_death_moves_only_its_group_and_preempt_brings_it_back(
         web_db: tuple[Lab, HaCluster, dict[str, LabProcess]]) -> None:
     lab, c, echo = web_db
     c.wait_groups(spread, timeout=10.0)
-    lab.start_vip_monitors(WEB)
-    lab.start_vip_monitors(DB)
-    db_probe = lab.start_probe(DB, duration=60.0)
+    monitor_mod.start(lab, WEB)
+    monitor_mod.start(lab, DB)
+    db_probe = probe_mod.start(lab, DB, duration=60.0)
     time.sleep(0.5)
 
     t_kill = c.kill_host("node1", echo)
@@ -62,7 +64,7 @@ def test_host_death_moves_only_its_group_and_preempt_brings_it_back(
     assert db_probe.data is not None
     run = probe_mod.load(db_probe.data)
     lost = [r for r in run.records if r.recv is None and r.send >= t_kill - 0.5]
-    web_tl, db_tl = lab.holder_timeline(WEB), lab.holder_timeline(DB)
+    web_tl, db_tl = monitor_mod.timeline(lab, WEB), monitor_mod.timeline(lab, DB)
     db_changes = [(t, n, p) for t, n, p in db_tl.merged() if t > t_kill - 0.5]
     print(f"\nweb failover {failover_s * 1000:.0f} ms after the host death; db probes sent "
           f"{sum(1 for r in run.records if r.send >= t_kill - 0.5)}, lost {len(lost)}; web back "
@@ -86,7 +88,7 @@ def test_vip_deleted_behind_the_daemons_back_is_readded(
         web_db: tuple[Lab, HaCluster, dict[str, LabProcess]]) -> None:
     lab, c, _echo = web_db
     c.wait_groups(spread, timeout=10.0)
-    web_probe = lab.start_probe(WEB, duration=30.0)
+    web_probe = probe_mod.start(lab, WEB, duration=30.0)
     time.sleep(0.5)
     figures = []
     for k in range(1, 4):

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from lab import Lab
+from lab import monitor as monitor_mod
 from lab.cluster import ClusterOptions, HaCluster, web_db_groups
 
 WEB, DB = "10.213.0.100", "10.213.0.101"
@@ -27,14 +28,14 @@ def test_carrier_loss_on_the_vip_interface_moves_the_vip_and_back_without_flappi
                                           link_settle=f"{LINK_SETTLE_S:g}s"))
         c.start_all()
         c.wait_groups(lambda h: h == {"web": ["node1"], "db": ["node2"]}, timeout=10.0)
-        lab.start_vip_monitors(WEB)
-        lab.start_vip_monitors(DB)
+        monitor_mod.start(lab, WEB)
+        monitor_mod.start(lab, DB)
         time.sleep(0.5)
 
         t_down = lab.set_carrier("node1", False)
         c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0, poll=0.01)
         time.sleep(1.0)
-        web = lab.holder_timeline(WEB)
+        web = monitor_mod.timeline(lab, WEB)
         took = [t for t, n, present in web.merged() if n == "node2" and present and t > t_down]
         released = [t for t, n, present in web.merged()
                     if n == "node1" and not present and t > t_down]
@@ -43,7 +44,7 @@ def test_carrier_loss_on_the_vip_interface_moves_the_vip_and_back_without_flappi
 
         t_up = lab.set_carrier("node1", True)
         time.sleep(LINK_SETTLE_S + PREEMPT_DELAY_S + 4.0)
-        web, db = lab.holder_timeline(WEB), lab.holder_timeline(DB)
+        web, db = monitor_mod.timeline(lab, WEB), monitor_mod.timeline(lab, DB)
         after_up = [(round(t - t_up, 3), n, p) for t, n, p in web.merged() if t > t_up]
         print(f"\ncarrier loss: node1 released web {(released[0] - t_down) * 1000:.0f} ms, "
               f"node2 had it {moved_ms:.0f} ms after the carrier went down; after the "

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, LabError, cleanup_stale
+from lab import echo as echo_mod
+from lab import monitor as monitor_mod
 from lab import probe as probe_mod
 
 VIP = "10.213.0.100"
@@ -208,9 +210,9 @@ def test_loss_drops_about_half() -> None:
 @pytest.mark.netns
 def test_probe_follows_a_vip_moved_by_hand() -> None:
     with Lab(2) as lab:
-        lab.start_echo(7000)
+        echo_mod.start(lab, 7000)
         lab.ip("node1", "addr", "add", f"{VIP}/24", "dev", "eth0")
-        proc = lab.start_probe(VIP, 7000, duration=2.5)
+        proc = probe_mod.start(lab, VIP, 7000, duration=2.5)
         time.sleep(1.2)
         t_move = time.monotonic()
         lab.ip("node1", "addr", "del", f"{VIP}/24", "dev", "eth0")
@@ -234,7 +236,7 @@ def test_probe_follows_a_vip_moved_by_hand() -> None:
 @pytest.mark.netns
 def test_monitor_sees_add_and_remove_within_50ms() -> None:
     with Lab(2) as lab:
-        lab.start_vip_monitors(VIP)
+        monitor_mod.start(lab, VIP)
         t0 = time.monotonic()
         lab.ip("node1", "addr", "add", f"{VIP}/24", "dev", "eth0")
         t1 = time.monotonic()
@@ -252,7 +254,7 @@ def test_monitor_sees_add_and_remove_within_50ms() -> None:
         lab.ip("node1", "addr", "del", f"{VIP}/24", "dev", "eth0")
         t5 = time.monotonic()
         time.sleep(0.1)
-        tl = lab.holder_timeline()
+        tl = monitor_mod.timeline(lab)
         n1 = [(t, p) for t, n, p in tl.merged() if n == "node1" and t > t0]
         assert len(n1) == 4, tl.merged()
         (a_t, a_p), (d_t, d_p) = n1[0], n1[1]

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from hafailover.control.client import ControlClient, DaemonUnreachable
 from hafailover.wire.keys import generate_key
+from lab import echo as echo_mod
+from lab import monitor as monitor_mod
 from lab.netns import LabProcess
 from lab.nspawn import SystemdLab
 
@@ -108,8 +110,8 @@ class Cluster:
             self.write_config(n, self.config)
             self.lab.put(n, "/etc/hafailover/cluster.key", self.key, 0o600)
         # The lab's host-side tools, in the containers' namespaces.
-        self.monitors = self.lab.lab.start_vip_monitors(VIP)
-        self.lab.lab.start_echo()
+        self.monitors = monitor_mod.start(self.lab.lab, VIP)
+        echo_mod.start(self.lab.lab)
         for n in self.nodes:
             t0 = time.monotonic()
             self.systemctl(n, "start")
@@ -157,11 +159,11 @@ class Cluster:
         return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
 
     def timeline_removals(self, node: str, after: float) -> list[float]:
-        tl = self.lab.lab.holder_timeline(VIP)[node]
+        tl = monitor_mod.timeline(self.lab.lab, VIP)[node]
         return [t for t, present in tl.changes if not present and t >= after]
 
     def timeline_adds(self, node: str, after: float) -> list[float]:
-        tl = self.lab.lab.holder_timeline(VIP)[node]
+        tl = monitor_mod.timeline(self.lab.lab, VIP)[node]
         return [t for t, present in tl.changes if present and t >= after]
 
 

@@ -161,7 +161,7 @@ def freeze_or_kill(cluster: Cluster, sig: signal.Signals, name: str) -> None:
     leader = cluster.wait_settled()
     pid = lab.main_pid(leader)
     assert pid is not None
-    probe = lab.lab.start_probe(VIP, duration=7.0)
+    probe = probe_mod.start(lab.lab, VIP, duration=7.0)
     time.sleep(0.5)
     t0 = time.monotonic()  # stamped before the signal: nothing it causes can come earlier
     os.kill(pid, sig)
@@ -223,7 +223,7 @@ def test_package_upgrade_remove_purge(cluster: Cluster, tmp_path: Path) -> None:
     lab = cluster.lab
     new_deb = repack(cluster.deb, "99.0.0", tmp_path)
     leader = cluster.wait_settled()
-    probe = lab.lab.start_probe(VIP, duration=60.0)
+    probe = probe_mod.start(lab.lab, VIP, duration=60.0)
     time.sleep(0.5)
     # As docs/operations.md says: the followers first, the leader last, one node at a time.
     order = [*(n for n in cluster.nodes if n != leader), leader]
