@@ -68,8 +68,12 @@ def status_verdict(status: Mapping[str, Any]) -> tuple[int, str]:
             problems.append(f"{name} health unknown")
         if node.get("maintenance") is True:
             problems.append(f"{name} in maintenance")
-    if status.get("quorum") is False:
-        problems.append(f"{status.get('node', 'this node')} has no quorum")
+    me = status.get("node", "this node")
+    no_quorum = [str(g.get("name", "?")) for g in groups if g.get("quorum") is False]
+    if len(groups) > 1 and no_quorum:
+        problems.append(f"{me} has no quorum for {', '.join(no_quorum)}")
+    elif status.get("quorum") is False or no_quorum:
+        problems.append(f"{me} has no quorum")
     for drift in records(status.get("drift")):
         sections = ", ".join(str(x) for x in drift.get("sections") or ())
         problems.append(f"{drift.get('node', '?')} has a different configuration ({sections})")

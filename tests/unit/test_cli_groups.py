@@ -54,6 +54,14 @@ def test_the_worst_group_decides_the_status_exit_code(
     assert result.exit_code == 1 and "node3 has a different configuration (nodes)" in result.stdout
 
 
+
+def test_a_group_without_quorum_degrades_the_status_verdict() -> None:
+    status: dict[str, Any] = {"node": "node2", "quorum": True, "nodes": [],
+                              "groups": [_group("web", "node1"), _group("db", "node2")]}
+    assert fmt.status_verdict(status) == (0, "healthy")
+    status["groups"][1]["quorum"] = False
+    assert fmt.status_verdict(status) == (1, "degraded: node2 has no quorum for db")
+
 def test_status_header_with_groups_names_no_single_leader(
     daemon: Path, handler: ScriptedHandler  # noqa: F811
 ) -> None:
