@@ -10,8 +10,8 @@ Faults: death, partition, freeze, hang, sigterm, switchover (hafailover only), l
 `--only` takes shell patterns over CONFIG/FAULT, comma-separated: `hf*/death,*/idle`.
 
 Order: the idle cost of each configuration (quiet machine), then every fault `--repeats` times
-with the configurations alternating within a repeat and a fresh lab per run, then the loss runs
-with all configurations at once, each in its own lab. Every run is bounded in time and every
+with the configurations alternating within a repeat and a fresh lab per run, then the loss runs,
+one configuration at a time, each in its own lab. Every run is bounded in time and every
 lab is torn down (also on Ctrl-C). Each result is appended to the raw JSON-lines file as soon
 as it is known; the markdown report is printed and written at the end.
 """
@@ -19,8 +19,6 @@ as it is known; the markdown report is printed and written at the end.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import contextlib
 import fnmatch
 import json
 import os
@@ -220,20 +218,15 @@ def run_bench(a: argparse.Namespace, rec: Recorder) -> None:
                 rec.run(r)
                 _say(f"[{done}/{total}] {c}/{fault} #{rep + 1}: {_summary(r)}")
     for rep in range(a.loss_repeats if loss_cfgs else 0):
-        _say(f"loss runs #{rep + 1}: {', '.join(loss_cfgs)} in parallel, "
-             f"{a.loss_minutes:g} min of {10}% loss")
-        with contextlib.ExitStack() as stack:
-            # Labs are built here, in the main thread, so Ctrl-C tears all of them down.
-            labs = {c: stack.enter_context(Lab(3, prefix=PREFIX)) for c in loss_cfgs}
-            with concurrent.futures.ThreadPoolExecutor(len(labs)) as ex:
-                futs = {c: ex.submit(run_fault, CONFIGS[c], "loss", lab, rep, hold=hold,
-                                     loss_seconds=60 * a.loss_minutes, log=_say)
-                        for c, lab in labs.items()}
-                for c, fut in futs.items():
-                    r = fut.result()
-                    rec.run(r)
-                    done += 1
-                    _say(f"[{done}/{total}] {c}/loss #{rep + 1}: {_summary(r)}")
+        # One lab at a time: on two cores, labs in parallel measure the machine, not the daemons.
+        for c in loss_cfgs:
+            _say(f"{c}/loss #{rep + 1}: {a.loss_minutes:g} min of 10% loss")
+            with Lab(3, prefix=PREFIX) as lab:
+                r = run_fault(CONFIGS[c], "loss", lab, rep, hold=hold,
+                              loss_seconds=60 * a.loss_minutes, log=_say)
+            rec.run(r)
+            done += 1
+            _say(f"[{done}/{total}] {c}/loss #{rep + 1}: {_summary(r)}")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -242,7 +235,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5, help="runs per fault and config")
     ap.add_argument("--loss-minutes", type=float, default=10.0)
     ap.add_argument("--loss-repeats", type=int, default=1,
-                    help="loss runs per config (all configs run in parallel)")
+                    help="loss runs per config (one lab at a time)")
     ap.add_argument("--only", help="CONFIG/FAULT shell patterns, comma-separated")
     ap.add_argument("--quick", action="store_true",
                     help=f"1 repeat, {QUICK_LOSS_MINUTES * 60:g} s of loss, "
@@ -298,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = {"command": _command(args), "started": datetime.now(UTC).isoformat(
                     timespec="seconds"), "versions": versions(), "repeats": a.repeats,
                 "loss_minutes": a.loss_minutes, "loss_repeats": a.loss_repeats,
+                "loss_sequential": True,
                 "hold": a.hold, "idle_seconds": a.idle_seconds, "only": a.only,
                 "note": a.note}
         rec = Recorder(raw, meta)

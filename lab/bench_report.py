@@ -365,7 +365,8 @@ def render(meta: Run, runs: Sequence[Run], idle: Sequence[Run], end: Run | None)
                   "stalls* are listed per run in the raw file (`notes.stalls`, from 30 ms) and "
                   "called out below.", ""]
     loss_text = (f"; loss runs: {meta['loss_repeats']} × {loss_min:g} min per configuration, "
-                 "all configurations in parallel, each in its own lab"
+                 + ("one configuration at a time" if meta.get("loss_sequential")
+                    else "all configurations in parallel") + ", each in its own lab"
                  if any(r["fault"] == "loss" for r in runs) else "")
     lines += [f"Repeats per fault and configuration: {meta['repeats']}{loss_text}. Partition, "
               f"freeze and hung check last {hold:g} s.", ""]
