@@ -292,9 +292,10 @@ class SystemdLab:
     def install_deb(self, node: str, deb: Path, timeout: float = 300.0) -> float:
         """`apt install ./hafailover_*.deb` inside node, offline (its dependencies are in the
         root file system); returns the seconds it took."""
-        self.put(node, f"/root/{deb.name}", deb.read_bytes())
+        inside = "/var/tmp"  # the container's own directory (its /tmp is a tmpfs)
+        self.put(node, f"{inside}/{deb.name}", deb.read_bytes())
         t0 = time.monotonic()
-        self.exec(node, ["sh", "-c", f"cd /root && apt-get install -y -q ./{deb.name}"],
+        self.exec(node, ["sh", "-c", f"cd {inside} && apt-get install -y -q ./{deb.name}"],
                   timeout=timeout)
         return time.monotonic() - t0
 
