@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import os
-import pwd
 import socket
 import tempfile
 import time
@@ -34,6 +33,7 @@ from hafailover.runtime.reload import Reloader, ReloadError, load_config_off_loo
 from hafailover.wire.keys import MAX_KEY_FILE_BYTES, KeyFileError, generate_key, load_key
 from lab.cluster import HaCluster
 from tests.integration.faultlab import running_cluster, wait_for
+from tests.nobody import as_nobody
 
 T = TypeVar("T")
 
@@ -199,32 +199,16 @@ needs_root = pytest.mark.skipif(
 
 
 def _cli_as_nobody(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run the CLI in a forked child that dropped to `nobody` (who may not read the venv, so
-    nothing is exec'd); returns its exit code and output."""
+    """Run the CLI as `nobody` (in a forked child); returns its exit code and output."""
     from click.testing import CliRunner
 
     from hafailover.cli import cli
 
-    nobody = pwd.getpwnam("nobody")
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no pytest machinery from here on, only os._exit
-        try:
-            os.close(rfd)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            result = CliRunner().invoke(cli, args, env=env)
-            os.write(wfd, json.dumps([result.exit_code, result.output]).encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    chunks = []
-    while chunk := os.read(rfd, 65536):
-        chunks.append(chunk)
-    os.close(rfd)
-    os.waitpid(pid, 0)
-    code, output = json.loads(b"".join(chunks))
+    def work() -> bytes:
+        result = CliRunner().invoke(cli, args, env=env)
+        return json.dumps([result.exit_code, result.output]).encode()
+
+    code, output = json.loads(as_nobody(work))
     return int(code), str(output)
 
 

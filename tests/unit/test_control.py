@@ -27,6 +27,7 @@ from hafailover.control.server import (
     PeerCredentials,
     peer_may_mutate,
 )
+from tests.nobody import as_nobody
 
 # --------------------------------------------------------------------------- pure protocol
 
@@ -560,39 +561,21 @@ def test_peer_may_mutate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _as_nobody(path: Path, requests: list[dict[str, object]]) -> list[str]:
-    """Fork a child that drops to `nobody` and sends each request; returns one line per request.
+    """Send each request as `nobody` (in a forked child); returns one line per request."""
 
-    Forking (rather than exec'ing a helper) keeps the child independent of whether `nobody` can
-    read the virtualenv.
-    """
-    nobody = pwd.getpwnam("nobody")
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no pytest machinery from here on, only os._exit
-        try:
-            os.close(rfd)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            out = []
-            for req in requests:
-                try:
-                    ControlClient(path, timeout=2).request(req)
-                    out.append("ok")
-                except ControlError as e:
-                    out.append(e.code)
-                except DaemonUnreachable as e:
-                    out.append(f"unreachable: {e}")
-            os.write(wfd, "\n".join(out).encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    chunks = []
-    while chunk := os.read(rfd, 65536):
-        chunks.append(chunk)
-    os.close(rfd)
-    os.waitpid(pid, 0)
-    return b"".join(chunks).decode().split("\n")
+    def work() -> bytes:
+        out = []
+        for req in requests:
+            try:
+                ControlClient(path, timeout=2).request(req)
+                out.append("ok")
+            except ControlError as e:
+                out.append(e.code)
+            except DaemonUnreachable as e:
+                out.append(f"unreachable: {e}")
+        return "\n".join(out).encode()
+
+    return as_nobody(work).decode().split("\n")
 
 
 needs_root = pytest.mark.skipif(
