@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from hafailover.control.client import ControlClient, DaemonUnreachable
 from hafailover.wire.keys import generate_key
 from lab import echo as echo_mod
 from lab import monitor as monitor_mod
+from lab import probe as probe_mod
 from lab.netns import LabProcess
 from lab.nspawn import SystemdLab
 
@@ -165,6 +167,77 @@ class Cluster:
     def timeline_adds(self, node: str, after: float) -> list[float]:
         tl = monitor_mod.timeline(self.lab.lab, VIP)[node]
         return [t for t, present in tl.changes if present and t >= after]
+
+
+def follower_of(cluster: Cluster, node: str, leader: str) -> bool:
+    s = cluster.status(node)
+    return s is not None and s.get("role") == "follower" and s.get("leader") == leader
+
+
+def measure_readiness(cluster: Cluster, node: str) -> float:
+    """Seconds `systemctl start` takes on node after a stop (Type=notify: until READY=1)."""
+    cluster.systemctl(node, "stop")
+    t0 = time.monotonic()
+    cluster.systemctl(node, "start")
+    return time.monotonic() - t0
+
+
+def measure_freeze(cluster: Cluster, sig: signal.Signals) -> dict[str, float]:
+    """SIGSTOP (or kill) the settled leader's daemon from the host and time what follows, in ms
+    from the signal: the VIP leaving the leader (`stale_address`), the longest client outage,
+    the restarted daemon following the new leader (`back_as_follower`, s) and, for SIGSTOP,
+    systemd's watchdog kill and the daemon's exit as the journal stamps them (the same
+    CLOCK_MONOTONIC). Returns once the node is back as a follower."""
+    lab = cluster.lab
+    leader = cluster.wait_settled()
+    pid = lab.main_pid(leader)
+    assert pid is not None
+    probe = probe_mod.start(lab.lab, VIP, duration=7.0)
+    time.sleep(0.5)
+    t0 = time.monotonic()  # stamped before the signal: nothing it causes can come earlier
+    os.kill(pid, sig)
+    removed = wait_for(lambda: cluster.timeline_removals(leader, t0), 5, "VIP off the leader")[0]
+    new = wait_for(lambda: next((n for n in cluster.holders() if n != leader), None), 5,
+                   "a new holder")
+    wait_for(lambda: follower_of(cluster, leader, new) and lab.main_pid(leader) != pid, 15,
+             f"{leader} restarted as a follower")
+    restarted = time.monotonic()
+    lab.lab.stop(probe, timeout=10)
+    assert probe.data is not None
+    run = probe_mod.load(probe.data)
+    out = {
+        "stale_address": (removed - t0) * 1000,
+        "client_outage": probe_mod.longest_outage_ms(run.records, start=t0 - 0.2, end=run.end),
+        "back_as_follower": restarted - t0,
+    }
+    if sig == signal.SIGSTOP:
+        journal = cluster.journal(leader, "-u", UNIT, "-n", "200")
+        kills = [int(e["__MONOTONIC_TIMESTAMP"]) / 1e6 for e in journal
+                 if "Watchdog timeout" in e.get("MESSAGE", "")]
+        exits = [int(e["__MONOTONIC_TIMESTAMP"]) / 1e6 for e in journal
+                 if "Main process exited" in e.get("MESSAGE", "")]
+        if kills and kills[-1] > t0:
+            out["watchdog_kill"] = (kills[-1] - t0) * 1000
+        if exits and exits[-1] > t0:
+            out["exit_to_vip_removed"] = (removed - exits[-1]) * 1000
+    return out
+
+
+def measure_release_vips(cluster: Cluster, node: str, address: str = "10.213.0.201/24",
+                         ) -> float:
+    """Seconds `hafailover release-vips` (ExecStopPost's command) takes inside node to remove
+    one recorded address: a spare address, recorded in a scratch state directory, so that the
+    node's own daemon and VIP are not touched."""
+    record = json.dumps({"version": 1, "vips": [{"address": address, "interface": "eth0"}]})
+    cluster.lab.put(node, "/var/tmp/release-figure/vips.json", record + "\n", 0o600)
+    cluster.lab.exec(node, ["ip", "addr", "add", address, "dev", "eth0"])
+    script = ("TIMEFORMAT=%R; time /opt/hafailover/bin/hafailover release-vips "
+              "-c /etc/hafailover/hafailover.yaml >/dev/null")
+    r = cluster.lab.exec(node, ["bash", "-c", script],
+                         env={"STATE_DIRECTORY": "/var/tmp/release-figure"})
+    gone = cluster.lab.exec(node, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    assert address.split("/")[0] + "/" not in gone, f"release-vips left {address}: {gone}"
+    return float(r.stderr.strip().splitlines()[-1])
 
 
 def cluster_fixture(deb: Path) -> Iterator[Cluster]:
