@@ -52,7 +52,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from hafailover.core.actions import Action, CommandResult, PersistentState
+from hafailover.core.actions import Action, CommandResult, PersistentState, Send
 from hafailover.core.events import (
     EffectFailed,
     EffectSucceeded,
@@ -65,6 +65,8 @@ from hafailover.core.events import (
     TimerFired,
     VipConflict,
 )
+from hafailover.core.liveness import Liveness, key
+from hafailover.core.messages import NodeAck, NodeHeartbeat
 from hafailover.core.node import Node, RandomSource
 from hafailover.core.reasons import Reason
 from hafailover.core.spec import ClusterSpec, SpecError
@@ -72,6 +74,9 @@ from hafailover.core.view import NodeView
 
 DEFAULT_GROUP = "default"
 """The one group of a configuration without `groups:` (top-level `vips:`)."""
+
+NODE_LEVEL = ""
+"""The "group" of node-level messages (`NodeHeartbeat`, `NodeAck`) and actions."""
 
 INF = float("inf")
 
@@ -151,12 +156,23 @@ class Groups:
         state = persisted or GroupsState()
         self.name = name
         self.maintenance = state.maintenance
+        first = next(iter(specs.values()))
+        peers = tuple(n for n in first.names if n != name)
+        self._slack = min(s.timings.heartbeat_slack for s in specs.values())
+        interval = min(s.timings.heartbeat_interval for s in specs.values())
+        self.liveness = Liveness(name, peers, interval)
         self._nodes: dict[str, Node] = {}
         for group, spec in specs.items():
             ok = healthy if isinstance(healthy, bool) else healthy.get(group, True)
-            self._nodes[group] = Node(spec, name, rng, state.for_group(group), ok)
+            persisted_group = state.for_group(group)
+            self._nodes[group] = Node(spec, name, rng, persisted_group, ok, self.liveness)
         self._first = next(iter(self._nodes))
         self._deadlines: dict[str, float] = dict.fromkeys(self._nodes, INF)
+        # Node liveness: each group's key as a follower (leader, key) and as a leader (per
+        # peer), as last folded into `liveness`'s digests.
+        self._fkeys: dict[str, tuple[str, int] | None] = dict.fromkeys(self._nodes)
+        self._ekeys: dict[str, dict[str, int]] = {g: {} for g in self._nodes}
+        self._key_cache: dict[tuple[str, str, int, bool, bool, str], int] = {}
         self.unknown_group_messages = 0
         self._touched: list[Node] = []  # the groups fed in this step
 
@@ -201,7 +217,7 @@ class Groups:
 
     def next_deadline(self) -> float:
         """The earliest time at which `handle(TimerFired(), now)` must next be called."""
-        return min(self._deadlines.values())
+        return min(min(self._deadlines.values()), self.liveness.next_deadline())
 
     def view(self, now: float) -> GroupsView:
         views = tuple((g, n.view(now)) for g, n in self._nodes.items())
@@ -219,10 +235,15 @@ class Groups:
             self._route_to(event.group, event.event, now, out)
             return
         match event:
+            case MessageReceived(sender=sender, message=NodeHeartbeat() | NodeAck() as message):
+                self._on_node_message(sender, message, now, out)
             case TimerFired():
                 for group, node in self._nodes.items():
                     if self._deadlines[group] <= now + node.spec.timings.heartbeat_slack:
                         self._feed(group, event, now, out)
+                if self.liveness.next_deadline() <= now + self._slack:
+                    for peer, hb in self.liveness.send_round(now):
+                        out.append(Tagged(NODE_LEVEL, Send(peer, hb)))
             case SetMaintenance():
                 self._feed(self._first, event, now, out)
             case Switchover() | MessageReceived() if len(self._nodes) == 1:
@@ -244,7 +265,13 @@ class Groups:
                     self._feed(group, event, now, out)
 
     def _route_to(self, group: str, event: Event, now: float, out: list[Tagged]) -> None:
-        if isinstance(event, SetMaintenance):
+        if group == NODE_LEVEL and isinstance(event, MessageReceived):
+            message = event.message
+            if isinstance(message, NodeHeartbeat | NodeAck):
+                self._on_node_message(event.sender, message, now, out)
+            else:
+                self.unknown_group_messages += 1  # an election message belongs to a group
+        elif isinstance(event, SetMaintenance):
             # Maintenance is per node: whichever group names it, the first group carries it.
             self._feed(self._first, event, now, out)
         elif group in self._nodes:
@@ -265,6 +292,58 @@ class Groups:
         out.extend(Tagged(group, a) for a in actions)
         self._deadlines[group] = node.next_deadline()
         self._touched.append(node)
+        self._rekey(group, node)
+
+    # ------------------------------------------------------------------ node liveness
+
+    def _on_node_message(
+        self, sender: str, message: NodeHeartbeat | NodeAck, now: float, out: list[Tagged]
+    ) -> None:
+        live = self.liveness
+        if isinstance(message, NodeHeartbeat):
+            ack = live.on_heartbeat(sender, message, now)
+            if ack is not None:
+                out.append(Tagged(NODE_LEVEL, Send(sender, ack)))
+        elif live.on_ack(sender, message, now):
+            # The peer disagrees about which groups it backs: every group this node leads
+            # sends it its own heartbeats until its acknowledgements fortify them again.
+            for group, expected in self._ekeys.items():
+                if sender in expected:
+                    node = self._nodes[group]
+                    if node.unfortify(sender):
+                        self._deadlines[group] = node.next_deadline()
+                        self._rekey(group, node)
+
+    def _key(self, group: str, leader: str, fields: tuple[int, bool, bool, str]) -> int:
+        k = (group, leader, *fields)
+        cached = self._key_cache.get(k)
+        if cached is None:
+            if len(self._key_cache) > 4 * len(self._nodes) * (len(self.liveness.peers) + 1):
+                self._key_cache.clear()
+            cached = self._key_cache[k] = key(group, leader, *fields)
+        return cached
+
+    def _rekey(self, group: str, node: Node) -> None:
+        """Fold `group`'s current keys into the node-level digests (after each of its steps)."""
+        live = self.liveness
+        fk = node.follower_key()
+        new_f = None if fk is None else (fk[0], self._key(group, fk[0], fk[1]))
+        old_f = self._fkeys[group]
+        if new_f != old_f:
+            if old_f is not None:
+                live.change_fortified(old_f[0], old_f[1], 0)
+            if new_f is not None:
+                live.change_fortified(new_f[0], 0, new_f[1])
+            self._fkeys[group] = new_f
+        old_e = self._ekeys[group]
+        leader_keys = node.leader_keys()
+        if not leader_keys and not old_e:
+            return
+        new_e = {p: self._key(group, self.name, f) for p, f in leader_keys.items()}
+        if new_e != old_e:
+            for peer in old_e.keys() | new_e.keys():
+                live.change_expected(peer, old_e.get(peer, 0), new_e.get(peer, 0))
+            self._ekeys[group] = new_e
 
     def _sync_maintenance(self, now: float, out: list[Tagged]) -> None:
         """Apply a maintenance change made in one group (by the operator, or a peer's request)
@@ -281,3 +360,4 @@ class Groups:
                     if not (isinstance(action, CommandResult) and action.request_id == _INTERNAL):
                         out.append(Tagged(group, action))
                 self._deadlines[group] = node.next_deadline()
+                self._rekey(group, node)

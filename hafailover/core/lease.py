@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hafailover.core.liveness import Liveness
 from hafailover.core.peers import INF, NEVER, PeerInfo, PeerTable
 from hafailover.core.spec import Timings
 
@@ -43,9 +44,11 @@ class Promise:
 class LeaderLease:
     """A leader's heartbeat rounds, their send times, and the lease a majority backs."""
 
-    def __init__(self, timings: Timings, peers: PeerTable) -> None:
+    def __init__(self, timings: Timings, peers: PeerTable, live: Liveness | None = None) -> None:
         self._t = timings
         self._peers = peers
+        self._live = live
+        self._active = False
         self.round = 0
         self._sent: dict[int, float] = {}
         self.heartbeat_at = INF
@@ -58,8 +61,10 @@ class LeaderLease:
         self.until = NEVER
         self.stepdown_at = now + self._t.lease_duration
         self._peers.reset_acks()
+        self._active = True
 
     def end(self) -> None:
+        self._active = False
         self.heartbeat_at = INF
         self.stepdown_at = INF
         self.until = NEVER
@@ -87,9 +92,25 @@ class LeaderLease:
             info.acked_sent_at = sent
             self._renew()
 
-    def _renew(self) -> None:
+    def current(self) -> float:
+        """The lease now, counting node-level support that came in since the last step."""
+        if self._live is None or not self._active:
+            return self.until
+        return max(self.until, self._computed())
+
+    def refresh(self) -> None:
+        """Make node-level support that came in since the last step part of `until`."""
+        if self._live is not None and self._active:
+            self._renew()
+
+    def _computed(self) -> float:
         newest = self._sent.get(self.round, NEVER)
-        lease = self._peers.lease_base(newest) + self._t.lease_duration
+        if self._live is not None:
+            newest = max(newest, self._live.last_sent)
+        return self._peers.lease_base(newest) + self._t.lease_duration
+
+    def _renew(self) -> None:
+        lease = self._computed()
         if lease > self.until:
             # Once a lease exists the leader steps down exactly when it ends.
             self.until = lease

@@ -23,6 +23,8 @@ class MessageType(IntEnum):
     TRANSFER_REQUEST = 6
     MAINTENANCE_REQUEST = 7
     COMMAND_REPLY = 8
+    NODE_HEARTBEAT = 9
+    NODE_ACK = 10
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,29 @@ class CommandReply:
     detail: str = ""
 
 
-Message = (
+@dataclass(frozen=True)
+class NodeHeartbeat:
+    """Node level (no group, no term): one per peer and heartbeat round, backing every group.
+
+    `digest` is the set hash (`hafailover.core.liveness`) of the (group, term, ...) keys of the
+    groups the sender leads in which it believes the receiver has accepted it as leader; the
+    receiver compares it with its own and answers with a `NodeAck` of the same `seq`.
+    """
+
+    seq: int
+    digest: int
+
+
+@dataclass(frozen=True)
+class NodeAck:
+    """Node level: the answer to `NodeHeartbeat` `seq`. `match`: the receiver's own digest for
+    the sender was equal, so it renewed its promise in every one of those groups."""
+
+    seq: int
+    match: bool
+
+
+ElectionMessage = (
     Heartbeat
     | HeartbeatAck
     | VoteRequest
@@ -139,6 +163,12 @@ Message = (
     | MaintenanceRequest
     | CommandReply
 )
+"""The messages of one group's election (each carries a term)."""
+
+NodeMessage = NodeHeartbeat | NodeAck
+"""Node-level messages (node liveness); they travel as items of the group '' (no group)."""
+
+Message = ElectionMessage | NodeMessage
 
 MESSAGE_TYPES: dict[type[Message], MessageType] = {
     Heartbeat: MessageType.HEARTBEAT,
@@ -149,4 +179,6 @@ MESSAGE_TYPES: dict[type[Message], MessageType] = {
     TransferRequest: MessageType.TRANSFER_REQUEST,
     MaintenanceRequest: MessageType.MAINTENANCE_REQUEST,
     CommandReply: MessageType.COMMAND_REPLY,
+    NodeHeartbeat: MessageType.NODE_HEARTBEAT,
+    NodeAck: MessageType.NODE_ACK,
 }

@@ -77,12 +77,15 @@ from hafailover.core.events import (
 )
 from hafailover.core.faults import EffectFaults, skipped_by
 from hafailover.core.lease import LeaderLease, Promise
+from hafailover.core.liveness import Liveness
 from hafailover.core.messages import (
     CommandReply,
+    ElectionMessage,
     Heartbeat,
     HeartbeatAck,
     MaintenanceRequest,
-    Message,
+    NodeAck,
+    NodeHeartbeat,
     PeerSummary,
     TimeoutNow,
     TransferRequest,
@@ -134,7 +137,10 @@ class Node:
         rng: RandomSource,
         persisted: PersistentState | None = None,
         healthy: bool = True,
+        live: Liveness | None = None,
     ) -> None:
+        """`live`: the node's shared `Liveness` when several groups run over node-level
+        heartbeats (`hafailover.core.groups`); None: this election's own heartbeats only."""
         me = spec.node(name)
         if me is None:
             raise SpecError(f"node {name!r} is not in the cluster ({', '.join(spec.names)})")
@@ -153,7 +159,8 @@ class Node:
         self.role = Role.FOLLOWER
         self.leader = ""
         self.holds_vip = False
-        self.peers = PeerTable(spec, name)
+        self._live = live
+        self.peers = PeerTable(spec, name, live)
         self.faults = EffectFaults(spec.timings)
         self._pending = PendingCommands()
         self._out: list[Action] = []
@@ -166,7 +173,12 @@ class Node:
         # (Pre-)candidate.
         self._votes: set[str] = set()
         self._round_deadline = INF
-        self._lease = LeaderLease(spec.timings, self.peers)
+        self._lease = LeaderLease(spec.timings, self.peers, live)
+        # Follower, with node liveness: fortified the leader of this term (acknowledged one of
+        # its heartbeats with success); the election delay and peer summary of that heartbeat.
+        self._fortified_term = -1
+        self._fort_delay = 0.0
+        self._summary = ""
         # The last hand-over (target, term): its TimeoutNow is sent again once a failed
         # release has succeeded.
         self._handover = ("", -1)
@@ -196,6 +208,9 @@ class Node:
         if not self._started:
             raise NotStarted("Node.start() must be called first")
         self._out = []
+        # Node-level renewals since the last step become part of the promise or lease first,
+        # so no transition of this step can shorten what a peer was already told.
+        self._materialize()
         # Freeze safety: before anything else, a lease that ran out while we were not looking
         # (stopped process, starved loop, late timer) drops the VIP.
         self._expire_lease(now)
@@ -203,7 +218,11 @@ class Node:
             case TimerFired():
                 self._on_timer(now)
             case MessageReceived(sender=sender, message=message):
-                if sender != self.name and self.peers.get(sender) is not None:
+                if (
+                    sender != self.name
+                    and self.peers.get(sender) is not None
+                    and not isinstance(message, NodeHeartbeat | NodeAck)
+                ):
                     self._on_message(sender, message, now)
             case HealthChanged(healthy=healthy, detail=detail):
                 self._on_health(healthy, detail, now)
@@ -232,7 +251,9 @@ class Node:
         """
         deadline = min(self.faults.next_deadline(), self._pending.next_deadline())
         if self.role is Role.LEADER:
-            deadline = min(deadline, self._lease.heartbeat_at, self._lease.stepdown_at)
+            if self._needs_rounds():
+                deadline = min(deadline, self._lease.heartbeat_at)
+            deadline = min(deadline, self._lease.stepdown_at)
             if self.holds_vip:
                 deadline = min(deadline, self._lease.until)
             if self.spec.preempt:
@@ -257,11 +278,14 @@ class Node:
     @property
     def promise(self) -> tuple[str, int, float]:
         """(leader, term, until): whom this node will not vote against, and until when."""
-        return (self._promise.to, self._promise.term, self._promise.until)
+        until = self._promise.until
+        if self._live is not None and self._fortified():
+            until = max(until, self._live.heard(self.leader) + self._t.failover_timeout)
+        return (self._promise.to, self._promise.term, until)
 
     @property
     def lease_until(self) -> float:
-        return self._lease.until if self.role is Role.LEADER else NEVER
+        return self._lease.current() if self.role is Role.LEADER else NEVER
 
     @property
     def settle_until(self) -> float:
@@ -274,7 +298,72 @@ class Node:
     @property
     def leader_contact(self) -> float:
         """When this follower last heard its leader (monotonic; -inf if never)."""
+        if self._live is not None and self._fortified():
+            return max(self._leader_contact, self._live.heard(self.leader))
         return self._leader_contact
+
+    # ------------------------------------------------------------------ node liveness
+
+    def follower_key(self) -> tuple[str, tuple[int, bool, bool, str]] | None:
+        """(leader, its key fields) while this node has fortified its leader; else None.
+
+        Equal to the leader's `leader_keys()[me]` exactly when both agree (see
+        `hafailover.core.liveness`)."""
+        if self._live is None or not self._fortified() or self.faults.failing(Effect.RELEASE):
+            return None
+        return (self.leader, (self.term, self._reported_healthy, self.maintenance, self._summary))
+
+    def leader_keys(self) -> dict[str, tuple[int, bool, bool, str]]:
+        """Leader: per fortified peer, the key fields it should hold for this group."""
+        if self._live is None or self.role is not Role.LEADER:
+            return {}
+        fortified = [p for p in self.peers.peers.values() if p.fortified_seq is not None]
+        if not fortified:
+            return {}
+        own = PeerSummary(self.name, self._reported_healthy, self.maintenance, True)
+        summary = summary_text(self.peers.summaries(0.0, 0.0, own))
+        return {
+            p.spec.name: (self.term, p.healthy is True, p.maintenance is True, summary)
+            for p in fortified
+        }
+
+    def unfortify(self, peer: str) -> bool:
+        """Leader: `peer` disagreed about which groups it backs; send it this group's own
+        heartbeats again (the next one at once). True if that changed anything."""
+        info = self.peers.get(peer)
+        if self.role is not Role.LEADER or info is None or info.fortified_seq is None:
+            return False
+        self._lease.refresh()
+        info.fortified_seq = None
+        return True
+
+    def _fortified(self) -> bool:
+        return (
+            self._fortified_term == self.term
+            and self.role is Role.FOLLOWER
+            and self.leader != ""
+            and self._promise.to == self.leader
+            and self._promise.term == self.term
+        )
+
+    def _needs_rounds(self) -> bool:
+        """Leader: some peer gets this group's own heartbeats (not backed by node liveness)."""
+        return self._live is None or any(
+            p.fortified_seq is None for p in self.peers.peers.values()
+        )
+
+    def _materialize(self) -> None:
+        if self._live is None:
+            return
+        if self.role is Role.LEADER:
+            self._lease.refresh()
+        elif self._fortified():
+            heard = self._live.heard(self.leader)
+            until = heard + self._t.failover_timeout
+            if until > self._promise.until:
+                self._promise.until = until
+                self._election_at = max(self._election_at, until + self._fort_delay)
+                self._leader_contact = max(self._leader_contact, heard)
 
     def view(self, now: float) -> NodeView:
         facts = NodeFacts(
@@ -289,6 +378,8 @@ class Node:
     def _set_role(self, role: Role) -> None:
         if role not in _LEGAL[self.role]:
             raise InvalidTransition(f"invalid transition [{self.role} -> {role}]")
+        if role is not Role.FOLLOWER:
+            self._fortified_term = -1
         self.role = role
 
     def _become_follower(self, term: int, leader: str, reason: Reason, now: float) -> None:
@@ -374,6 +465,8 @@ class Node:
             self._maybe_preempt(now)
         elif self.role is Role.FOLLOWER:
             if now >= self._election_at and now >= self._settle_until:
+                # The promise ran out: this node no longer backs its leader's lease.
+                self._fortified_term = -1
                 if self._can_stand:
                     self._become_pre_candidate(Reason.LEADER_LOST, now)
                 else:
@@ -396,8 +489,10 @@ class Node:
         rnd = self._lease.next_round(now)
         own = PeerSummary(self.name, self._reported_healthy, self.maintenance, True)
         summaries = self.peers.summaries(now, self._t.failover_timeout, own)
-        for peer in self.peers.peers:
-            self._send(peer, Heartbeat(self.term, rnd, summaries))
+        for peer, info in self.peers.peers.items():
+            # Peers that fortified this term's leadership are kept by node liveness.
+            if self._live is None or info.fortified_seq is None:
+                self._send(peer, Heartbeat(self.term, rnd, summaries))
 
     def _maybe_acquire(self, now: float) -> None:
         if (
@@ -424,7 +519,7 @@ class Node:
 
     # ------------------------------------------------------------------ messages
 
-    def _on_message(self, sender: str, msg: Message, now: float) -> None:
+    def _on_message(self, sender: str, msg: ElectionMessage, now: float) -> None:
         # The term, once, before anything else (etcd-io/raft `Step`).
         if msg.term > self.term and not self._keeps_term(sender, msg, now):
             leader = sender if isinstance(msg, Heartbeat) else ""
@@ -463,7 +558,7 @@ class Node:
                 if self._pending.answer(rid, sender) is not None:
                     self._result(rid, accepted, reason, detail)
 
-    def _keeps_term(self, sender: str, msg: Message, now: float) -> bool:
+    def _keeps_term(self, sender: str, msg: ElectionMessage, now: float) -> bool:
         """A later term that does not make this node follow it."""
         match msg:
             case VoteRequest(pre=True) | VoteResponse(granted=True):
@@ -473,7 +568,7 @@ class Node:
                 return self._refusal_wait(sender, msg, now) is not None
         return False
 
-    def _on_stale(self, sender: str, msg: Message, now: float) -> None:
+    def _on_stale(self, sender: str, msg: ElectionMessage, now: float) -> None:
         match msg:
             case Heartbeat():
                 self._ack(sender, msg.round, success=False)
@@ -498,9 +593,16 @@ class Node:
         info = self.peers.get(sender)
         if info is not None:
             info.last_heard = now
-        self._election_at = self._promise.until + self._election_delay(exclude=sender)
+        delay = self._election_delay(exclude=sender)
+        self._election_at = self._promise.until + delay
         # A node whose release failed may still hold the VIP: it backs no lease.
-        self._ack(sender, hb.round, success=not self.faults.failing(Effect.RELEASE))
+        success = not self.faults.failing(Effect.RELEASE)
+        # Round 0 comes from a former leader retrying a failed release: keep the promise it
+        # renews, but back no lease of it at node level.
+        self._fortified_term = hb.term if success and hb.round > 0 else -1
+        self._fort_delay = delay
+        self._summary = summary_text(hb.peers)
+        self._ack(sender, hb.round, success=success)
 
     def _ack(self, to: str, rnd: int, success: bool) -> None:
         ack = HeartbeatAck(self.term, rnd, success, self._reported_healthy, self.maintenance)
@@ -512,6 +614,10 @@ class Node:
         info = self.peers.acked(sender, now, ack.healthy, ack.maintenance)
         if info is not None and ack.success:
             self._lease.acked(info, ack.round)
+            if self._live is not None and info.fortified_seq is None:
+                info.fortified_seq = self._live.next_seq()
+        elif info is not None:
+            info.fortified_seq = None
         self._maybe_preempt(now)
 
     def _refusal_wait(self, sender: str, req: VoteRequest, now: float) -> float | None:
@@ -700,7 +806,7 @@ class Node:
             self._step_aside(reason, NotifyKind.MAINTENANCE, now)
         return (True, reason, self.name)
 
-    def _forward(self, rid: int, to: str, request: Message, now: float) -> None:
+    def _forward(self, rid: int, to: str, request: ElectionMessage, now: float) -> None:
         self._send(to, request)
         self._pending.add(rid, to, now + self._t.command_timeout)
         self._decide(Reason.FORWARDED, target=to, request=rid)
@@ -720,7 +826,7 @@ class Node:
 
     # ------------------------------------------------------------------ output helpers
 
-    def _send(self, to: str, message: Message) -> None:
+    def _send(self, to: str, message: ElectionMessage) -> None:
         self._out.append(Send(to, message))
 
     def _reply(self, to: str, rid: int, outcome: Outcome) -> None:
@@ -754,3 +860,12 @@ class Node:
                 actions.append(Persist(self.persistent_state()))
         self._last = actions + results
         return self._last
+
+
+def summary_text(summaries: tuple[PeerSummary, ...]) -> str:
+    """The health and maintenance of every node in a heartbeat, canonical (sorted by name), as
+    hashed into a node-liveness key: a change makes the leader send the group's heartbeat again."""
+    return ",".join(
+        f"{p.name}:{int(p.healthy)}{int(p.maintenance)}"
+        for p in sorted(summaries, key=lambda p: p.name)
+    )

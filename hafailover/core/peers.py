@@ -5,8 +5,9 @@ Kept apart from `node.py` so the state machine reads as transitions only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from hafailover.core.liveness import Liveness
 from hafailover.core.messages import PeerSummary
 from hafailover.core.spec import ClusterSpec, NodeSpec
 
@@ -19,7 +20,8 @@ class PeerInfo:
     """Last known facts about one peer. Health is `None` until the peer has told us."""
 
     spec: NodeSpec
-    last_heard: float = NEVER
+    # The last message of this group's election from the peer (see `last_heard`).
+    heard_at: float = NEVER
     healthy: bool | None = None
     maintenance: bool | None = None
     # Leader only: the send time of the newest heartbeat round this peer acknowledged in the
@@ -29,6 +31,30 @@ class PeerInfo:
     eligible_since: float | None = None
     # Follower only: the leader's view of this peer, from the last heartbeat.
     reported_reachable: bool | None = None
+    # Leader only, with node liveness: the first node-level round that carries this group's key
+    # for the peer (it acknowledged a heartbeat of this term); None: not fortified, so it gets
+    # this group's own heartbeats.
+    fortified_seq: int | None = None
+    live: Liveness | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def last_heard(self) -> float:
+        """The last message from the peer: of this election, or any node-level one."""
+        if self.live is None:
+            return self.heard_at
+        return max(self.heard_at, self.live.contact(self.spec.name))
+
+    @last_heard.setter
+    def last_heard(self, value: float) -> None:
+        self.heard_at = value
+
+    def acked_at(self) -> float:
+        """Leader: the send time of the newest round the peer acknowledged in this term, with
+        node-level support counted once the peer fortified this group
+        (`hafailover.core.liveness`)."""
+        if self.live is None or self.fortified_seq is None:
+            return self.acked_sent_at
+        return max(self.acked_sent_at, self.live.support(self.spec.name, self.fortified_seq))
 
     def reachable(self, now: float, window: float) -> bool:
         return now - self.last_heard <= window
@@ -41,10 +67,12 @@ class PeerInfo:
 
 
 class PeerTable:
-    def __init__(self, spec: ClusterSpec, me: str) -> None:
+    def __init__(self, spec: ClusterSpec, me: str, live: Liveness | None = None) -> None:
         self._spec = spec
         self.me = me
-        self.peers: dict[str, PeerInfo] = {n.name: PeerInfo(n) for n in spec.nodes if n.name != me}
+        self.peers: dict[str, PeerInfo] = {
+            n.name: PeerInfo(n, live=live) for n in spec.nodes if n.name != me
+        }
 
     def get(self, name: str) -> PeerInfo | None:
         return self.peers.get(name)
@@ -104,6 +132,7 @@ class PeerTable:
         for info in self.peers.values():
             info.acked_sent_at = NEVER
             info.eligible_since = None
+            info.fortified_seq = None
 
     def lease_base(self, own_sent_at: float) -> float:
         """The send time that a majority (counting this node at `own_sent_at`) has acknowledged.
@@ -111,7 +140,7 @@ class PeerTable:
         The lease runs from the quorum-th newest acknowledged send time: every node in that
         majority received a heartbeat sent at or after it, so each promised at least that long.
         """
-        times = sorted([own_sent_at, *(p.acked_sent_at for p in self.peers.values())], reverse=True)
+        times = sorted([own_sent_at, *(p.acked_at() for p in self.peers.values())], reverse=True)
         return times[self._spec.quorum - 1]
 
     def best_target(self, now: float, window: float, exclude: str = "") -> str:

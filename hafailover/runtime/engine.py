@@ -75,8 +75,8 @@ from hafailover.core.events import (
     TimerFired,
     VipConflict,
 )
-from hafailover.core.groups import DEFAULT_GROUP, ForGroup, Groups, Tagged
-from hafailover.core.messages import Message
+from hafailover.core.groups import DEFAULT_GROUP, NODE_LEVEL, ForGroup, Groups, Tagged
+from hafailover.core.messages import Message, NodeAck, NodeHeartbeat
 from hafailover.core.node import Node
 from hafailover.core.reasons import Reason
 from hafailover.errors import HafailoverError
@@ -479,8 +479,10 @@ class Engine:
                     log.debug("skipped after a failed %s: %s", stop[0].value, action)
                     continue
                 if isinstance(action, Send):
+                    message = action.message
+                    node_level = isinstance(message, NodeHeartbeat | NodeAck)
                     outbox.setdefault(action.to, []).append(
-                        (group or DEFAULT_GROUP, action.message)
+                        (NODE_LEVEL if node_level else group or DEFAULT_GROUP, message)
                     )
                     continue
                 if isinstance(action, Persist) and persisted:

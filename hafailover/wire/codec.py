@@ -35,7 +35,7 @@ The body, in order:
    compare it with their own to detect configuration drift (`Decoded.fingerprint`).
 2. **Name table**: count u8 (<= 64), then that many distinct node names (str). Heartbeat peer
    summaries refer to a name by its index, so a node name costs one byte per group, not 1+n.
-3. **Items**, until the end of the body: group str (1-64 bytes), message type u8
+3. **Items**, until the end of the body: group str (0-64 bytes; 0: node level), message type u8
    (`MessageType`), payload length varint, payload. The length lets a receiver skip the item
    of a group it does not have (counted as `unknown-group`, the rest of the batch is
    delivered): during a configuration change the nodes' group lists differ.
@@ -53,6 +53,11 @@ The body, in order:
 | 7 MAINTENANCE_REQUEST   | term varint, request_id varint, flags (on)                       |
 | 8 COMMAND_REPLY         | term varint, request_id varint, flags (accepted), reason str     |
 |                         |   (a `Reason` value), detail as u16 length (<= 256) + UTF-8      |
+| 9 NODE_HEARTBEAT        | seq varint, digest u64 (node level: group name empty)            |
+| 10 NODE_ACK             | seq varint, flags (match) (node level: group name empty)         |
+
+Types 9 and 10 are node liveness (`hafailover.core.liveness`): they travel as items whose group
+name is empty (length 0), and only they do; any other pairing is malformed.
 
 `VoteResponse.retry_after` (float seconds) is sent in whole milliseconds, rounded *up* so that
 a candidate never retries before the voter's promise has run out; it decodes to `ms / 1000`.
@@ -97,11 +102,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from hafailover.core.groups import DEFAULT_GROUP
+from hafailover.core.groups import DEFAULT_GROUP, NODE_LEVEL
 from hafailover.core.messages import MESSAGE_TYPES, Message, PeerSummary
 from hafailover.wire.keys import MIN_KEY_BYTES
 from hafailover.wire.payload import (
     MAX_STR,
+    NODE_KINDS,
     EncodeError,
     Malformed,
     Reader,
@@ -259,8 +265,9 @@ class Codec:
         names = tuple(groups)
         tags = {g: _group_tag(g) for g in names}
         self._groups = frozenset(names)
-        self._group_tags = tags
         self._group_names = {tag[1:]: g for g, tag in tags.items()}
+        tags[NODE_LEVEL] = _NODE_TAG  # node-level items: always sent and understood
+        self._group_tags = tags
 
     def set_fingerprint(self, fingerprint: Mapping[str, bytes]) -> None:
         """The configuration fingerprint (section -> digest) sent in every packet from now on.
@@ -335,6 +342,11 @@ class Codec:
         kind = MESSAGE_TYPES.get(type(message))
         if kind is None:
             raise EncodeError(f"not a protocol message: {type(message).__name__}")
+        if (kind in NODE_KINDS) != (group == NODE_LEVEL):
+            raise EncodeError(
+                f"{type(message).__name__} cannot travel in group {group!r}: node-level "
+                "messages go in the group '' and election messages in a named group"
+            )
         payload = encode_payload(message, names, memo)
         return b"".join((tag, bytes((kind,)), uvarint(len(payload), "length"), payload))
 
@@ -416,10 +428,12 @@ class Codec:
             # and round makes this the hottest loop of the decoder).
             n = data[pos]
             tag_end = pos + 1 + n
-            if n == 0 or n > MAX_NAME or tag_end + 2 > body_end:
+            if n > MAX_NAME or tag_end + 2 > body_end:
                 raise Malformed("bad item header")
             raw = data[pos + 1 : tag_end]
             kind = data[tag_end]
+            if (n == 0) != (kind in NODE_KINDS):
+                raise Malformed("node-level message in a group, or election message in none")
             length = data[tag_end + 1]
             pos = tag_end + 2
             if length >= 0x80:
@@ -430,7 +444,7 @@ class Codec:
             end = pos + length
             if end > body_end:
                 raise Malformed("item runs past the body")
-            group = known.get(raw)
+            group = known.get(raw) if n else NODE_LEVEL
             if group is None:
                 try:
                     unknown.append(raw.decode("utf-8"))
@@ -446,6 +460,9 @@ class Codec:
 def _recipient(name: bytes) -> bytes:
     """The implicit header the HMAC covers: who the packet is for (u8 length + UTF-8 name)."""
     return bytes([len(name)]) + name
+
+
+_NODE_TAG = b"\x00"  # the empty group name: a node-level item
 
 
 def _group_tag(group: str) -> bytes:

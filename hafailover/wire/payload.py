@@ -23,6 +23,8 @@ from hafailover.core.messages import (
     MaintenanceRequest,
     Message,
     MessageType,
+    NodeAck,
+    NodeHeartbeat,
     PeerSummary,
     TimeoutNow,
     TransferRequest,
@@ -40,6 +42,7 @@ MAX_SECTION = 32  # bytes of a fingerprint section name
 MAX_DIGEST = 32  # bytes of a fingerprint digest
 
 _U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
 _SMALL = [bytes([i]) for i in range(128)]
@@ -120,6 +123,11 @@ def encode_payload(
     """The payload of one message. `names` maps every peer name a heartbeat mentions to its
     index in the packet's name table (see `collect_names`). `peers_memo` may cache encoded peer
     lists within one batch: the groups a node leads usually report the very same peers."""
+    match m:
+        case NodeHeartbeat():
+            return uvarint(m.seq, "seq") + _U64.pack(m.digest)
+        case NodeAck():
+            return uvarint(m.seq, "seq") + _flags(m.match)
     term = uvarint(m.term, "term")
     match m:
         case Heartbeat():
@@ -329,6 +337,10 @@ _TIMEOUT_NOW = int(MessageType.TIMEOUT_NOW)
 _TRANSFER_REQUEST = int(MessageType.TRANSFER_REQUEST)
 _MAINTENANCE_REQUEST = int(MessageType.MAINTENANCE_REQUEST)
 _COMMAND_REPLY = int(MessageType.COMMAND_REPLY)
+_NODE_HEARTBEAT = int(MessageType.NODE_HEARTBEAT)
+_NODE_ACK = int(MessageType.NODE_ACK)
+NODE_KINDS = frozenset((_NODE_HEARTBEAT, _NODE_ACK))
+"""Message types of node level: only in items of the group '' (and only they are)."""
 
 
 def decode_payload(
@@ -339,8 +351,19 @@ def decode_payload(
 ) -> Message:
     """Parse one whole payload of message type `kind`; raises `Malformed` on any mismatch.
     `peers_memo` may cache decoded peer lists (keyed by their bytes) within one packet."""
-    term = r.uvarint()
     message: Message
+    if kind == _NODE_HEARTBEAT:
+        seq = r.uvarint()
+        (digest,) = _U64.unpack(r.raw(8))
+        message = NodeHeartbeat(seq, digest)
+        r.finish()
+        return message
+    if kind == _NODE_ACK:
+        seq = r.uvarint()
+        message = NodeAck(seq, bool(r.flags(1)))
+        r.finish()
+        return message
+    term = r.uvarint()
     if kind == _HEARTBEAT:
         round_ = r.uvarint()
         if peers_memo is None:

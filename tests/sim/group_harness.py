@@ -49,7 +49,7 @@ from hafailover.core.events import (
     TimerFired,
 )
 from hafailover.core.groups import ForGroup, Groups, GroupsState, Tagged
-from hafailover.core.messages import Message, VoteResponse
+from hafailover.core.messages import Message, NodeAck, NodeHeartbeat, VoteResponse
 from hafailover.core.node import Node
 from hafailover.core.spec import ClusterSpec
 from tests.sim.harness import NetworkModel, SimulationError, Simulator
@@ -581,7 +581,10 @@ def _short(actions: list[Tagged]) -> str:
         a = t.action
         if isinstance(a, Send):
             m = a.message
-            parts.append(f"{t.group}:send {type(m).__name__}(t{m.term})->{a.to}")
+            if isinstance(m, NodeHeartbeat | NodeAck):
+                parts.append(f"node:send {m}->{a.to}")
+            else:
+                parts.append(f"{t.group}:send {type(m).__name__}(t{m.term})->{a.to}")
         elif isinstance(a, Decision):
             parts.append(f"{t.group}:decide {a.reason.value} term={a.term}")
         else:

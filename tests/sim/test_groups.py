@@ -34,7 +34,9 @@ from hafailover.core.groups import (
     GroupVote,
     Tagged,
 )
-from hafailover.core.messages import Heartbeat, MaintenanceRequest
+from hafailover.core.liveness import Liveness
+from hafailover.core.messages import Heartbeat, MaintenanceRequest, NodeAck, NodeHeartbeat
+from hafailover.core.node import Node
 from hafailover.core.reasons import Reason, Role
 from hafailover.core.spec import ClusterSpec, NodeSpec, SpecError, Timings
 from tests.sim.group_harness import GroupSim
@@ -246,9 +248,14 @@ def test_random_groups_hold_every_invariant_per_group() -> None:
 def test_the_per_group_invariants_have_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
     """A multiplexer that hands one group's messages to another group's election is caught."""
 
+    route_to = Groups._route_to
+
     def misroute(self: Groups, group: str, event: object, now: float, out: list[Tagged]) -> None:
         names = self.groups
-        wrong = names[(names.index(group) + 1) % len(names)] if group in names else group
+        if group not in names:  # node-level messages and unknown groups: as before
+            route_to(self, group, event, now, out)  # type: ignore[arg-type]
+            return
+        wrong = names[(names.index(group) + 1) % len(names)]
         self._feed(wrong, event, now, out)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Groups, "_route_to", misroute)
@@ -356,9 +363,10 @@ def test_every_group_has_a_holder_soon_and_a_node_death_moves_exactly_its_groups
 # ---------------------------------------------------------------------- batching
 
 
-def test_heartbeats_of_every_group_a_node_leads_share_datagrams() -> None:
-    """Ten groups led by node1: per peer and heartbeat round, node1 sends about one datagram
-    (not ten), and node2 answers all ten heartbeats in about one datagram."""
+def test_idle_traffic_follows_the_nodes_not_the_groups() -> None:
+    """Ten groups led by node1, then idle: per peer and heartbeat round node1 sends one
+    datagram with one node-level heartbeat (not ten group heartbeats), node2 answers with one
+    acknowledgement, and every group's lease still holds on it (node liveness)."""
     nodes = tuple(NodeSpec(n, p) for n, p in (("node1", 150), ("node2", 100), ("node3", 50)))
     specs = {f"g{i}": ClusterSpec(nodes) for i in range(10)}
     sim = GroupSim(specs, 3)
@@ -366,12 +374,17 @@ def test_heartbeats_of_every_group_a_node_leads_share_datagrams() -> None:
     assert all(sim.holders(g) == ["node1"] for g in specs)
     sim.datagrams.clear()
     sim.run_until(10.0)
+    assert all(sim.holders(g) == ["node1"] for g in specs)
     rounds = 5.0 / DEFAULT.heartbeat_interval
     per_link = Counter((src, dst) for _, src, dst, _ in sim.datagrams)
     items = Counter((src, dst) for _, src, dst, n in sim.datagrams for _ in range(n))
-    assert items[("node1", "node2")] >= 10 * rounds * 0.95  # every group's heartbeats
-    assert per_link[("node1", "node2")] <= rounds * 1.1, per_link
-    assert per_link[("node2", "node1")] <= rounds * 1.1, per_link
+    for link in (("node1", "node2"), ("node2", "node1"), ("node1", "node3")):
+        assert rounds * 0.9 <= items[link] <= rounds * 1.1, items
+        assert per_link[link] <= rounds * 1.1, per_link
+    # The followers have nothing to say to each other.
+    assert items[("node2", "node3")] == 0, items
+    node1 = sim.nodes["node1"].groups
+    assert node1 is not None and node1.liveness.mismatches == 0
 
 
 # ---------------------------------------------------------------------- the multiplexer
@@ -517,3 +530,41 @@ if __name__ == "__main__":  # replay one seed with its whole trace
         print(exc)
         raise SystemExit(1) from None
     print(f"seed {seed_arg}: ok ({done.description})")
+
+
+# ---------------------------------------------------------------------- node liveness
+
+
+def _caught(seeds: int) -> str:
+    for seed in range(seeds):
+        try:
+            run_group_seed(seed)
+        except SimulationError as exc:
+            return str(exc)
+    return ""
+
+
+def test_node_liveness_teeth_a_follower_renewing_on_any_digest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follower that renews its promises on every node-level heartbeat, whatever groups it
+    names, backs leases it never promised: the per-group invariants catch it."""
+
+    def renew_always(self: Liveness, sender: str, hb: NodeHeartbeat, now: float) -> NodeAck:
+        self._contact[sender] = now
+        self._heard[sender] = now
+        return NodeAck(hb.seq, True)
+
+    monkeypatch.setattr(Liveness, "on_heartbeat", renew_always)
+    caught = _caught(100)
+    assert "without a majority lease" in caught or "two running VIP holders" in caught, caught
+
+
+def test_node_liveness_teeth_promises_renewed_lazily_but_never_made_concrete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node that forgets a lazily renewed promise when it changes role (no `_materialize`
+    at the start of a step) votes while a lease counted on it: caught."""
+    monkeypatch.setattr(Node, "_materialize", lambda self: None)
+    caught = _caught(100)
+    assert "without a majority lease" in caught or "two running VIP holders" in caught, caught

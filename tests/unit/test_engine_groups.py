@@ -147,7 +147,10 @@ async def test_what_one_step_sends_a_peer_leaves_in_one_batch() -> None:
     peers = [to for to, _ in rig.transport.batches]
     assert sorted(peers) == ["b", "c"], rig.transport.batches  # one batch per peer
     for _, items in rig.transport.batches:
-        assert {g for g, _ in items} == {"web", "db"}
+        # Both groups' leases are renewed by one node-level heartbeat (node liveness) once
+        # the peers fortified them; until then each group sends its own.
+        groups = {g for g, _ in items}
+        assert groups in ({"web", "db"}, {""}), items
 
 
 @sync

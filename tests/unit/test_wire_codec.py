@@ -22,6 +22,8 @@ from hafailover.core.messages import (
     MaintenanceRequest,
     Message,
     MessageType,
+    NodeAck,
+    NodeHeartbeat,
     PeerSummary,
     TimeoutNow,
     TransferRequest,
@@ -138,8 +140,37 @@ GOLDEN: list[tuple[Message, bytes, bytes]] = [  # message, payload, name table
 ]
 
 
+NODE_GOLDEN: list[tuple[Message, bytes]] = [  # node-level message, payload (group '')
+    (NodeHeartbeat(5, 0x0102030405060708), b"\x05" + bytes(range(1, 9))),
+    (NodeHeartbeat(300, 2**64 - 1), b"\xac\x02" + b"\xff" * 8),
+    (NodeAck(7, True), b"\x07\x01"),
+    (NodeAck(2**14, False), b"\x80\x80\x01\x00"),
+]
+
+
 def test_golden_examples_cover_every_message_type() -> None:
-    assert {MESSAGE_TYPES[type(m)] for m, _, _ in GOLDEN} == set(MessageType)
+    covered = {MESSAGE_TYPES[type(m)] for m, _, _ in GOLDEN}
+    covered |= {MESSAGE_TYPES[type(m)] for m, _ in NODE_GOLDEN}
+    assert covered == set(MessageType)
+
+
+@pytest.mark.parametrize(("message", "payload"), NODE_GOLDEN)
+def test_node_level_items_have_an_empty_group_name(message: Message, payload: bytes) -> None:
+    kind = MESSAGE_TYPES[type(message)]
+    expected = forge(item("", kind, payload), sequence=1, ts=9)
+    assert codec("alpha").encode_batch([("", message)], 9, to="bravo") == [expected]
+    assert codec().decode(expected) == Decoded("alpha", INC, 1, 9, (("", message),))
+
+
+def test_node_and_election_messages_never_swap_places() -> None:
+    sender = codec("alpha")
+    with pytest.raises(EncodeError, match="node-level"):
+        sender.encode_batch([("web", NodeAck(1, True))], 0, to="bravo")
+    with pytest.raises(EncodeError, match="node-level"):
+        sender.encode_batch([("", TimeoutNow(1))], 0, to="bravo")
+    receiver = codec()
+    for bad in (item("web", 10, b"\x01\x01"), item("", 5, b"\x01")):
+        assert receiver.decode(forge(bad)) == Dropped(DropReason.MALFORMED)
 
 
 @pytest.mark.parametrize(("message", "payload", "names"), GOLDEN)
