@@ -605,7 +605,8 @@ def release_vips(settings: Settings, config: Path | None) -> None:
     that record is used first, without parsing the configuration (which may be large or
     broken): the state directory is systemd's $STATE_DIRECTORY, or /var/lib/hafailover with the
     default configuration file. Only when there is no record is the configuration read (its
-    state_dir's record, else its VIPs).
+    state_dir's record, else its VIPs). `python -m hafailover release-vips` (what the unit runs)
+    takes a shorter path to the same result when the record is found (hafailover/__main__.py).
 
     \b
     Example:
@@ -613,16 +614,14 @@ def release_vips(settings: Settings, config: Path | None) -> None:
     """
     import asyncio
 
-    from hafailover.net.record import recorded_vips
-    from hafailover.net.vip import NetlinkVipPort, Vip, VipError
+    from hafailover.net.record import record_state_dir, recorded_vips, release
+    from hafailover.net.vip import Vip, VipError
 
     path = config or settings.config or DEFAULT_CONFIG
     vips: list[Vip] | None = None
     source = ""
-    state_dirs = [d for d in os.environ.get("STATE_DIRECTORY", "").split(":")[:1] if d]
-    if not state_dirs and path == DEFAULT_CONFIG:
-        state_dirs = ["/var/lib/hafailover"]  # the configuration's default state_dir
-    for state_dir in state_dirs:
+    state_dir = record_state_dir(path == DEFAULT_CONFIG)
+    if state_dir is not None:
         try:
             vips, source = recorded_vips(state_dir), "recorded"
         except VipError as e:
@@ -640,13 +639,6 @@ def release_vips(settings: Settings, config: Path | None) -> None:
             click.echo(f"warning: {e}; using the configured VIPs", err=True)
         if vips is None:
             vips, source = [Vip(v.address, v.interface) for v in cfg.all_vips], "configured"
-
-    async def release(vips: list[Vip]) -> list[Vip]:
-        port = NetlinkVipPort()
-        try:
-            return await port.cleanup_stale(vips)
-        finally:
-            await port.close()
 
     try:
         removed = asyncio.run(release(vips))

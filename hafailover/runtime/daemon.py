@@ -4,8 +4,15 @@ Exit codes: 0 stopped cleanly, 1 runtime failure, 78 (EX_CONFIG) the configurati
 state file or environment is unusable; systemd does not restart on 78 (RestartPreventExitStatus)
 because a restart cannot fix it.
 
-Start-up order matters for systemd: READY=1 is sent only once the configuration is valid, the
-UDP socket is bound, leftover VIPs are removed and the ARP frames are built.
+Start-up order matters for systemd. READY=1 is sent once the configuration, key and state are
+valid, the VIPs are recorded for `release-vips`, their interfaces exist, the UDP socket is bound
+and the control socket answers: what an operator can get wrong fails `systemctl start` (exit 78).
+The VIP manager opens right after READY=1, off the readiness path: pyroute2 is imported (in a
+thread, so the loop keeps pinging the watchdog), leftover VIPs are removed, the ARP/NA frames
+(crafted in a subprocess started before READY=1) are loaded into the announcers, link tracking
+starts. Only then does the engine start: until it does, the node takes no step, casts no vote
+and cannot take a VIP, and datagrams from peers are dropped (as if it were not up yet); the
+systemd status line says "starting". If the VIP manager cannot be opened, the daemon exits 78.
 
 Shutdown (SIGTERM/SIGINT) is final and ordered: the core gets `Stop` (a leader removes its VIPs
 and only then sends TimeoutNow to its successor); after a short grace for that datagram to
@@ -21,6 +28,7 @@ health judged from its own checks and links (`runtime/grouphealth.py`).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import random
 import signal
@@ -28,7 +36,7 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from hafailover.config import (
     ConfigError,
@@ -62,7 +70,6 @@ from hafailover.runtime.engine import Engine, Ports, lag_ticker, renewal_interva
 from hafailover.runtime.grouphealth import Drift, GroupHealth
 from hafailover.runtime.interfaces import interface_networks
 from hafailover.runtime.logs import setup_logging
-from hafailover.runtime.metrics import GroupSnapshot, MetricsError, MetricsServer, MetricsSnapshot
 from hafailover.runtime.notify import Notifier, NotifierPort
 from hafailover.runtime.reload import Reloader
 from hafailover.runtime.sdnotify import SystemdNotifier
@@ -70,6 +77,9 @@ from hafailover.runtime.status import StatusHandler
 from hafailover.runtime.store import EventLog, StateError, StateStore
 from hafailover.runtime.transport import UdpTransport
 from hafailover.wire import Codec, Decoded, KeyFileError, load_key, new_incarnation
+
+if TYPE_CHECKING:  # imported when metrics are configured (prometheus_client costs ~30 ms)
+    from hafailover.runtime.metrics import MetricsServer
 
 log = logging.getLogger("hafailover.daemon")
 
@@ -94,6 +104,38 @@ def _group_shapes(config: Config) -> list[tuple[object, ...]]:
 
 def _ignore(ok: bool, detail: str) -> None:
     """The checks' node-wide verdict: unused, each group judges its own checks."""
+
+
+async def _craft(
+    vips: list[Vip], macs: dict[str, bytes], router: dict[str, bool]
+) -> dict[Vip, list[bytes]]:
+    return await build_frames_async(vips, macs, router=router) if vips else {}
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel a start-up task and wait for it (the crafting subprocess is killed)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+class _NotOpenYet:
+    """The engine's announcer until the VIP manager is open. The engine takes no step before
+    then, so nothing announces through it; if anything tried, it would fail, never pretend."""
+
+    async def start(self) -> None:
+        raise AnnounceError("the announcers are not open yet")
+
+    def announce(self) -> None:
+        raise AnnounceError("the announcers are not open yet")
+
+    def cancel(self) -> None:
+        pass
+
+    def set_holding(self, holding: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class StartupError(LocalError):
@@ -222,48 +264,24 @@ class Daemon:
             raise StartupError(
                 f"cannot record the VIPs in {config.state_dir}: {e.strerror or e}"
             ) from e
+        # The VIP port opens netlink (importing pyroute2) on first use: after READY=1.
         vip_port = NetlinkVipPort()
         try:
-            removed = await vip_port.cleanup_stale(self.vips)
             macs = {v.interface: vip_port.interface_mac(v.interface) for v in self.vips}
-        except VipError as e:
-            await vip_port.close()
+            router = {i: _ipv6_forwarding(i) for i in {v.interface for v in self.vips}}
+        except (VipError, OSError) as e:
             raise StartupError(f"cannot manage the VIPs: {e}") from e
-        for v in removed:
-            log.warning("removed leftover VIP %s (from an earlier run)", v)
+        # Crafting the announcement frames runs a subprocess (scapy, ~0.4 s): started first, it
+        # works on another core while this process gets ready.
+        crafting = asyncio.create_task(_craft(self.vips, macs, router))
         engine: Engine | None = None
+        started = False  # the engine runs; before, peers' datagrams are dropped
 
         def may_announce(group: str) -> Callable[[], bool]:
             # A repeat due during a freeze must not claim the address once the lease is over.
             return lambda: engine is not None and engine.lease_valid(group)
 
-        # One announcer per group (each group announces and goes quiet on its own), sharing
-        # one packet socket per interface and frames crafted once for every VIP: crafting runs
-        # a subprocess (~0.4 s), which must not be paid once per group.
-        sockets: dict[str, FrameSocket] = {}
-
-        def shared_socket(ifname: str) -> FrameSocket:
-            if ifname not in sockets:
-                sockets[ifname] = open_packet_socket(ifname)
-            return sockets[ifname]
-
-        try:
-            router = {i: _ipv6_forwarding(i) for i in {v.interface for v in self.vips}}
-            frames = await build_frames_async(self.vips, macs, router=router) if self.vips else {}
-        except (AnnounceError, OSError) as e:
-            await vip_port.close()
-            raise StartupError(f"cannot build the VIP announcements: {e}") from e
-        announcers: dict[str, Announcer] = {}
-        for g in config.groups:
-            announcers[g.name] = RawAnnouncer(
-                self.group_vips[g.name], config.announce.count, config.announce.interval,
-                config.announce.refresh, macs=macs, may_announce=may_announce(g.name),
-                frames={v: frames[v] for v in self.group_vips[g.name]},
-                socket_factory=shared_socket,
-            )
-            await announcers[g.name].start()
         first = config.groups[0].name
-
         specs = {g.name: config.group_spec(g.name) for g in config.groups}
         groups = Groups(specs, me.name, random.Random(), persisted)
         fingerprint = config.fingerprint()
@@ -277,7 +295,7 @@ class Daemon:
         drift: Drift | None = None
 
         def on_batch(decoded: Decoded) -> None:
-            if engine is not None and drift is not None:
+            if started and engine is not None and drift is not None:
                 drift.observe(decoded.sender, decoded.fingerprint)
                 engine.on_batch(decoded.sender, decoded.items)
 
@@ -286,11 +304,15 @@ class Daemon:
                 codec, (str(me.address), config.port_of(me)), peers, on_batch
             )
         except OSError as e:
+            await _cancel(crafting)
             raise StartupError(
                 f"cannot bind UDP {me.address}:{config.port_of(me)}: {e.strerror}"
             ) from e
         watcher = ConflictWatcher(self.vips, macs, lambda addr: self._conflict(engine, addr))
-        ports = Ports(transport, vip_port, announcers[first], notifiers[first], store, events,
+        # Each group's announcer needs the crafted frames; until they are in (after READY=1,
+        # before the engine starts, so before anything could be announced) a placeholder.
+        announcers: dict[str, Announcer] = {}
+        ports = Ports(transport, vip_port, _NotOpenYet(), notifiers[first], store, events,
                       systemd, on_held=watcher.set_held, announcers=announcers,
                       notifiers=notifiers)
         engine = Engine(
@@ -303,7 +325,12 @@ class Daemon:
         )
         drift = Drift(engine, fingerprint)
         engine.vetted = drift.vetted
-        metrics = await self._start_metrics(engine)
+        try:
+            metrics = await self._start_metrics(engine)
+        except StartupError:
+            transport.close()
+            await _cancel(crafting)
+            raise
         check_list = check_specs(config)
         health = GroupHealth(
             engine, config, check_list,
@@ -314,10 +341,6 @@ class Daemon:
             health.interfaces, self.vips, on_link=health.on_link,
             on_address_removed=engine.readd, own_removal=vip_port.removed_by_us,
         )
-        try:
-            health.set_links((await links.start()).links)
-        except Exception as e:  # netlink errors come in many types
-            log.error("link tracking disabled: %s", e)
         handler = StatusHandler(
             engine, config.cluster.name, checks, fingerprint=dict(fingerprint),
             peer_fingerprints=drift.peer_fingerprints, drift=lambda: drift.differing,
@@ -327,25 +350,48 @@ class Daemon:
             await control.start()
         except ControlServerError as e:
             transport.close()
+            await _cancel(crafting)
             raise StartupError(str(e)) from e
         self.engine, self.checks, self.handler = engine, checks, handler
         self.health, self.links = health, links
-        try:
-            watcher.start()
-        except OSError as e:
-            log.warning("ARP conflict watching disabled: %s", e)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        await engine.start()
-        await checks.start()
-        # Lag is judged against ~300 ms; one wake-up per heartbeat interval resolves that.
+        # Lag is judged against ~300 ms; one wake-up per heartbeat interval resolves that. The
+        # watchdog is pinged from here on, while the VIP manager opens too.
         tick = min(interval or 1.0, timings.heartbeat_interval)
         if metrics is not None:
             engine.on_lag = self._publisher(engine, metrics, transport)
         ticker = asyncio.create_task(lag_ticker(engine, tick))
+        # READY=1: configuration, key, state, VIP record, interfaces, UDP and control sockets.
+        systemd.status("starting: opening the VIP manager")
         systemd.ready()
+        try:
+            announcers.update(await self._open_vip_manager(vip_port, crafting, macs,
+                                                           may_announce))
+        except BaseException:
+            ticker.cancel()
+            transport.close()
+            await _cancel(crafting)
+            await _bounded(control.stop(), "closing the control socket")
+            if metrics is not None:
+                await _bounded(asyncio.to_thread(metrics.stop), "stopping the metrics endpoint")
+            await vip_port.close()
+            raise
+        ports.announcer = announcers[first]
+        try:
+            health.set_links((await links.start()).links)
+        except Exception as e:  # netlink errors come in many types
+            log.error("link tracking disabled: %s", e)
+        try:
+            watcher.start()
+        except OSError as e:
+            log.warning("ARP conflict watching disabled: %s", e)
+        # From here on the node takes part: elections, votes, and VIPs through a working port.
+        await engine.start()
+        started = True
+        await checks.start()
         log.info("ready: node %s, %d peers, VIPs %s", me.name, len(peers),
                  ", ".join(str(v) for v in self.vips) or "none")
         try:
@@ -387,9 +433,51 @@ class Daemon:
         return {g.name: Notifier(notify_hooks(g.notify), config.notify.timeout)
                 for g in config.groups}
 
+    async def _open_vip_manager(
+        self, vip_port: NetlinkVipPort, crafting: asyncio.Task[dict[Vip, list[bytes]]],
+        macs: dict[str, bytes], may_announce: Callable[[str], Callable[[], bool]],
+    ) -> dict[str, Announcer]:
+        """After READY=1: netlink opened and leftover VIPs removed, then every group's announcer
+        started with the crafted frames. StartupError if the VIPs cannot be managed."""
+        config = self.config
+        try:
+            # pyroute2 takes ~0.2-0.3 s to import: in a thread, the loop keeps its ticks.
+            await asyncio.to_thread(importlib.import_module, "pyroute2")
+            removed = await vip_port.cleanup_stale(self.vips)
+        except (VipError, ImportError) as e:
+            raise StartupError(f"cannot manage the VIPs: {e}") from e
+        for v in removed:
+            log.warning("removed leftover VIP %s (from an earlier run)", v)
+        try:
+            frames = await crafting
+        except (AnnounceError, OSError) as e:
+            raise StartupError(f"cannot build the VIP announcements: {e}") from e
+        # One announcer per group (each group announces and goes quiet on its own), sharing
+        # one packet socket per interface and frames crafted once for every VIP: crafting runs
+        # a subprocess, which must not be paid once per group.
+        sockets: dict[str, FrameSocket] = {}
+
+        def shared_socket(ifname: str) -> FrameSocket:
+            if ifname not in sockets:
+                sockets[ifname] = open_packet_socket(ifname)
+            return sockets[ifname]
+
+        announcers: dict[str, Announcer] = {}
+        for g in config.groups:
+            vips = self.group_vips[g.name]
+            announcers[g.name] = RawAnnouncer(
+                vips, config.announce.count, config.announce.interval, config.announce.refresh,
+                macs=macs, may_announce=may_announce(g.name),
+                frames={v: frames[v] for v in vips}, socket_factory=shared_socket,
+            )
+            await announcers[g.name].start()
+        return announcers
+
     async def _start_metrics(self, engine: Engine) -> MetricsServer | None:
         if self.config.metrics is None:
             return None
+        from hafailover.runtime.metrics import MetricsError, MetricsServer
+
         server = MetricsServer()
         listen = self.config.metrics.listen
         try:
@@ -403,6 +491,8 @@ class Daemon:
     def _publisher(
         self, engine: Engine, metrics: MetricsServer, transport: UdpTransport
     ) -> Callable[[float], None]:
+        from hafailover.runtime.metrics import GroupSnapshot, MetricsSnapshot
+
         last = -PUBLISH_EVERY
 
         def publish(lag: float) -> None:

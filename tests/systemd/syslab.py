@@ -225,14 +225,17 @@ def measure_freeze(cluster: Cluster, sig: signal.Signals) -> dict[str, float]:
 
 def measure_release_vips(cluster: Cluster, node: str, address: str = "10.213.0.201/24",
                          ) -> float:
-    """Seconds `hafailover release-vips` (ExecStopPost's command) takes inside node to remove
-    one recorded address: a spare address, recorded in a scratch state directory, so that the
-    node's own daemon and VIP are not touched."""
+    """Seconds the unit's ExecStopPost command (`release-vips`, as installed) takes inside node
+    to remove one recorded address: a spare address, recorded in a scratch state directory
+    passed as systemd passes it, so that the node's own daemon and VIP are not touched."""
+    unit = cluster.lab.exec(node, ["cat", f"/lib/systemd/system/{UNIT}"]).stdout
+    command = next(ln.split("=", 1)[1] for ln in unit.splitlines()
+                   if ln.startswith("ExecStopPost="))
+    assert "release-vips" in command, command
     record = json.dumps({"version": 1, "vips": [{"address": address, "interface": "eth0"}]})
     cluster.lab.put(node, "/var/tmp/release-figure/vips.json", record + "\n", 0o600)
     cluster.lab.exec(node, ["ip", "addr", "add", address, "dev", "eth0"])
-    script = ("TIMEFORMAT=%R; time /opt/hafailover/bin/hafailover release-vips "
-              "-c /etc/hafailover/hafailover.yaml >/dev/null")
+    script = f"TIMEFORMAT=%R; time {command} >/dev/null"
     r = cluster.lab.exec(node, ["bash", "-c", script],
                          env={"STATE_DIRECTORY": "/var/tmp/release-figure"})
     gone = cluster.lab.exec(node, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout

@@ -21,8 +21,9 @@ from hafailover.core.spec import Timings
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "hafailover.service"
-# Where the package (packaging/build-deb.sh) puts the runtime's console script.
+# Where the package (packaging/build-deb.sh) puts the runtime's console script and interpreter.
 VENV_BIN = "/opt/hafailover/bin/hafailover"
+VENV_PYTHON = "/opt/hafailover/bin/python"
 CONTROL = REPO / "packaging" / "debian" / "control.in"
 
 Unit = dict[str, dict[str, list[str]]]
@@ -82,7 +83,8 @@ def verify_problems(unit_text: str, tmp_path: Path) -> list[str]:
     assert f"ExecStart={VENV_BIN} " in unit_text
     copy = tmp_path / "hafailover.service"
     for key in ("ExecStart", "ExecStopPost"):
-        unit_text = unit_text.replace(f"{key}={VENV_BIN} ", f"{key}={sys.executable} ")
+        for installed in (VENV_BIN, VENV_PYTHON):
+            unit_text = unit_text.replace(f"{key}={installed} ", f"{key}={sys.executable} ")
     copy.write_text(unit_text)
     r = subprocess.run(
         [analyze, "verify", str(copy)],
@@ -137,6 +139,16 @@ def test_execstart_runs_the_installed_console_script(unit: Unit) -> None:
     assert argv == [VENV_BIN, "run", "-c", "/etc/hafailover/hafailover.yaml"]
     build = (REPO / "packaging" / "build-deb.sh").read_text()
     assert re.search(r"^PREFIX=/opt/hafailover$", build, re.M), "the package's runtime moved"
+
+
+def test_execstoppost_releases_the_vips_by_the_short_path(unit: Unit) -> None:
+    # `python -I -m hafailover release-vips`: hafailover/__main__.py removes the daemon's
+    # record without the CLI framework (the console script would import click first).
+    argv = shlex.split(one(unit, "Service", "ExecStopPost"))
+    assert argv == [VENV_PYTHON, "-I", "-m", "hafailover", "release-vips",
+                    "-c", "/etc/hafailover/hafailover.yaml"]
+    # The record is found through $STATE_DIRECTORY, which systemd sets from StateDirectory=.
+    assert one(unit, "Service", "StateDirectory") == "hafailover"
 
 
 def package_depends() -> set[str]:
