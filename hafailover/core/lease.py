@@ -49,6 +49,9 @@ class LeaderLease:
         self._peers = peers
         self._live = live
         self._active = False
+        # (liveness version, computed lease): `current()` is asked often (every datagram, for
+        # every group held), what it depends on changes once a round.
+        self._cached: tuple[int, float] | None = None
         self.round = 0
         self._sent: dict[int, float] = {}
         self.heartbeat_at = INF
@@ -62,9 +65,11 @@ class LeaderLease:
         self.stepdown_at = now + self._t.lease_duration
         self._peers.reset_acks()
         self._active = True
+        self._cached = None
 
     def end(self) -> None:
         self._active = False
+        self._cached = None
         self.heartbeat_at = INF
         self.stepdown_at = INF
         self.until = NEVER
@@ -75,6 +80,7 @@ class LeaderLease:
     def next_round(self, now: float) -> int:
         """A heartbeat round sent at `now`; returns its number."""
         self.round += 1
+        self._cached = None
         self._sent[self.round] = now
         self._sent.pop(self.round - 64, None)
         # The next round falls on a grid of the interval on this node's clock, not `interval`
@@ -90,7 +96,12 @@ class LeaderLease:
         sent = self._sent.get(rnd)
         if sent is not None and sent > info.acked_sent_at:
             info.acked_sent_at = sent
+            self._cached = None
             self._renew()
+
+    def invalidate(self) -> None:
+        """A peer's fortification changed: compute the lease afresh next time."""
+        self._cached = None
 
     def current(self) -> float:
         """The lease now, counting node-level support that came in since the last step."""
@@ -104,10 +115,16 @@ class LeaderLease:
             self._renew()
 
     def _computed(self) -> float:
-        newest = self._sent.get(self.round, NEVER)
-        if self._live is not None:
-            newest = max(newest, self._live.last_sent)
-        return self._peers.lease_base(newest) + self._t.lease_duration
+        live = self._live
+        own = self._sent.get(self.round, NEVER)
+        if live is None:
+            return self._peers.lease_base(own) + self._t.lease_duration
+        cached = self._cached
+        if cached is not None and cached[0] == live.version:
+            return cached[1]
+        value = self._peers.lease_base(max(own, live.last_sent)) + self._t.lease_duration
+        self._cached = (live.version, value)
+        return value
 
     def _renew(self) -> None:
         lease = self._computed()

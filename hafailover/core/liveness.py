@@ -85,6 +85,9 @@ class Liveness:
         # Any node-level message from the peer (reachability).
         self._contact = dict.fromkeys(peers, NEVER)
         self.mismatches = 0
+        # Bumped whenever what a lease is computed from changes (a round sent, support
+        # received), so that leases can cache their value between changes.
+        self.version = 0
 
     # ------------------------------------------------------------------ read by `Node`
 
@@ -134,6 +137,7 @@ class Liveness:
         self._sent[self.seq] = now
         self._sent.pop(self.seq - _KEEP_ROUNDS, None)
         self.last_sent = now
+        self.version += 1
         return [(p, NodeHeartbeat(self.seq, d)) for p, d in out]
 
     def on_heartbeat(self, sender: str, hb: NodeHeartbeat, now: float) -> NodeAck | None:
@@ -159,6 +163,7 @@ class Liveness:
             if ack.seq > self._support_seq[sender]:
                 self._support_seq[sender] = ack.seq
                 self._support_at[sender] = sent
+                self.version += 1
             return False
         if ack.seq < self._expected_since[sender]:
             return False

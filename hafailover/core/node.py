@@ -335,6 +335,7 @@ class Node:
             return False
         self._lease.refresh()
         info.fortified_seq = None
+        self._lease.invalidate()
         return True
 
     def _fortified(self) -> bool:
@@ -616,8 +617,10 @@ class Node:
             self._lease.acked(info, ack.round)
             if self._live is not None and info.fortified_seq is None:
                 info.fortified_seq = self._live.next_seq()
-        elif info is not None:
+                self._lease.invalidate()
+        elif info is not None and info.fortified_seq is not None:
             info.fortified_seq = None
+            self._lease.invalidate()
         self._maybe_preempt(now)
 
     def _refusal_wait(self, sender: str, req: VoteRequest, now: float) -> float | None:
