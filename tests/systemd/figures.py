@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import sys
@@ -82,14 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--repeats must be at least 1")
     with tempfile.TemporaryDirectory(prefix="hafailover-figures-") as tmp:
         deb = args.deb or build_deb(Path(tmp))
+        load_before = os.getloadavg()[0]
         runs = measure(deb, args.repeats)
+        load_after = os.getloadavg()[0]
+    # The figures are timings on a shared machine: what else ran shows in the load.
+    print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after, "
+          f"{os.cpu_count()} CPUs")
     medians = {k: statistics.median(v) for k, v in runs.items() if v}
     for name, unit in UNITS.items():
         if name in medians:
             shown = ", ".join(f"{v:.3g}" for v in runs[name])
             print(f"FIGURE {name} = {medians[name]:.3g} {unit}  [{shown}]")
     if args.json:
-        args.json.write_text(json.dumps({"deb": str(deb), "runs": runs, "medians": medians},
+        args.json.write_text(json.dumps({"deb": str(deb), "runs": runs, "medians": medians,
+                                         "load": [load_before, load_after]},
                                         indent=1) + "\n")
     return 0
 
