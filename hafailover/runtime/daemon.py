@@ -226,6 +226,9 @@ class Daemon:
         }
         self.vips = [v for vs in self.group_vips.values() for v in vs]
         self._stop = asyncio.Event()
+        # A SIGHUP while the VIP manager opens (after READY=1) is applied once the engine runs.
+        self._running = False
+        self._reload_due = False
 
     async def run(self) -> int:
         config, me = self.config, self.me
@@ -392,6 +395,9 @@ class Daemon:
         await engine.start()
         started = True
         await checks.start()
+        self._running = True
+        if self._reload_due:
+            self._reload()
         log.info("ready: node %s, %d peers, VIPs %s", me.name, len(peers),
                  ", ".join(str(v) for v in self.vips) or "none")
         try:
@@ -542,6 +548,9 @@ class Daemon:
         nor a broken file can stall heartbeats and leases; over a limit the reload is refused.
         Checks, notify hooks and log level apply live; the rest is refused.
         """
+        if not self._running:
+            self._reload_due = True
+            return
         if self._reloader is None:
             self._reloader = Reloader(self.config_path, self._apply_reload, self._refuse_reload)
         self._reloader.request()

@@ -1,11 +1,18 @@
-"""`hafailover run` refuses, before touching the network, what this runtime cannot run."""
+"""`hafailover run`: it refuses, before touching the network, what this runtime cannot run; and
+it tells systemd it is ready before the VIP manager opens, but starts the engine only after."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from hafailover.control.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,3 +44,57 @@ def test_a_lifetime_too_short_for_the_lease_is_refused_with_exit_78(tmp_path: Pa
                       "vips:\n  - {address: 10.213.0.100/24, interface: eth0}\n")
     assert r.returncode == 78, r.stderr
     assert "vip_lifetime (2s) is too short" in r.stderr and "3s or more" in r.stderr
+
+
+STARTING = "STATUS=starting: opening the VIP manager"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare (a private network namespace)")
+def test_ready_once_the_control_socket_answers_and_the_engine_only_after(tmp_path: Path) -> None:
+    """READY=1 comes with the control socket answering and a "starting" status; the engine's
+    first status line (it has started: it may vote, and take a VIP) only after it. Run in a
+    private network namespace with only its loopback."""
+    key = tmp_path / "cluster.key"
+    key.write_text("k" * 44 + "\n")
+    key.chmod(0o600)
+    config = tmp_path / "hafailover.yaml"
+    control = tmp_path / "control.sock"
+    config.write_text(
+        f"cluster: {{name: lab, key_file: {key}}}\n"
+        "nodes:\n"
+        "  - {name: node1, address: 127.0.0.1, priority: 150}\n"
+        "  - {name: node2, address: 127.0.0.2, priority: 100}\n"
+        f"state_dir: {tmp_path / 'state'}\ncontrol_socket: {control}\n"
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    argv = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+            sys.executable, "-m", "hafailover", "run", "-c", str(config), "--node", "node1"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
+    )
+    messages: list[str] = []
+    try:
+        while "READY=1" not in messages:
+            messages += notify.recv(4096).decode().splitlines()
+        # At READY=1 the control socket answers (nothing else happens in between: the
+        # daemon's loop runs on while this process asks).
+        status = ControlClient(control, timeout=5).status()
+        assert status["role"] == "follower"
+        while not any(m.startswith("STATUS=") and m != STARTING for m in messages):
+            messages += notify.recv(4096).decode().splitlines()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+        notify.close()
+    assert proc.returncode == 0, err
+    ready = messages.index("READY=1")
+    assert messages.index(STARTING) < ready, messages
+    engine_line = next(i for i, m in enumerate(messages)
+                       if m.startswith("STATUS=") and m != STARTING)
+    assert engine_line > ready and messages[engine_line].startswith("STATUS=follower, term 0")
+    log = err.splitlines()
+    assert [ln for ln in log if "engine: started" in ln], err
