@@ -287,6 +287,13 @@ class Node:
     def lease_until(self) -> float:
         return self._lease.current() if self.role is Role.LEADER else NEVER
 
+    def lease_valid(self, now: float) -> bool:
+        """`now < lease_until`, cheaply: the lease made concrete at the last step usually
+        answers it without computing what node liveness has added since."""
+        if self.role is not Role.LEADER:
+            return False
+        return now < self._lease.until or now < self._lease.current()
+
     @property
     def settle_until(self) -> float:
         """Cold start: no standing before this (monotonic; -inf once a leader was seen)."""

@@ -251,7 +251,7 @@ class Engine:
         names = self.groups.groups if group is None else (group,)
         for g in names:
             n = self.groups.node(g)
-            if n.holds_vip and now < n.lease_until:
+            if n.holds_vip and n.lease_valid(now):
                 return True
         return False
 
@@ -266,7 +266,7 @@ class Engine:
         silenced = False
         for g in list(self._announced):
             n = self.groups.node(g)
-            if n.holds_vip and now >= n.lease_until:
+            if n.holds_vip and not n.lease_valid(now):
                 self.ports.announcer_for(g).cancel()
                 self._announced.discard(g)
                 silenced = True
@@ -584,7 +584,7 @@ class Engine:
     async def _readd(self, item: _Readd) -> None:
         g = item.group
         n = self.groups.node(g)
-        if g not in self._added or not (n.holds_vip and self.clock() < n.lease_until):
+        if g not in self._added or not (n.holds_vip and n.lease_valid(self.clock())):
             return
         try:
             await self.ports.vips.add([item.vip], self.vip_lifetime)
@@ -619,7 +619,7 @@ class Engine:
             return
         now = self.clock()
         due = [g for g in self.groups.groups if g in self._added
-               and self.groups.node(g).holds_vip and now < self.groups.node(g).lease_until]
+               and self.groups.node(g).holds_vip and self.groups.node(g).lease_valid(now)]
         if not due:
             return  # the core releases at its next event; let the kernel's clock run meanwhile
         try:
