@@ -82,6 +82,8 @@ from hafailover.core.reasons import Reason
 from hafailover.errors import HafailoverError
 from hafailover.net.vip import Vip, VipError
 from hafailover.runtime.history import History, status_line
+from hafailover.runtime.inbox import Inbox
+from hafailover.runtime.lagticker import lag_ticker
 from hafailover.runtime.notify import hook_env
 from hafailover.runtime.ports import Elections, Input, OneGroup, Ports, exit_now
 from hafailover.runtime.store import StateError
@@ -131,7 +133,6 @@ class _Readd:
 
 
 _RENEW: Final = _Renew()
-_Item = tuple[list[Input] | _Renew | _Readd, "asyncio.Future[list[Action]] | None"]
 
 
 class Engine:
@@ -171,13 +172,13 @@ class Engine:
         self.started_at = clock()
         # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
         self.group_failing: dict[str, dict[Effect, str]] = {}
-        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
-        self._held: deque[_Item] = deque()
+        self._inbox: Inbox[Input, _Renew | _Readd, list[Action]] = Inbox(MAX_MERGE)
         self._task: asyncio.Task[None] | None = None
-        self._renewer: asyncio.Task[None] | None = None
+        self._renewer: asyncio.TimerHandle | None = None
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._timer_at = float("inf")  # when the armed timer fires
+        self._deadline = float("inf")  # the core's next deadline, as of the last step
         self._waiters: dict[int, asyncio.Future[CommandResult]] = {}
         self._added: set[str] = set()  # groups whose VIPs this engine added and kept since
         self._announced: set[str] = set()  # groups announcing their VIPs as this node's
@@ -212,8 +213,6 @@ class Engine:
         """Run the core's start step, then consume the inbox until `close()`."""
         await self._step(None)
         self._task = asyncio.create_task(self._consume(), name="engine")
-        if self.vip_lifetime:
-            self._renewer = asyncio.create_task(self._renew_ticks(), name="vip-renewal")
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop taking events: the one being handled finishes, the rest are dropped."""
@@ -221,8 +220,9 @@ class Engine:
         self._cancel_timer()
         if self._renewer is not None:
             self._renewer.cancel()
+            self._renewer = None
         if self._task is not None:
-            self._inbox.put_nowait((_RENEW, None))  # wake the consumer so it sees _closed
+            self._inbox.put(_RENEW)  # wake the consumer so it sees _closed
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
@@ -242,7 +242,7 @@ class Engine:
         """Queue several events as one step (e.g. every item of one datagram)."""
         if not self._closed and events:
             self._silence_if_lease_expired()
-            self._inbox.put_nowait((events, None))
+            self._inbox.put(events)
 
     def lease_valid(self, group: str | None = None) -> bool:
         """Whether this node holds `group`'s VIPs (any group's, for None) under a lease still
@@ -289,7 +289,7 @@ class Engine:
         fut: asyncio.Future[list[Action]] = asyncio.get_running_loop().create_future()
         if self._closed:
             return []
-        self._inbox.put_nowait(([event], fut))
+        self._inbox.put([event], fut)
         return await fut
 
     def on_message(self, sender: str, message: Message, group: str = DEFAULT_GROUP) -> None:
@@ -363,35 +363,13 @@ class Engine:
         still holds under a valid lease."""
         for g, vs in self.group_vips.items():
             if vip in vs and g in self._added and not self._closed:
-                self._inbox.put_nowait((_Readd(g, vip), None))
+                self._inbox.put(_Readd(g, vip))
 
     # ------------------------------------------------------------------ the executor
 
-    async def _next(self) -> _Item:
-        """The next input; inputs without a waiter that queued up meanwhile (datagrams, timer,
-        health) are merged into one step, in order: one state write and one datagram per peer
-        for all of them. A node that fell behind (an election of many groups, each vote on
-        disk before it is sent) catches up in a few steps instead of one fsync per datagram;
-        merging only delays sends to the end of the step, which the core allows."""
-        if self._held:
-            return self._held.popleft()
-        item, fut = await self._inbox.get()
-        if not isinstance(item, list) or fut is not None:
-            return item, fut
-        merged = list(item)
-        for _ in range(MAX_MERGE):
-            if self._inbox.empty():
-                break
-            nxt = self._inbox.get_nowait()
-            if not isinstance(nxt[0], list) or nxt[1] is not None:
-                self._held.append(nxt)  # taken out of order: handled next, before the inbox
-                break
-            merged += nxt[0]
-        return merged, None
-
     async def _consume(self) -> None:
         while not self._closed:
-            item, fut = await self._next()
+            item, fut = await self._inbox.next()
             if self._closed:
                 if fut is not None and not fut.done():
                     fut.set_result([])
@@ -413,12 +391,7 @@ class Engine:
             if fut is not None and not fut.done():
                 fut.set_result(actions)
         # Whoever still waits gets an empty step rather than hanging.
-        while self._held:
-            _, fut = self._held.popleft()
-            if fut is not None and not fut.done():
-                fut.set_result([])
-        while not self._inbox.empty():
-            _, fut = self._inbox.get_nowait()
+        for _, fut in self._inbox.drain():
             if fut is not None and not fut.done():
                 fut.set_result([])
 
@@ -438,6 +411,8 @@ class Engine:
             tagged = self.groups.start(now) if evs is None else self.groups.handle_many(evs, now)
             done += [t.action for t in tagged]
             failed, succeeded = await self._run(tagged)
+            if not failed and not succeeded:
+                continue  # no barrier in this call: nothing to feed back
             feedback: list[Input] = []
             for group, kind, detail in failed:
                 self.group_failing.setdefault(group, {})[kind] = detail
@@ -468,7 +443,7 @@ class Engine:
         persisted = False
         try:
             for group, action in actions:
-                stop = blocked.get(group) or blocked.get(NODE_WIDE)
+                stop = (blocked.get(group) or blocked.get(NODE_WIDE)) if blocked else None
                 if stop is not None and isinstance(action, CommandResult):
                     first, detail = stop
                     self._answer(
@@ -540,6 +515,7 @@ class Engine:
                 except VipError as e:
                     raise EffectError(Effect.ACQUIRE, f"adding the VIP failed: {e}") from e
                 self._added.add(group)
+                self._schedule_renewal()  # first renewal within one interval of the add
                 return Effect.ACQUIRE
             case Announce():
                 announcer = p.announcer_for(group)
@@ -605,12 +581,22 @@ class Engine:
             "detail": "address removed behind hafailover's back (netlink RTM_DELADDR)",
         })
 
-    async def _renew_ticks(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(self.renew_interval)
-            if self._added and not self._renew_queued and not self._closed:
-                self._renew_queued = True
-                self._inbox.put_nowait((_RENEW, None))
+    def _schedule_renewal(self) -> None:
+        """Arm the renewal timer (every `renew_interval` while this engine keeps VIPs it added:
+        a node holding nothing is not woken for it)."""
+        if self.vip_lifetime and self._renewer is None and not self._closed:
+            self._renewer = asyncio.get_running_loop().call_later(
+                self.renew_interval, self._renewal_due
+            )
+
+    def _renewal_due(self) -> None:
+        self._renewer = None
+        if self._closed or not self._added:
+            return  # armed again by the next acquire
+        if not self._renew_queued:
+            self._renew_queued = True
+            self._inbox.put(_RENEW)
+        self._schedule_renewal()
 
     async def _renew(self) -> None:
         """Extend the addresses' lifetime, each group's only while its core holds a valid
@@ -646,17 +632,27 @@ class Engine:
     # ------------------------------------------------------------------ timer and lag
 
     def _arm(self) -> None:
+        """After each step: make sure a timer fires by the core's next deadline.
+
+        A timer already armed for that deadline or earlier is kept; if it comes early (the
+        deadline moved later, as a follower's does with every heartbeat) it only re-arms for
+        the deadline (`_on_timer`). So a follower costs one timer per election timeout, not a
+        cancelled and a new timer per heartbeat. A deadline earlier than the armed timer
+        re-arms at once: the core is never woken late."""
         if self._closed:
             return
-        deadline = self.groups.next_deadline()
-        if deadline == self._timer_at and self._timer is not None:
+        deadline = self._deadline = self.groups.next_deadline()
+        if self._timer is not None and self._timer_at <= deadline:
             return
         self._cancel_timer()
-        self._timer_at = deadline
+        self._set_timer(deadline)
+
+    def _set_timer(self, deadline: float) -> None:
         if deadline != float("inf"):
             # On the engine's own clock, the one the core's deadlines are on.
             delay = max(0.0, deadline - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+            self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -665,8 +661,14 @@ class Engine:
         self._timer_at = float("inf")
 
     def _on_timer(self) -> None:
+        armed_for = self._timer_at
         self._timer = None
         self._timer_at = float("inf")
+        if self._closed:
+            return
+        if self._deadline > armed_for:
+            self._set_timer(self._deadline)  # the deadline moved later since: not due yet
+            return
         self.feed(TimerFired())
 
     def tick(self, expected: float) -> None:
@@ -736,15 +738,3 @@ def renewal_interval(lifetime: float, lease: float) -> float:
 
 def _stopping(request_id: int) -> CommandResult:
     return CommandResult(request_id, False, Reason.STOPPING, "the daemon is stopping")
-
-
-async def lag_ticker(engine: Engine, interval: float) -> None:
-    """Wake every `interval`: measure loop lag, ping the watchdog only while on time."""
-    expected = engine.clock() + interval
-    while not engine.stopping:
-        await asyncio.sleep(max(0.0, expected - engine.clock()))
-        engine.tick(expected)
-        now = engine.clock()
-        expected += interval
-        if expected < now:  # after a long stall, do not fire a burst of catch-up ticks
-            expected = now + interval

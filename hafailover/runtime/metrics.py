@@ -285,6 +285,11 @@ class MetricsServer:
             buckets=LOOP_LAG_BUCKETS,
             registry=self.registry,
         )
+        # Labelled children, looked up once per label value: `labels()` validates and locks on
+        # every call.
+        self._transition_children: dict[tuple[str, str], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
+        self._observe_lag = self._loop_lag.observe
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
@@ -298,13 +303,20 @@ class MetricsServer:
         self._state.snapshot = snapshot
 
     def observe_transition(self, group: str, reason: str) -> None:
-        self._transitions.labels(group=group, reason=reason).inc()
+        child = self._transition_children.get((group, reason))
+        if child is None:
+            child = self._transitions.labels(group=group, reason=reason)
+            self._transition_children[(group, reason)] = child
+        child.inc()
 
     def observe_check_duration(self, check: str, seconds: float) -> None:
-        self._check_duration.labels(check=check).observe(seconds)
+        child = self._duration_children.get(check)
+        if child is None:
+            child = self._duration_children[check] = self._check_duration.labels(check=check)
+        child.observe(seconds)
 
     def observe_loop_lag(self, seconds: float) -> None:
-        self._loop_lag.observe(max(0.0, seconds))
+        self._observe_lag(seconds if seconds > 0.0 else 0.0)
 
     # --- endpoint ----------------------------------------------------------------------------
 
