@@ -7,7 +7,9 @@
 
 cpu: 3 nodes at the default timings (heartbeat 100ms, failover 600ms), no health checks, the
 metrics endpoint on and scraped every second from the client; per daemon the CPU it used itself
-(utime+stime, not children) over `window` seconds once every group has a holder, and its RSS.
+(utime+stime, not children) over `window` seconds once every group has a holder, the part of it
+in the event loop's thread (the rest is the metrics endpoint's threads), how many groups' VIPs
+it held at the end, and its RSS.
 failover: web/db on 3 nodes, node1's host dies: web's failover time (kill to the VIP on its new
 holder) and the db client's lost probes (10 ms probes). link: the two-bridge lab, node1's eth0
 loses carrier: time to the VIP on node2. vipdel: `ip addr del` of web's VIP on its holder: time
@@ -41,8 +43,10 @@ METRICS_PORT = 9405
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime+stime of the process (every thread), or of its thread `tid`."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
@@ -105,14 +109,20 @@ def bench_cpu(groups: int, window: float, settle: float) -> dict[str, Any]:
         time.sleep(settle)
         pids = {n: c.procs[n].pid for n in lab.nodes}
         before = {n: cpu_seconds(p) for n, p in pids.items()}
+        loop_before = {n: cpu_seconds(p, p) for n, p in pids.items()}  # the main thread
         t = time.monotonic()
         time.sleep(window)
         dt = time.monotonic() - t
         cpu = {n: 100 * (cpu_seconds(p) - before[n]) / dt for n, p in pids.items()}
+        loop = {n: 100 * (cpu_seconds(p, p) - loop_before[n]) / dt for n, p in pids.items()}
+        holds = c.group_holders()
         rss = {n: rss_mb(p) for n, p in pids.items()}
         scraper.close()
         alive = all(c.procs[n].alive() for n in lab.nodes)
-        return {"what": "cpu", "groups": groups, "cpu_percent": cpu, "rss_mb": rss,
+        return {"what": "cpu", "groups": groups, "cpu_percent": cpu,
+                "loop_thread_cpu_percent": loop,
+                "vips_held": {n: sum(n in h for h in holds.values()) for n in lab.nodes},
+                "rss_mb": rss,
                 "held_s": held_s, "scrapes_ok": scraper.ok,
                 "scrapes_failed": scraper.failed, "alive": alive, "window_s": round(dt, 1)}
 
