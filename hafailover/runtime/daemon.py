@@ -28,7 +28,6 @@ health judged from its own checks and links (`runtime/grouphealth.py`).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import random
 import signal
@@ -53,14 +52,9 @@ from hafailover.core.peers import NEVER
 from hafailover.core.reasons import Role
 from hafailover.errors import LocalError
 from hafailover.net.announce import (
-    AnnounceError,
     Announcer,
     ConflictWatcher,
-    FrameSocket,
-    RawAnnouncer,
     _ipv6_forwarding,  # the IPv6 router flag, read as the announcer itself reads it
-    build_frames_async,
-    open_packet_socket,
 )
 from hafailover.net.links import LinkWatcher
 from hafailover.net.record import record_vips
@@ -76,6 +70,13 @@ from hafailover.runtime.sdnotify import SystemdNotifier
 from hafailover.runtime.status import StatusHandler
 from hafailover.runtime.store import EventLog, StateError, StateStore
 from hafailover.runtime.transport import UdpTransport
+from hafailover.runtime.vipmanager import (
+    NotOpenYet,
+    VipManagerError,
+    cancel,
+    craft,
+    open_vip_manager,
+)
 from hafailover.wire import Codec, Decoded, KeyFileError, load_key, new_incarnation
 
 if TYPE_CHECKING:  # imported when metrics are configured (prometheus_client costs ~30 ms)
@@ -104,38 +105,6 @@ def _group_shapes(config: Config) -> list[tuple[object, ...]]:
 
 def _ignore(ok: bool, detail: str) -> None:
     """The checks' node-wide verdict: unused, each group judges its own checks."""
-
-
-async def _craft(
-    vips: list[Vip], macs: dict[str, bytes], router: dict[str, bool]
-) -> dict[Vip, list[bytes]]:
-    return await build_frames_async(vips, macs, router=router) if vips else {}
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel a start-up task and wait for it (the crafting subprocess is killed)."""
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-class _NotOpenYet:
-    """The engine's announcer until the VIP manager is open. The engine takes no step before
-    then, so nothing announces through it; if anything tried, it would fail, never pretend."""
-
-    async def start(self) -> None:
-        raise AnnounceError("the announcers are not open yet")
-
-    def announce(self) -> None:
-        raise AnnounceError("the announcers are not open yet")
-
-    def cancel(self) -> None:
-        pass
-
-    def set_holding(self, holding: bool) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class StartupError(LocalError):
@@ -276,7 +245,7 @@ class Daemon:
             raise StartupError(f"cannot manage the VIPs: {e}") from e
         # Crafting the announcement frames runs a subprocess (scapy, ~0.4 s): started first, it
         # works on another core while this process gets ready.
-        crafting = asyncio.create_task(_craft(self.vips, macs, router))
+        crafting = asyncio.create_task(craft(self.vips, macs, router))
         engine: Engine | None = None
         started = False  # the engine runs; before, peers' datagrams are dropped
 
@@ -307,7 +276,7 @@ class Daemon:
                 codec, (str(me.address), config.port_of(me)), peers, on_batch
             )
         except OSError as e:
-            await _cancel(crafting)
+            await cancel(crafting)
             raise StartupError(
                 f"cannot bind UDP {me.address}:{config.port_of(me)}: {e.strerror}"
             ) from e
@@ -315,7 +284,7 @@ class Daemon:
         # Each group's announcer needs the crafted frames; until they are in (after READY=1,
         # before the engine starts, so before anything could be announced) a placeholder.
         announcers: dict[str, Announcer] = {}
-        ports = Ports(transport, vip_port, _NotOpenYet(), notifiers[first], store, events,
+        ports = Ports(transport, vip_port, NotOpenYet(), notifiers[first], store, events,
                       systemd, on_held=watcher.set_held, announcers=announcers,
                       notifiers=notifiers)
         engine = Engine(
@@ -332,7 +301,7 @@ class Daemon:
             metrics = await self._start_metrics(engine)
         except StartupError:
             transport.close()
-            await _cancel(crafting)
+            await cancel(crafting)
             raise
         check_list = check_specs(config)
         health = GroupHealth(
@@ -353,7 +322,7 @@ class Daemon:
             await control.start()
         except ControlServerError as e:
             transport.close()
-            await _cancel(crafting)
+            await cancel(crafting)
             raise StartupError(str(e)) from e
         self.engine, self.checks, self.handler = engine, checks, handler
         self.health, self.links = health, links
@@ -371,16 +340,18 @@ class Daemon:
         systemd.status("starting: opening the VIP manager")
         systemd.ready()
         try:
-            announcers.update(await self._open_vip_manager(vip_port, crafting, macs,
-                                                           may_announce))
-        except BaseException:
+            announcers.update(await open_vip_manager(config, self.group_vips, vip_port,
+                                                     crafting, macs, may_announce))
+        except BaseException as e:
             ticker.cancel()
             transport.close()
-            await _cancel(crafting)
+            await cancel(crafting)
             await _bounded(control.stop(), "closing the control socket")
             if metrics is not None:
                 await _bounded(asyncio.to_thread(metrics.stop), "stopping the metrics endpoint")
             await vip_port.close()
+            if isinstance(e, VipManagerError):
+                raise StartupError(str(e)) from e
             raise
         ports.announcer = announcers[first]
         try:
@@ -438,46 +409,6 @@ class Daemon:
         """Each group's hooks (its own laid over the top-level ones), one runner per group."""
         return {g.name: Notifier(notify_hooks(g.notify), config.notify.timeout)
                 for g in config.groups}
-
-    async def _open_vip_manager(
-        self, vip_port: NetlinkVipPort, crafting: asyncio.Task[dict[Vip, list[bytes]]],
-        macs: dict[str, bytes], may_announce: Callable[[str], Callable[[], bool]],
-    ) -> dict[str, Announcer]:
-        """After READY=1: netlink opened and leftover VIPs removed, then every group's announcer
-        started with the crafted frames. StartupError if the VIPs cannot be managed."""
-        config = self.config
-        try:
-            # pyroute2 takes ~0.2-0.3 s to import: in a thread, the loop keeps its ticks.
-            await asyncio.to_thread(importlib.import_module, "pyroute2")
-            removed = await vip_port.cleanup_stale(self.vips)
-        except (VipError, ImportError) as e:
-            raise StartupError(f"cannot manage the VIPs: {e}") from e
-        for v in removed:
-            log.warning("removed leftover VIP %s (from an earlier run)", v)
-        try:
-            frames = await crafting
-        except (AnnounceError, OSError) as e:
-            raise StartupError(f"cannot build the VIP announcements: {e}") from e
-        # One announcer per group (each group announces and goes quiet on its own), sharing
-        # one packet socket per interface and frames crafted once for every VIP: crafting runs
-        # a subprocess, which must not be paid once per group.
-        sockets: dict[str, FrameSocket] = {}
-
-        def shared_socket(ifname: str) -> FrameSocket:
-            if ifname not in sockets:
-                sockets[ifname] = open_packet_socket(ifname)
-            return sockets[ifname]
-
-        announcers: dict[str, Announcer] = {}
-        for g in config.groups:
-            vips = self.group_vips[g.name]
-            announcers[g.name] = RawAnnouncer(
-                vips, config.announce.count, config.announce.interval, config.announce.refresh,
-                macs=macs, may_announce=may_announce(g.name),
-                frames={v: frames[v] for v in vips}, socket_factory=shared_socket,
-            )
-            await announcers[g.name].start()
-        return announcers
 
     async def _start_metrics(self, engine: Engine) -> MetricsServer | None:
         if self.config.metrics is None:

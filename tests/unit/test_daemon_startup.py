@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,27 +70,39 @@ def test_ready_once_the_control_socket_answers_and_the_engine_only_after(tmp_pat
     )
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
-    notify.settimeout(20)
+    notify.settimeout(0.5)
     argv = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
             sys.executable, "-m", "hafailover", "run", "-c", str(config), "--node", "node1"]
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
     )
+    deadline = time.monotonic() + 60
     messages: list[str] = []
+
+    def receive() -> None:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                messages.extend(notify.recv(4096).decode().splitlines())
+                return
+            except TimeoutError:
+                continue
+        raise AssertionError(f"no notification (daemon exit status {proc.poll()}): {messages}")
+
+    status: dict[str, object] | None = None
     try:
         while "READY=1" not in messages:
-            messages += notify.recv(4096).decode().splitlines()
-        # At READY=1 the control socket answers (nothing else happens in between: the
-        # daemon's loop runs on while this process asks).
+            receive()
+        # At READY=1 the control socket answers.
         status = ControlClient(control, timeout=5).status()
-        assert status["role"] == "follower"
         while not any(m.startswith("STATUS=") and m != STARTING for m in messages):
-            messages += notify.recv(4096).decode().splitlines()
+            receive()
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
         notify.close()
+        print(err, file=sys.stderr)  # shown if the test fails
+    assert status is not None and status["role"] == "follower"
     assert proc.returncode == 0, err
     ready = messages.index("READY=1")
     assert messages.index(STARTING) < ready, messages
