@@ -25,7 +25,7 @@ from hafailover.net.announce import (
     build_frames_async,
     open_packet_socket,
 )
-from hafailover.net.vip import NetlinkVipPort, Vip, VipError
+from hafailover.net.vip import Vip, VipError, VipPort
 
 if TYPE_CHECKING:
     from hafailover.config.schema import Config
@@ -71,7 +71,7 @@ class NotOpenYet:
 
 
 async def open_vip_manager(
-    config: Config, group_vips: dict[str, list[Vip]], vip_port: NetlinkVipPort,
+    config: Config, group_vips: dict[str, list[Vip]], vip_port: VipPort,
     crafting: asyncio.Task[Frames], macs: dict[str, bytes],
     may_announce: Callable[[str], Callable[[], bool]],
 ) -> dict[str, Announcer]:
