@@ -12,7 +12,9 @@ Routing (`handle`):
   acquire/release this way. A message for a group this node does not have is dropped and
   counted (`unknown_group_messages`): the wire codec has already dropped such items, so this
   only happens during a reload; a switchover for one is refused (`TARGET_UNKNOWN`).
-* `TimerFired`: to every group whose deadline is due within its `Timings.heartbeat_slack`.
+* `TimerFired`: to every group whose deadline is due within its `Timings.heartbeat_slack`, at
+  most `TIMER_GROUPS_PER_STEP` of them per step (the rest stay due), then the node-level round
+  of `hafailover.core.liveness` if it is due.
   A leader woken that early sends its heartbeat at once, so once leaders have fired together
   their heartbeats stay in the same round and, per peer, in the same datagram.
 * `Stop`, `HealthChanged` (node-wide), `VipConflict`, `EffectFailed` and `EffectSucceeded`
@@ -84,6 +86,11 @@ INF = float("inf")
 # (their results are dropped). Operator request ids are positive.
 _INTERNAL = -1
 _TIMER = TimerFired()
+
+TIMER_GROUPS_PER_STEP = 64
+"""At most this many groups are woken by one `TimerFired`; the others stay due, so
+`next_deadline()` is still past and the caller fires again at once, after its event loop had a
+turn (hundreds of groups whose election timers fall together do not stall the loop in one step)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,7 @@ class Groups:
             persisted_group = state.for_group(group)
             self._nodes[group] = Node(spec, name, rng, persisted_group, ok, self.liveness)
         self._first = next(iter(self._nodes))
+        self._names = tuple(self._nodes)
         self._deadlines: dict[str, float] = dict.fromkeys(self._nodes, INF)
         # Node liveness: each group's key as a follower (leader, key) and as a leader (per
         # peer), as last folded into `liveness`'s digests.
@@ -180,7 +188,7 @@ class Groups:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return tuple(self._nodes)
+        return self._names
 
     def node(self, group: str) -> Node:
         """The election of `group` (read-only use: status, tests)."""
@@ -203,12 +211,13 @@ class Groups:
         what the step sends each peer can leave in one datagram."""
         out: list[Tagged] = []
         if min(self._deadlines.values()) <= now:
-            # Overdue timers first: a group whose lease ran out while the process could not run
-            # releases before this step acts on anything, as a single `Node` does at every entry
-            # point. Otherwise a datagram for another group, read first after a freeze, would be
-            # handled while this group still held its VIPs on an expired lease.
+            # Overdue timers of groups holding VIPs first: a group whose lease ran out while the
+            # process could not run releases before this step acts on anything, as a single
+            # `Node` does at every entry point. Otherwise a datagram for another group, read
+            # first after a freeze, would be handled while this group still held its VIPs on an
+            # expired lease. (Other overdue groups wait for their `TimerFired`.)
             for group, deadline in list(self._deadlines.items()):
-                if deadline <= now:
+                if deadline <= now and self._nodes[group].holds_vip:
                     self._feed(group, _TIMER, now, out)
         for event in events:
             self._route(event, now, out)
@@ -218,6 +227,10 @@ class Groups:
     def next_deadline(self) -> float:
         """The earliest time at which `handle(TimerFired(), now)` must next be called."""
         return min(min(self._deadlines.values()), self.liveness.next_deadline())
+
+    def due(self, now: float) -> int:
+        """How many groups' deadlines are at or before `now`."""
+        return sum(1 for d in self._deadlines.values() if d <= now)
 
     def view(self, now: float) -> GroupsView:
         views = tuple((g, n.view(now)) for g, n in self._nodes.items())
@@ -238,9 +251,13 @@ class Groups:
             case MessageReceived(sender=sender, message=NodeHeartbeat() | NodeAck() as message):
                 self._on_node_message(sender, message, now, out)
             case TimerFired():
+                woken = 0
                 for group, node in self._nodes.items():
                     if self._deadlines[group] <= now + node.spec.timings.heartbeat_slack:
                         self._feed(group, event, now, out)
+                        woken += 1
+                        if woken == TIMER_GROUPS_PER_STEP:
+                            break
                 if self.liveness.next_deadline() <= now + self._slack:
                     for peer, hb in self.liveness.send_round(now):
                         out.append(Tagged(NODE_LEVEL, Send(peer, hb)))
