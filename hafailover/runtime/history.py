@@ -89,14 +89,22 @@ def status_line(elections: _Elections, failing: Mapping[Effect, str], now: float
             f"{'healthy' if view.healthy else 'unhealthy'}"
             f"{', holds VIP' if view.holds_vip else ''}{effects}"
         )
-    views = [(g, elections.node(g).view(now)) for g in names]
-    leads = [g for g, v in views if v.role is Role.LEADER]
-    holds = sum(1 for _, v in views if v.holds_vip)
-    leaderless = [g for g, v in views if not v.leader]
-    not_eligible = [g for g, v in views if not v.eligible]
-    text = f"{len(names)} groups: leads {', '.join(leads) or 'none'}, holds {holds}"
+    # Plain attributes, not views: this runs after every step that decided something.
+    nodes = [(g, elections.node(g)) for g in names]
+    leads = [g for g, n in nodes if n.role is Role.LEADER]
+    holds = sum(1 for _, n in nodes if n.holds_vip)
+    leaderless = [g for g, n in nodes if not n.leader]
+    not_eligible = [g for g, n in nodes if not n.eligible]
+    text = f"{len(names)} groups: leads {_some(leads) or 'none'}, holds {holds}"
     if leaderless:
-        text += f", no leader: {', '.join(leaderless)}"
+        text += f", no leader: {_some(leaderless)}"
     if not_eligible:
-        text += f", not eligible for {', '.join(not_eligible)}"
+        text += f", not eligible for {_some(not_eligible)}"
     return text + effects
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    """A list of group names for one status line: the first few and how many more."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
