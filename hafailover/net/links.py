@@ -7,18 +7,27 @@ multicast events (no polling). It calls
 * `on_link(ifname, up)` when a watched interface changes between usable and not: `up` means
   administratively up (IFF_UP) with carrier (IFLA_CARRIER, else IFF_LOWER_UP); an interface that
   does not exist, or was renamed away, is down;
-* `on_address_removed(vip)` when a watched VIP that was present is deleted by anyone but this
+* `on_address_removed(vip)` when a watched VIP is deleted (RTM_DELADDR) by anyone but this
   process's own VIP port (`own_removal`, e.g. `NetlinkVipPort.removed_by_us`): an admin's
   `ip addr del`, a network manager, the kernel when its lifetime ran out, or the interface
   going away.
 
 Callbacks run in the loop, synchronously; they should only hand the event on.
 
+Only removals and link changes matter, so RTM_NEWADDR events are not decoded: every lifetime
+renewal of every held VIP produces one (the kernel notifies a replace like an add), and decoding
+them was most of an idle daemon's cost here. The socket's decoding policy for RTM_NEWADDR is
+pyroute2's bare `nlmsg` (the netlink header only) except while the watcher dumps addresses, which
+come as RTM_NEWADDR too. A RTM_DELADDR of a watched VIP is reported whether or not the watcher
+saw it appear: the kernel sends one only for an address that was there. `state.vips` is
+therefore what the last dump found, less what was removed since.
+
 If the daemon falls behind, the kernel drops events and the next read fails with ENOBUFS: the
 socket is then unusable. The watcher closes it, opens a new one, dumps links and addresses again,
 and reports the current state: `on_link` for every watched interface, `on_address_removed` for
-every VIP that was present before and is not now. Other socket errors are handled the same way,
-after a short back-off.
+every watched VIP that is not present now (it may have been added, and removed, while events
+were lost; the callback ignores a VIP its node does not hold). Other socket errors are handled
+the same way, after a short back-off.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from hafailover.net.vip import Vip
 
 if TYPE_CHECKING:
     from pyroute2 import AsyncIPRoute
+
+    _Key = tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +80,13 @@ def link_up(msg: Any) -> bool:
     return bool(flags & IFF_UP) and has_carrier
 
 
+def _header_only() -> Any:
+    """pyroute2's bare netlink message: decodes the header (type, flags, ...) and nothing else."""
+    from pyroute2.netlink import nlmsg
+
+    return nlmsg
+
+
 def _addr_key(msg: Any) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
     raw = msg.get("local") or msg.get("address")
     index = msg.get("index")
@@ -78,6 +96,10 @@ def _addr_key(msg: Any) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Addr
         return int(index), ipaddress.ip_address(raw), int(msg.get("prefixlen", 0))
     except ValueError:
         return None
+
+
+def _keys(vips: Iterable[Vip]) -> dict[_Key, Vip]:
+    return {(v.interface, v.ip, v.prefixlen): v for v in vips}
 
 
 class LinkWatcher:
@@ -95,6 +117,7 @@ class LinkWatcher:
     ) -> None:
         self._vips = frozenset(vips)
         self._ifnames = frozenset(interfaces) | {v.interface for v in self._vips}
+        self._by_key = _keys(self._vips)
         self._on_link = on_link
         self._on_address_removed = on_address_removed
         self._own_removal = own_removal
@@ -127,6 +150,7 @@ class LinkWatcher:
         """Change what is watched (a reload); re-dump; no callbacks for the change itself."""
         self._vips = frozenset(vips)
         self._ifnames = frozenset(interfaces) | {v.interface for v in self._vips}
+        self._by_key = _keys(self._vips)
         self._present &= self._vips
         if self._ipr is not None:
             await self._dump(self._ipr)
@@ -151,10 +175,7 @@ class LinkWatcher:
     def _vip_for(self, key: tuple[int, Any, int]) -> Vip | None:
         index, ip, prefixlen = key
         name = self._names.get(index)
-        for vip in self._vips:
-            if vip.interface == name and vip.ip == ip and vip.prefixlen == prefixlen:
-                return vip
-        return None
+        return None if name is None else self._by_key.get((name, ip, prefixlen))
 
     # -- socket
 
@@ -166,6 +187,7 @@ class LinkWatcher:
         try:
             # Subscribe before dumping, so that no change falls between the two.
             await ipr.bind(groups=GROUPS)
+            ipr.register_policy(RTM_NEWADDR, _header_only())
             await self._dump(ipr)
         except BaseException:
             ipr.close()
@@ -181,11 +203,19 @@ class LinkWatcher:
             up[index] = link_up(msg)
         self._names, self._up = names, up
         present: set[Vip] = set()
-        async for msg in await ipr.addr("dump"):
-            key = _addr_key(msg)
-            vip = self._vip_for(key) if key is not None else None
-            if vip is not None:
-                present.add(vip)
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+        # A dump's answers are RTM_NEWADDR messages: decoded in full while it runs. Events
+        # read meanwhile are decoded too, and ignored as always.
+        ipr.register_policy(RTM_NEWADDR, ifaddrmsg)
+        try:
+            async for msg in await ipr.addr("dump"):
+                key = _addr_key(msg)
+                vip = self._vip_for(key) if key is not None else None
+                if vip is not None:
+                    present.add(vip)
+        finally:
+            ipr.register_policy(RTM_NEWADDR, _header_only())
         self._present = present
 
     def _drop_socket(self) -> None:
@@ -222,13 +252,14 @@ class LinkWatcher:
                 self._drop_socket()
 
     async def _resync(self) -> None:
-        before = set(self._present)
         await self._open_and_dump()
         self.resyncs += 1
         links = self._links()
         for name, up in links.items():
             self._report_link(name, up, force=True)
-        for vip in sorted(before - self._present, key=str):
+        # Additions are not tracked (RTM_NEWADDR is not decoded), so any watched VIP may have
+        # come and gone while events were lost: report every one that is absent now.
+        for vip in sorted(self._vips - self._present, key=str):
             self._removed(vip)
 
     def _handle(self, msg: Any) -> None:
@@ -246,14 +277,11 @@ class LinkWatcher:
             for name in {old, self._names.get(index)} & set(links):
                 if name is not None:
                     self._report_link(name, links[name])
-        elif kind in (RTM_NEWADDR, RTM_DELADDR):
+        elif kind == RTM_DELADDR:
+            # RTM_NEWADDR (a renewal, an add) is not decoded and changes nothing here.
             key = _addr_key(msg)
             vip = self._vip_for(key) if key is not None else None
-            if vip is None:
-                return
-            if kind == RTM_NEWADDR:
-                self._present.add(vip)
-            elif vip in self._present:
+            if vip is not None:
                 self._present.discard(vip)
                 self._removed(vip)
 
