@@ -9,8 +9,10 @@ clock), so ages and remaining leases are computed at scrape time, not at publish
 
 Counters and histograms (transitions, check durations, loop lag) are prometheus_client
 `Counter`/`Histogram` objects the loop updates through `observe_*`; their locks are held for
-microseconds. Dropped packets are cumulative counts the transport keeps anyway: they travel in the
-snapshot.
+microseconds. The loop lag comes with every lag tick (ten a second), so the loop only appends it to
+a buffer: the scrape observes the buffered values into the histogram before collecting it (or the
+loop does, once `LAG_BUFFER` values wait, when nobody scrapes). Dropped packets are cumulative
+counts the transport keeps anyway: they travel in the snapshot.
 
 `METRICS` is the interface (docs/metrics.md, the alert rules and the dashboard use these names).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -55,6 +58,8 @@ __all__ = [
 
 CHECK_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Loop lags buffered until a scrape (or until this many wait).
+LAG_BUFFER = 64
 
 
 class MetricInfo(NamedTuple):
@@ -240,6 +245,35 @@ class _SnapshotCollector(Collector):
         yield maintenance
 
 
+class _Buffered(Collector):
+    """Values the loop hands over with one append, observed into `observe` (thread-safe) by
+    the next scrape, registered before the metric it feeds, or by the loop once `limit` wait.
+    deque.append and popleft are atomic, so each value is observed exactly once."""
+
+    def __init__(self, observe: Callable[[float], None], limit: int) -> None:
+        self._pending: deque[float] = deque()
+        self._observe = observe
+        self._limit = limit
+
+    def add(self, value: float) -> None:
+        self._pending.append(value)
+        if len(self._pending) >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending
+        while True:
+            try:
+                value = pending.popleft()
+            except IndexError:
+                return
+            self._observe(value)
+
+    def collect(self) -> Iterator[Metric]:
+        self.flush()  # before the histogram is collected: it shows every lag measured so far
+        return iter(())
+
+
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -283,13 +317,15 @@ class MetricsServer:
             "hafailover_loop_lag_seconds",
             _INFO["hafailover_loop_lag_seconds"].help,
             buckets=LOOP_LAG_BUCKETS,
-            registry=self.registry,
+            registry=None,
         )
+        self._lags = _Buffered(self._loop_lag.observe, LAG_BUFFER)
+        self.registry.register(self._lags)  # collected (flushed) before the histogram
+        self.registry.register(self._loop_lag)
         # Labelled children, looked up once per label value: `labels()` validates and locks on
         # every call.
         self._transition_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
-        self._observe_lag = self._loop_lag.observe
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
@@ -316,7 +352,7 @@ class MetricsServer:
         child.observe(seconds)
 
     def observe_loop_lag(self, seconds: float) -> None:
-        self._observe_lag(seconds if seconds > 0.0 else 0.0)
+        self._lags.add(seconds if seconds > 0.0 else 0.0)
 
     # --- endpoint ----------------------------------------------------------------------------
 

@@ -161,6 +161,39 @@ def test_counters_and_histograms_accumulate(server: MetricsServer) -> None:
     assert value(got, "hafailover_check_duration_seconds_bucket", check="pg", le="0.005") == 0
 
 
+def test_loop_lags_wait_in_a_bounded_buffer_and_every_scrape_counts_each_once(
+    server: MetricsServer,
+) -> None:
+    from hafailover.runtime.metrics import LAG_BUFFER
+
+    # Nobody scrapes: the loop observes them itself once LAG_BUFFER wait (memory stays bounded).
+    for _ in range(3 * LAG_BUFFER + 5):
+        server.observe_loop_lag(0.001)
+    assert len(server._lags._pending) < LAG_BUFFER
+    assert value(scrape(server), "hafailover_loop_lag_seconds_count") == 3 * LAG_BUFFER + 5
+    # Scrapes from another thread while the loop observes: counts only grow, none is lost.
+    counts: list[float] = []
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            counts.append(value(scrape(server), "hafailover_loop_lag_seconds_count"))
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    observed = 3 * LAG_BUFFER + 5
+    deadline = time.monotonic() + 10
+    while len(counts) < 5 and time.monotonic() < deadline:
+        for _ in range(7):
+            server.observe_loop_lag(0.002)
+        observed += 7
+        time.sleep(0.0005)
+    stop.set()
+    thread.join()
+    assert counts == sorted(counts) and len(counts) >= 5
+    assert value(scrape(server), "hafailover_loop_lag_seconds_count") == observed
+
+
 def test_before_the_first_publish_only_build_info_and_observations(server: MetricsServer) -> None:
     got = scrape(server)
     assert value(got, "hafailover_build_info", version="9.9.9") == 1
