@@ -21,12 +21,17 @@ with it (net/ipv4/devinet.c `check_lifetime`, net/ipv6/addrconf.c `addrconf_veri
   disappears in [t + L - 0.02 s, about t + L + 1 s]; measured here: see tests/unit/test_vip.py.
 * replacing an address (RTM_NEWADDR with NLM_F_REPLACE) resets `tstamp`, which is what
   `renew()` relies on. The kernel ignores a missing NLM_F_CREATE (it re-creates an address that
-  is gone: `ip addr change`, which sends NLM_F_REPLACE alone, does so on 6.18 for both families),
-  so `renew()` first checks that every address is still there. IPv4 has no single-address
-  RTM_GETADDR, so the check is one dump, made cheap by strict checking (NETLINK_GET_STRICT_CHK):
-  the kernel then sends only that interface's addresses of that family, and pyroute2, whose
-  message decoding is most of a request's cost, decodes a handful instead of every address of
-  the namespace.
+  is gone: `ip addr change`, which sends NLM_F_REPLACE alone, does so on 6.18 for both families,
+  checked again in a namespace), so `renew()` first checks that every address is still there.
+  IPv4 has no single-address RTM_GETADDR, so the check is one dump, made cheap by strict
+  checking (NETLINK_GET_STRICT_CHK): the kernel then sends only that interface's addresses of
+  that family, and pyroute2, whose message decoding is most of a request's cost, decodes a
+  handful instead of every address of the namespace.
+* the replaces of one renewal travel in one datagram: each VIP's request message (a pyroute2
+  `ifaddrmsg`, built once per VIP and lifetime) goes through pyroute2's `NetlinkRequest` as its
+  `nlm_request_batch` does, and every answer is read, so each VIP's failure has the kernel's own
+  reason. Half the CPU of one `addr("replace")` call a VIP (its argument processing and a send
+  each).
 """
 
 from __future__ import annotations
@@ -216,6 +221,37 @@ def _every_message(msg: object) -> bool:
     return True
 
 
+def _newaddr(index: int, ip: IPAddress, prefixlen: int, valid: int, *, replace: bool) -> Any:
+    """RTM_NEWADDR as pyroute2's `addr("add" or "replace", ...)` builds it for a VIP.
+
+    Valid and preferred lifetime `valid`. IPv4 gets the broadcast of `ip addr add ... brd +`
+    (none on /31 and /32, RFC 3021); IPv6 no duplicate address detection, so that the address
+    is usable at once instead of tentative for ~1 s (split-brain is prevented by the lease).
+    """
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWADDR
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+    msg = ifaddrmsg()
+    msg["family"] = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    msg["prefixlen"] = prefixlen
+    msg["index"] = index
+    cacheinfo = {"ifa_valid": valid, "ifa_preferred": valid, "cstamp": 0, "tstamp": 0}
+    attrs: list[list[Any]] = [["IFA_CACHEINFO", cacheinfo], ["IFA_ADDRESS", str(ip)]]
+    if ip.version == 4:
+        if prefixlen <= 30:
+            net = ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
+            attrs.append(["IFA_BROADCAST", str(net.broadcast_address)])
+        attrs.append(["IFA_LOCAL", str(ip)])
+    else:
+        attrs.append(["IFA_FLAGS", IFA_F_NODAD])
+    msg["attrs"] = attrs
+    msg["header"]["type"] = RTM_NEWADDR
+    mode = NLM_F_REPLACE if replace else NLM_F_EXCL
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | mode
+    return msg
+
+
 class NetlinkVipPort:
     """Real VipPort on pyroute2's `AsyncIPRoute`, opened lazily inside the running loop."""
 
@@ -226,6 +262,7 @@ class NetlinkVipPort:
         self._closed = False
         self._removed: dict[Vip, float] = {}  # removed by this port -> when
         self._ifname: dict[int, str] = {}  # index -> name, as last looked up
+        self._renewals: dict[tuple[int, Vip, int], Any] = {}  # -> its request message
 
     # -- plumbing
 
@@ -297,27 +334,66 @@ class NetlinkVipPort:
         except _Failed as e:
             raise VipError(f"cannot list the addresses of interface {index}: {e}") from e
 
+    def _renewal(self, index: int, vip: Vip, seconds: int) -> Any:
+        """The request renewing `vip` on `index`, built once (pyroute2 re-encodes it per send)."""
+        msg = self._renewals.get((index, vip, seconds))
+        if msg is None:
+            if len(self._renewals) >= 4096:  # indexes and lifetimes that no longer occur
+                self._renewals.clear()
+            msg = _newaddr(index, vip.ip, vip.prefixlen, seconds, replace=True)
+            self._renewals[(index, vip, seconds)] = msg
+        return msg
+
+    async def _send(self, requests: Sequence[tuple[Vip, Any]]) -> list[tuple[Vip, _Failed]]:
+        """Send request messages in one datagram and read every answer; the failed requests.
+
+        As pyroute2's `nlm_request_batch`, which however stops at the first error or drops
+        every error unnamed: here each request keeps the kernel's own answer.
+        """
+        from pyroute2.netlink.nlsocket import NetlinkRequest
+
+        ipr = await self._open()
+        unread: list[Any] = []
+        failed: list[tuple[Vip, _Failed]] = []
+
+        async def exchange() -> None:
+            for _, msg in requests:
+                unread.append(NetlinkRequest(ipr, msg))
+                await unread[-1].prepare()
+            ipr.send(b"".join(bytes(r.msg.data) for r in unread))
+            for (vip, _), request in zip(requests, list(unread), strict=True):
+                unread.remove(request)  # response() frees its sequence number itself
+                try:
+                    async for _ in request.response():
+                        pass
+                except Exception as e:
+                    code = getattr(e, "code", None)
+                    if not isinstance(code, int):  # not a NetlinkError: a bug, let it show
+                        raise
+                    failed.append((vip, _Failed(code, _reason(e))))
+
+        try:
+            await self._call(exchange())
+        except _Failed as e:
+            return [(vip, e) for vip, _ in requests]
+        finally:
+            for request in unread:  # never read (sent or not): free its sequence number
+                request.cleanup()
+        return failed
+
     async def _request(
         self, command: str, index: int, ip: IPAddress, prefixlen: int, lifetime: int | None = None
     ) -> None:
         ipr = await self._open()
         if command == "del":
             self._note_removal(index, ip, prefixlen)
-        kwargs: dict[str, Any] = {"index": index, "address": str(ip), "prefixlen": prefixlen}
-        if command != "del":
-            if ip.version == 4:
-                net = ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
-                # Same broadcast as `ip addr add ... brd +`; /31 and /32 have none (RFC 3021).
-                if prefixlen <= 30:
-                    kwargs["broadcast"] = str(net.broadcast_address)
-            else:
-                # No duplicate address detection: usable at once instead of tentative for ~1 s.
-                # Split-brain is prevented by the lease, not by DAD.
-                kwargs["flags"] = IFA_F_NODAD
-            valid = INFINITY_LIFE_TIME if lifetime is None else lifetime
-            cacheinfo = {"ifa_valid": valid, "ifa_preferred": valid, "cstamp": 0, "tstamp": 0}
-            kwargs["IFA_CACHEINFO"] = cacheinfo
-        await self._call(ipr.addr(command, **kwargs))
+            await self._call(ipr.addr("del", index=index, address=str(ip), prefixlen=prefixlen))
+            return
+        valid = INFINITY_LIFE_TIME if lifetime is None else lifetime
+        msg = _newaddr(index, ip, prefixlen, valid, replace=command == "replace")
+        vip = Vip(ipaddress.ip_interface(f"{ip}/{prefixlen}"), self._ifname.get(index, "?"))
+        for _, failure in await self._send([(vip, msg)]):
+            raise failure
 
     def _note_removal(self, index: int, ip: IPAddress, prefixlen: int) -> None:
         now = time.monotonic()
@@ -386,6 +462,7 @@ class NetlinkVipPort:
         seconds = kernel_lifetime(lifetime)
         async with self._lock:
             errors: list[str] = []
+            renewals: list[tuple[Vip, Any]] = []
             for ifname, group in _by_interface(vips).items():
                 index = await self._index(ifname)
                 if index is None:
@@ -396,10 +473,8 @@ class NetlinkVipPort:
                     if (vip.ip, vip.prefixlen) not in found:
                         errors.append(f"{vip} is gone")
                         continue
-                    try:
-                        await self._request("replace", index, vip.ip, vip.prefixlen, seconds)
-                    except _Failed as e:
-                        errors.append(f"cannot renew {vip}: {e}")
+                    renewals.append((vip, self._renewal(index, vip, seconds)))
+            errors += [f"cannot renew {vip}: {e}" for vip, e in await self._send(renewals)]
             if errors:
                 raise VipError("; ".join(errors))
 
