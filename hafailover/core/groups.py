@@ -258,6 +258,21 @@ class Groups:
                         woken += 1
                         if woken == TIMER_GROUPS_PER_STEP:
                             break
+                else:
+                    # Awake anyway: groups due within the next round take their step now.
+                    # Most such deadlines are a lease or a promise that node liveness has
+                    # renewed since (the step only moves it on), so the groups of a node cost
+                    # about one wake-up a round, not one each. A timer step early is always
+                    # allowed (`Node` checks every time itself); a deadline not renewed stays
+                    # and fires on time.
+                    ahead = now + self.liveness.interval
+                    for group in self._names:
+                        if woken == TIMER_GROUPS_PER_STEP:
+                            break
+                        deadline = self._deadlines[group]
+                        if now + self._slack < deadline <= ahead:
+                            self._feed(group, event, now, out)
+                            woken += 1
                 if self.liveness.next_deadline() <= now + self._slack:
                     for peer, hb in self.liveness.send_round(now):
                         out.append(Tagged(NODE_LEVEL, Send(peer, hb)))
