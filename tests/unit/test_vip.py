@@ -362,6 +362,25 @@ main(body)
         assert e is not None and 290 <= e["valid_life_time"] <= 300, e  # not renewed to 30
 
 
+@pytest.mark.netns
+def test_a_renewal_of_many_vips_goes_in_several_datagrams(lab: Lab) -> None:
+    # 150 VIPs: three datagrams of at most 64 requests; every answer is read, one gone VIP in
+    # the middle is named and the others are renewed.
+    n1 = lab.nodes[0]
+    many = [Vip(ipaddress.ip_interface(f"10.213.1.{i}/16"), "eth0") for i in range(1, 151)]
+    lab.py(n1, "main(lambda p: p.add(VIPS, 30))", *many)
+    lab.ip("-n", n1, "addr", "del", "10.213.1.100/16", "dev", "eth0")
+    code = "main(lambda p: attempt(p.renew(VIPS, 300)))"
+    assert lab.py(n1, code, *many) == "10.213.1.100/16 dev eth0 is gone"
+    lifetimes = {
+        a["local"]: a["valid_life_time"]
+        for a in lab.addrs(n1)
+        if a["local"].startswith("10.213.1.")
+    }
+    assert len(lifetimes) == 149 and "10.213.1.100" not in lifetimes
+    assert all(298 <= t <= 300 for t in lifetimes.values()), lifetimes
+
+
 EXPIRY = """
 async def body(p):
     runs = []
