@@ -179,6 +179,9 @@ class Node:
         self._fortified_term = -1
         self._fort_delay = 0.0
         self._summary = ""
+        # Leader: `leader_keys()` and the state it was computed from.
+        self._keys_state: tuple[object, ...] = ()
+        self._keys: dict[str, tuple[int, bool, bool, str]] = {}
         # The last hand-over (target, term): its TimeoutNow is sent again once a failed
         # release has succeeded.
         self._handover = ("", -1)
@@ -324,15 +327,23 @@ class Node:
         """Leader: per fortified peer, the key fields it should hold for this group."""
         if self._live is None or self.role is not Role.LEADER:
             return {}
-        fortified = [p for p in self.peers.peers.values() if p.fortified_seq is not None]
-        if not fortified:
-            return {}
+        # Asked after every step of the group; what it depends on rarely changes.
+        state = (
+            self.term, self._reported_healthy, self.maintenance,
+            *((p.fortified_seq is not None, p.healthy, p.maintenance)
+              for p in self.peers.peers.values()),
+        )
+        if state == self._keys_state:
+            return self._keys
         own = PeerSummary(self.name, self._reported_healthy, self.maintenance, True)
         summary = summary_text(self.peers.summaries(0.0, 0.0, own))
-        return {
+        self._keys_state = state
+        self._keys = {
             p.spec.name: (self.term, p.healthy is True, p.maintenance is True, summary)
-            for p in fortified
+            for p in self.peers.peers.values()
+            if p.fortified_seq is not None
         }
+        return self._keys
 
     def unfortify(self, peer: str) -> bool:
         """Leader: `peer` disagreed about which groups it backs; send it this group's own

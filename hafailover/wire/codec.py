@@ -98,9 +98,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from hafailover.core.groups import DEFAULT_GROUP, NODE_LEVEL
 from hafailover.core.messages import MESSAGE_TYPES, Message, PeerSummary
@@ -239,6 +240,8 @@ class Codec:
         self._sequence = 0
         self._guards = {name: ReplayGuard(max_age) for name in self._senders.values()}
         self._groups: frozenset[str] = frozenset()
+        self._fingerprints: dict[bytes, tuple[tuple[str, bytes], ...]] = {}
+        self._name_tables: dict[bytes, tuple[str, ...]] = {}
         self._group_tags: dict[str, bytes] = {}
         self._group_names: dict[bytes, str] = {}
         self.set_groups(groups)
@@ -416,8 +419,11 @@ class Codec:
     def _body(
         self, r: Reader
     ) -> tuple[tuple[tuple[str, bytes], ...], tuple[Item, ...], tuple[str, ...]]:
-        fingerprint = decode_fingerprint(r)
-        names = decode_names(r)
+        # A sender's fingerprint and name table are the same bytes in datagram after datagram:
+        # parse each distinct one once (both encodings are self-delimiting, so equal bytes at
+        # this position parse to the same value and length).
+        fingerprint = _memoized(r, self._fingerprints, decode_fingerprint)
+        names = _memoized(r, self._name_tables, decode_names)
         items: list[Item] = []
         unknown: list[str] = []
         memo: dict[bytes, tuple[PeerSummary, ...]] = {}
@@ -455,6 +461,23 @@ class Codec:
                 items.append((group, decode_payload(kind, r, names, memo)))
             pos = end
         return fingerprint, tuple(items), tuple(unknown)
+
+
+_MEMO_ENTRIES = 16
+_T = TypeVar("_T")
+
+
+def _memoized(r: Reader, memo: dict[bytes, _T], parse: Callable[[Reader], _T]) -> _T:
+    data, pos, end = r.data, r.pos, r.end
+    for raw, value in memo.items():
+        if data.startswith(raw, pos, end):
+            r.pos = pos + len(raw)
+            return value
+    value = parse(r)
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[data[pos : r.pos]] = value
+    return value
 
 
 def _recipient(name: bytes) -> bytes:
