@@ -91,8 +91,14 @@ class Timings:
 
     @property
     def election_round_timeout(self) -> float:
-        """How long a (pre-)candidate waits for a majority before it tries again."""
-        return self.heartbeat_interval
+        """How long a (pre-)candidate waits for a majority before it tries again.
+
+        Two heartbeat intervals: a round that gets its answers ends at once, so this only
+        matters when one does not; then, with hundreds of groups electing at the same time, a
+        voter can take longer than one interval to answer them all, and a round given up too
+        early is an election lost and started again (a storm that did not settle at 420 groups
+        with one interval)."""
+        return 2 * self.heartbeat_interval
 
     @property
     def heartbeat_slack(self) -> float:

@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from hafailover.core.actions import PersistentState
 from hafailover.core.groups import DEFAULT_GROUP, GroupsState, GroupVote
@@ -307,6 +307,10 @@ class EventLog:
         self._limit = max_entries + max(1, max_entries // 4)
         self._count: int | None = None  # lines on disk, learned on first append
         self._needs_newline = False
+        # Kept open between appends (line-buffered: each entry is one write): opening and
+        # closing the file for every entry cost three times the write, and an election of
+        # hundreds of groups appends thousands of entries.
+        self._file: TextIO | None = None
 
     def _scan(self) -> None:
         try:
@@ -325,17 +329,30 @@ class EventLog:
                 self._scan()
             assert self._count is not None
             prefix = "\n" if self._needs_newline else ""
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(prefix + line)
+            f = self._file
+            if f is None or os.fstat(f.fileno()).st_nlink == 0:  # removed behind our back
+                self._close()
+                f = self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            f.write(prefix + line)
             self._needs_newline = False
             self._count += 1
             if self._count > self._limit:
                 self._rotate()
         except OSError as e:
+            self._close()
             self._count = None  # rescan next time; the file may have changed under us
             log.warning("cannot append to event log %s: %s", self.path, e.strerror or e)
 
+    def _close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+
     def _rotate(self) -> None:
+        self._close()  # the file is replaced: the next append opens the new one
         keep = self._lines()[-self.max_entries :]
         atomic_write(self.path, "".join(line + "\n" for line in keep).encode())
         self._count = len(keep)

@@ -311,3 +311,15 @@ def test_fake_event_log() -> None:
     fake.append({"a": 1})
     fake.append({"a": 2})
     assert fake.read(1) == [{"a": 2}]
+
+
+def test_event_log_kept_open_still_follows_a_removed_or_rotated_file(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, max_entries=2)
+    log.append({"n": 1})
+    log.path.unlink()  # an operator cleaning up, or logrotate without copytruncate
+    log.append({"n": 2})
+    assert [e["n"] for e in log.read()] == [2]
+    for n in range(3, 7):  # past the rotation limit (max_entries + a quarter, at least 1)
+        log.append({"n": n})
+    assert [e["n"] for e in log.read()][-1] == 6
+    assert len(log.read()) <= 3
