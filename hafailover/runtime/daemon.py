@@ -65,7 +65,6 @@ from hafailover.runtime.grouphealth import Drift, GroupHealth
 from hafailover.runtime.interfaces import interface_networks
 from hafailover.runtime.logs import setup_logging
 from hafailover.runtime.notify import Notifier, NotifierPort
-from hafailover.runtime.reload import Reloader
 from hafailover.runtime.sdnotify import SystemdNotifier
 from hafailover.runtime.status import StatusHandler
 from hafailover.runtime.store import EventLog, StateError, StateStore
@@ -79,8 +78,11 @@ from hafailover.runtime.vipmanager import (
 )
 from hafailover.wire import Codec, Decoded, KeyFileError, load_key, new_incarnation
 
-if TYPE_CHECKING:  # imported when metrics are configured (prometheus_client costs ~30 ms)
+# Imported when needed, not on the way to READY=1: metrics when configured (prometheus_client
+# costs ~30 ms), the reloader at the first SIGHUP.
+if TYPE_CHECKING:
     from hafailover.runtime.metrics import MetricsServer
+    from hafailover.runtime.reload import Reloader
 
 log = logging.getLogger("hafailover.daemon")
 
@@ -101,6 +103,19 @@ def _group_shapes(config: Config) -> list[tuple[object, ...]]:
          g.track_interfaces)
         for g in config.groups
     ]
+
+
+def lag_tick(watchdog_interval: float | None, heartbeat_interval: float) -> float:
+    """The lag probe's period: every heartbeat interval, and at least every WatchdogSec/2."""
+    return min(watchdog_interval or 1.0, heartbeat_interval)
+
+
+def watchdog_gap(watchdog_interval: float, heartbeat_interval: float, max_lag: float) -> float:
+    """The longest time between two watchdog pings while the loop is on time: a tick pings
+    when it is at most `max_lag` late, so one tick on time and the next `max_lag` late are a
+    tick period plus `max_lag` apart. WatchdogSec must be longer than that, with a margin for
+    the scheduling of this process and of systemd."""
+    return lag_tick(watchdog_interval, heartbeat_interval) + max_lag
 
 
 def _ignore(ok: bool, detail: str) -> None:
@@ -211,6 +226,17 @@ class Daemon:
                 f"({timings.failover_timeout:g}s): a hung daemon would keep the VIP past its "
                 "lease. Set WatchdogSec below failover_timeout in the unit."
             )
+        if interval is not None:
+            gap = watchdog_gap(interval, timings.heartbeat_interval,
+                               config.cluster.max_loop_lag_seconds)
+            if interval * 2 < gap:
+                log.warning(
+                    "WatchdogSec (%gs) is shorter than the longest gap between two watchdog "
+                    "pings of a daemon still on time (%gs: a tick every %gs, each up to "
+                    "max_loop_lag late): systemd may kill a healthy daemon. Set WatchdogSec "
+                    "above that.",
+                    interval * 2, gap, lag_tick(interval, timings.heartbeat_interval),
+                )
         if config.cluster.vip_lifetime:
             try:
                 renewal_interval(config.cluster.vip_lifetime, timings.lease_duration)
@@ -332,7 +358,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         # Lag is judged against ~300 ms; one wake-up per heartbeat interval resolves that. The
         # watchdog is pinged from here on, while the VIP manager opens too.
-        tick = min(interval or 1.0, timings.heartbeat_interval)
+        tick = lag_tick(interval, timings.heartbeat_interval)
         if metrics is not None:
             engine.on_lag = self._publisher(engine, metrics, transport)
         ticker = asyncio.create_task(lag_ticker(engine, tick))
@@ -483,6 +509,8 @@ class Daemon:
             self._reload_due = True
             return
         if self._reloader is None:
+            from hafailover.runtime.reload import Reloader
+
             self._reloader = Reloader(self.config_path, self._apply_reload, self._refuse_reload)
         self._reloader.request()
 

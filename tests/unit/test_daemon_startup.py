@@ -18,9 +18,10 @@ from hafailover.control.client import ControlClient
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+def run(tmp_path: Path, body: str, env: dict[str, str] | None = None,
+        key_text: str = "k" * 44 + "\n") -> subprocess.CompletedProcess[str]:
     key = tmp_path / "cluster.key"
-    key.write_text("k" * 44 + "\n")
+    key.write_text(key_text)
     key.chmod(0o600)
     config = tmp_path / "hafailover.yaml"
     config.write_text(
@@ -36,7 +37,7 @@ def run(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hafailover", "run", "-c", str(config), "--node", "node1"],
         capture_output=True, text=True, timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
@@ -45,6 +46,21 @@ def test_a_lifetime_too_short_for_the_lease_is_refused_with_exit_78(tmp_path: Pa
                       "vips:\n  - {address: 10.213.0.100/24, interface: eth0}\n")
     assert r.returncode == 78, r.stderr
     assert "vip_lifetime (2s) is too short" in r.stderr and "3s or more" in r.stderr
+
+
+@pytest.mark.parametrize(("watchdog_usec", "warned"), [(350_000, True), (450_000, False)])
+def test_a_watchdog_shorter_than_the_gap_between_pings_on_time_is_warned_about(
+    tmp_path: Path, watchdog_usec: int, warned: bool,
+) -> None:
+    """Default timings: a tick every 100 ms, on time up to 300 ms late, so pings of a daemon on
+    time may be 400 ms apart; a shorter WatchdogSec gets a warning (the start goes on, here to
+    the key file's refusal: nothing touches the network)."""
+    r = run(tmp_path, "", env={"NOTIFY_SOCKET": str(tmp_path / "no-notify.sock"),
+                               "WATCHDOG_USEC": str(watchdog_usec)}, key_text="short\n")
+    assert r.returncode == 78 and "key" in r.stderr.splitlines()[-1], r.stderr
+    assert ("longest gap between two watchdog pings" in r.stderr) is warned, r.stderr
+    if warned:
+        assert "WatchdogSec (0.35s)" in r.stderr and "(0.4s: a tick every 0.1s" in r.stderr
 
 
 STARTING = "STATUS=starting: opening the VIP manager"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hafailover.__main__ import DEFAULT_CONFIG, release_config
+from hafailover.__main__ import DEFAULT_CONFIG, release_config, run_options
 from hafailover.cli import DEFAULT_CONFIG as CLI_DEFAULT_CONFIG
 from hafailover.net.record import DEFAULT_STATE_DIR, record_state_dir
 
@@ -76,6 +76,63 @@ def test_a_record_is_released_without_the_cli_the_configuration_or_all_of_pyrout
     r = python(PROBE, {"STATE_DIRECTORY": str(tmp_path)}, str(broken))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["no recorded VIP was present", "0 []"]
+
+
+def test_the_short_path_exits_at_once_with_its_output_flushed(tmp_path: Path) -> None:
+    """main() ends the process with os._exit: what it printed still arrives (stdout is a pipe
+    here, block-buffered, as the journal's stream is)."""
+    record = {"version": 1, "vips": [{"address": "10.213.0.201/24", "interface": "hfnosuch0"}]}
+    (tmp_path / "vips.json").write_text(json.dumps(record))
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+         "sys.argv[1:] = ['release-vips', '-c', sys.argv[2]]; "
+         "import atexit; atexit.register(print, 'interpreter shutdown'); "
+         "import hafailover.__main__ as m; m.main()", str(ROOT), str(tmp_path / "x.yaml")],
+        capture_output=True, text=True, timeout=60, env={"STATE_DIRECTORY": str(tmp_path)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "no recorded VIP was present\n"  # and no shutdown: no atexit handler
+
+
+@pytest.mark.parametrize(("args", "options"), [
+    ([], (DEFAULT_CONFIG, None)),
+    (["-c", "/etc/x.yaml"], ("/etc/x.yaml", None)),
+    (["--config=x.yaml", "--node", "node1"], ("x.yaml", "node1")),
+    (["--node", "node1", "--config", "x.yaml"], ("x.yaml", "node1")),
+    (["--node=node2"], (DEFAULT_CONFIG, "node2")),
+    (["-c", "a.yaml", "-c", "b.yaml"], None),
+    (["--node"], None),
+    (["--node", "-c", "x.yaml"], None),
+    (["--socket", "s"], None),
+    (["--help"], None),
+    (["x.yaml"], None),
+])
+def test_run_takes_the_short_path_only_with_the_options_it_knows(
+    args: list[str], options: tuple[str, str | None] | None,
+) -> None:
+    assert run_options(args) == options
+
+
+RUN_PROBE = """
+import sys
+import hafailover.__main__ as entry
+status = entry.run(sys.argv[1:])
+print(status, "click" in sys.modules, "hafailover.cli" in sys.modules)
+"""
+
+
+def test_run_starts_the_daemon_without_the_cli(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("nodes: [")
+    r = python(RUN_PROBE, None, "-c", str(broken), "--node", "node1")
+    # The daemon's own answer to a broken file: exit 78 (EX_CONFIG), and no click imported.
+    assert r.stdout.split() == ["78", "False", "False"], r.stderr
+    assert "invalid configuration" in r.stderr
+    # A directory for the file: left to click, which says so (exit 2).
+    r = subprocess.run([sys.executable, "-m", "hafailover", "run", "-c", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("record", [None, "{not json"])

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from hafailover.config.schema import Config
+from hafailover.config.sections import ClusterConfig
 from hafailover.core.spec import Timings
+from hafailover.runtime.daemon import watchdog_gap
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "hafailover.service"
@@ -80,7 +82,7 @@ def verify_problems(unit_text: str, tmp_path: Path) -> list[str]:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not found: install the Debian package `systemd`")
-    assert f"ExecStart={VENV_BIN} " in unit_text
+    assert f"ExecStart={VENV_PYTHON} " in unit_text
     copy = tmp_path / "hafailover.service"
     for key in ("ExecStart", "ExecStopPost"):
         for installed in (VENV_BIN, VENV_PYTHON):
@@ -134,11 +136,25 @@ def test_watchdog_is_shorter_than_the_default_failover_timeout(unit: Unit) -> No
     assert 0 < watchdog < timings.failover_timeout
 
 
-def test_execstart_runs_the_installed_console_script(unit: Unit) -> None:
+def test_execstart_runs_the_daemon_by_the_short_path(unit: Unit) -> None:
+    # `python -I -m hafailover run`: hafailover/__main__.py starts the daemon without the CLI
+    # framework (the console script, /opt/hafailover/bin/hafailover, would import click first).
     argv = shlex.split(one(unit, "Service", "ExecStart"))
-    assert argv == [VENV_BIN, "run", "-c", "/etc/hafailover/hafailover.yaml"]
+    assert argv == [VENV_PYTHON, "-I", "-m", "hafailover", "run",
+                    "-c", "/etc/hafailover/hafailover.yaml"]
     build = (REPO / "packaging" / "build-deb.sh").read_text()
     assert re.search(r"^PREFIX=/opt/hafailover$", build, re.M), "the package's runtime moved"
+
+
+def test_watchdog_is_longer_than_the_gap_between_pings_of_a_daemon_on_time(unit: Unit) -> None:
+    """A daemon pings on every lag tick that is at most max_loop_lag late: the default timings'
+    longest gap between two such pings must be shorter than WatchdogSec, or systemd could kill
+    a healthy daemon (the daemon warns about such a unit)."""
+    watchdog = parse_timespan(one(unit, "Service", "WatchdogSec"))
+    cluster = ClusterConfig(name="defaults")
+    gap = watchdog_gap(watchdog / 2, cluster.timings.heartbeat_interval,
+                       cluster.max_loop_lag_seconds)
+    assert gap + 0.05 <= watchdog < cluster.timings.failover_timeout
 
 
 def test_execstoppost_releases_the_vips_by_the_short_path(unit: Unit) -> None:

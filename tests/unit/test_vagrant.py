@@ -150,7 +150,7 @@ def test_example_config_passes_check_config() -> None:
 
 
 def test_lab_config_fits_the_unit_watchdog() -> None:
-    """The lab keeps the default timings, which the unit's WatchdogSec=500ms is made for."""
+    """The lab keeps the default timings, which the unit's WatchdogSec is made for."""
     config = load_config(LAB_CONFIG).config
     match = re.search(r"^WatchdogSec=(\d+)ms$", UNIT.read_text(), re.M)
     assert match is not None
