@@ -144,7 +144,7 @@ def test_default_lease_numbers() -> None:
     assert DEFAULT.lease_duration == pytest.approx(0.6 * 0.99 / 1.01 - 0.05)
     assert 0.53 < DEFAULT.lease_duration < 0.54
     assert DEFAULT.election_step == pytest.approx(0.05)
-    assert DEFAULT.election_round_timeout == pytest.approx(0.1)
+    assert DEFAULT.election_round_timeout == pytest.approx(0.2)
 
 
 # ---------------------------------------------------------------------------- the lease on a Node
