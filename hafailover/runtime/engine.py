@@ -177,8 +177,7 @@ class Engine:
         self._renewer: asyncio.TimerHandle | None = None
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")  # when the armed timer fires
-        self._deadline = float("inf")  # the core's next deadline, as of the last step
+        self._timer_at = float("inf")
         self._waiters: dict[int, asyncio.Future[CommandResult]] = {}
         self._added: set[str] = set()  # groups whose VIPs this engine added and kept since
         self._announced: set[str] = set()  # groups announcing their VIPs as this node's
@@ -632,27 +631,17 @@ class Engine:
     # ------------------------------------------------------------------ timer and lag
 
     def _arm(self) -> None:
-        """After each step: make sure a timer fires by the core's next deadline.
-
-        A timer already armed for that deadline or earlier is kept; if it comes early (the
-        deadline moved later, as a follower's does with every heartbeat) it only re-arms for
-        the deadline (`_on_timer`). So a follower costs one timer per election timeout, not a
-        cancelled and a new timer per heartbeat. A deadline earlier than the armed timer
-        re-arms at once: the core is never woken late."""
         if self._closed:
             return
-        deadline = self._deadline = self.groups.next_deadline()
-        if self._timer is not None and self._timer_at <= deadline:
+        deadline = self.groups.next_deadline()
+        if deadline == self._timer_at and self._timer is not None:
             return
         self._cancel_timer()
-        self._set_timer(deadline)
-
-    def _set_timer(self, deadline: float) -> None:
+        self._timer_at = deadline
         if deadline != float("inf"):
             # On the engine's own clock, the one the core's deadlines are on.
             delay = max(0.0, deadline - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
-            self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -661,14 +650,8 @@ class Engine:
         self._timer_at = float("inf")
 
     def _on_timer(self) -> None:
-        armed_for = self._timer_at
         self._timer = None
         self._timer_at = float("inf")
-        if self._closed:
-            return
-        if self._deadline > armed_for:
-            self._set_timer(self._deadline)  # the deadline moved later since: not due yet
-            return
         self.feed(TimerFired())
 
     def tick(self, expected: float) -> None:

@@ -51,9 +51,9 @@ def test_a_deadline_moved_later_is_not_fired_early_and_one_moved_earlier_is_not_
         # A follower hears a heartbeat: its deadline moves later before the timer fires.
         node.deadline = 100.25
         await rig.feed(HealthChanged(True, "a step that moves the deadline"))
-        await asyncio.sleep(0.12)  # the timer armed for 100.05 came due meanwhile
+        await asyncio.sleep(0.12)  # past the first deadline: no timer for it
         assert _timers(node) == 0, node.seen
-        await asyncio.sleep(0.25)  # ... and re-armed itself for 100.25
+        await asyncio.sleep(0.25)  # past the moved one
         assert _timers(node) == 1, node.seen
         # A deadline moved earlier than the armed timer re-arms at once.
         node.deadline = 101.0
@@ -62,22 +62,6 @@ def test_a_deadline_moved_later_is_not_fired_early_and_one_moved_earlier_is_not_
         await rig.feed(HealthChanged(True, "earlier"))
         await asyncio.sleep(0.1)
         assert _timers(node) == 2, node.seen
-        await rig.engine.close()
-
-    run(body)
-
-
-def test_a_follower_keeps_one_timer_while_its_deadline_moves_later() -> None:
-    async def body() -> None:
-        node = Deadlines()
-        rig = Rig(node)
-        node.deadline = 100.5
-        await rig.engine.start()
-        first = rig.engine._timer
-        for k in range(5):
-            node.deadline = 100.6 + k / 10  # every heartbeat pushes the election timeout
-            await rig.feed(HealthChanged(True, "heartbeat"))
-        assert rig.engine._timer is first and first is not None  # not cancelled and remade
         await rig.engine.close()
 
     run(body)
