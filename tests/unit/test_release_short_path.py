@@ -114,10 +114,10 @@ def test_run_takes_the_short_path_only_with_the_options_it_knows(
 
 
 RUN_PROBE = """
-import sys
+import gc, sys
 import hafailover.__main__ as entry
 status = entry.run(sys.argv[1:])
-print(status, "click" in sys.modules, "hafailover.cli" in sys.modules)
+print(status, "click" in sys.modules, "hafailover.cli" in sys.modules, gc.isenabled())
 """
 
 
@@ -126,7 +126,8 @@ def test_run_starts_the_daemon_without_the_cli(tmp_path: Path) -> None:
     broken.write_text("nodes: [")
     r = python(RUN_PROBE, None, "-c", str(broken), "--node", "node1")
     # The daemon's own answer to a broken file: exit 78 (EX_CONFIG), and no click imported.
-    assert r.stdout.split() == ["78", "False", "False"], r.stderr
+    # The garbage collector, off while the daemon's modules were imported, is on again.
+    assert r.stdout.split() == ["78", "False", "False", "True"], r.stderr
     assert "invalid configuration" in r.stderr
     # A directory for the file: left to click, which says so (exit 2).
     r = subprocess.run([sys.executable, "-m", "hafailover", "run", "-c", str(tmp_path)],
