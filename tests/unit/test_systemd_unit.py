@@ -20,6 +20,7 @@ from hafailover.config.schema import Config
 from hafailover.config.sections import ClusterConfig
 from hafailover.core.spec import Timings
 from hafailover.runtime.daemon import watchdog_gap
+from hafailover.runtime.logs import JOURNAL_IDENTIFIER
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "hafailover.service"
@@ -144,6 +145,11 @@ def test_execstart_runs_the_daemon_by_the_short_path(unit: Unit) -> None:
                     "-c", "/etc/hafailover/hafailover.yaml"]
     build = (REPO / "packaging" / "build-deb.sh").read_text()
     assert re.search(r"^PREFIX=/opt/hafailover$", build, re.M), "the package's runtime moved"
+
+
+def test_printed_lines_carry_the_daemons_journal_identifier(unit: Unit) -> None:
+    # The unit runs `python`: without this, an exit 78's reason would be tagged "python".
+    assert one(unit, "Service", "SyslogIdentifier") == JOURNAL_IDENTIFIER
 
 
 def test_watchdog_is_longer_than_the_gap_between_pings_of_a_daemon_on_time(unit: Unit) -> None:
