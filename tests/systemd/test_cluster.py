@@ -34,7 +34,7 @@ from tests.systemd.syslab import (
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-WATCHDOG_S = 0.45  # the unit's WatchdogSec
+WATCHDOG_S = 0.5  # the unit's WatchdogSec
 # CAP_NET_ADMIN (12) and CAP_NET_RAW (13): the whole effective set the daemon may have.
 NET_CAPS = (1 << 12) | (1 << 13)
 
