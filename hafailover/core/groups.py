@@ -67,7 +67,7 @@ from hafailover.core.events import (
     TimerFired,
     VipConflict,
 )
-from hafailover.core.liveness import Liveness, key
+from hafailover.core.liveness import Liveness, bucket_of, key
 from hafailover.core.messages import NodeAck, NodeHeartbeat
 from hafailover.core.node import Node, RandomSource
 from hafailover.core.reasons import Reason
@@ -169,10 +169,12 @@ class Groups:
         interval = min(s.timings.heartbeat_interval for s in specs.values())
         self.liveness = Liveness(name, peers, interval)
         self._nodes: dict[str, Node] = {}
+        self._bucket = {group: bucket_of(group) for group in specs}
         for group, spec in specs.items():
             ok = healthy if isinstance(healthy, bool) else healthy.get(group, True)
             persisted_group = state.for_group(group)
-            self._nodes[group] = Node(spec, name, rng, persisted_group, ok, self.liveness)
+            bucket = self.liveness.bucket(self._bucket[group])
+            self._nodes[group] = Node(spec, name, rng, persisted_group, ok, bucket)
         self._first = next(iter(self._nodes))
         self._names = tuple(self._nodes)
         self._deadlines: dict[str, float] = dict.fromkeys(self._nodes, INF)
@@ -336,11 +338,12 @@ class Groups:
             ack = live.on_heartbeat(sender, message, now)
             if ack is not None:
                 out.append(Tagged(NODE_LEVEL, Send(sender, ack)))
-        elif live.on_ack(sender, message, now):
-            # The peer disagrees about which groups it backs: every group this node leads
-            # sends it its own heartbeats until its acknowledgements fortify them again.
+        elif stale := live.on_ack(sender, message, now):
+            # The peer disagrees about which groups of those buckets it backs: each of them this
+            # node leads sends it its own heartbeats until its acknowledgements fortify them.
+            buckets = set(stale)
             for group, expected in self._ekeys.items():
-                if sender in expected:
+                if sender in expected and self._bucket[group] in buckets:
                     node = self._nodes[group]
                     if node.unfortify(sender):
                         self._deadlines[group] = node.next_deadline()
@@ -361,11 +364,12 @@ class Groups:
         fk = node.follower_key()
         new_f = None if fk is None else (fk[0], self._key(group, fk[0], fk[1]))
         old_f = self._fkeys[group]
+        bucket = self._bucket[group]
         if new_f != old_f:
             if old_f is not None:
-                live.change_fortified(old_f[0], old_f[1], 0)
+                live.change_fortified(old_f[0], bucket, old_f[1], 0)
             if new_f is not None:
-                live.change_fortified(new_f[0], 0, new_f[1])
+                live.change_fortified(new_f[0], bucket, 0, new_f[1])
             self._fkeys[group] = new_f
         old_e = self._ekeys[group]
         leader_keys = node.leader_keys()
@@ -374,7 +378,7 @@ class Groups:
         new_e = {p: self._key(group, self.name, f) for p, f in leader_keys.items()}
         if new_e != old_e:
             for peer in old_e.keys() | new_e.keys():
-                live.change_expected(peer, old_e.get(peer, 0), new_e.get(peer, 0))
+                live.change_expected(peer, bucket, old_e.get(peer, 0), new_e.get(peer, 0))
             self._ekeys[group] = new_e
 
     def _sync_maintenance(self, now: float, out: list[Tagged]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hafailover.core.liveness import Liveness
+from hafailover.core.liveness import Bucket
 from hafailover.core.peers import INF, NEVER, PeerInfo, PeerTable
 from hafailover.core.spec import Timings
 
@@ -44,7 +44,7 @@ class Promise:
 class LeaderLease:
     """A leader's heartbeat rounds, their send times, and the lease a majority backs."""
 
-    def __init__(self, timings: Timings, peers: PeerTable, live: Liveness | None = None) -> None:
+    def __init__(self, timings: Timings, peers: PeerTable, live: Bucket | None = None) -> None:
         self._t = timings
         self._peers = peers
         self._live = live

@@ -26,8 +26,14 @@ The rule, per pair of nodes A (leading some groups) and B (following A in some o
   `Timings.lease_duration`'s argument holds unchanged: g's lease ends before the promises that
   back it.
 * Anything else (a mismatch, a lost message) renews nothing; A then falls back to g's own
-  heartbeats for B (`Groups` un-fortifies B in every group A leads, which makes those groups
-  send per-group heartbeats to B until B's acknowledgements fortify them again).
+  heartbeats for B (`Groups` un-fortifies B in the groups concerned, which makes them send
+  per-group heartbeats to B until B's acknowledgements fortify them again).
+* Groups fall into `BUCKETS` buckets by a hash of their name, the same on every node; each
+  bucket has its own digest, renewal and support (a `NodeHeartbeat` carries the digests of the
+  non-empty buckets, a `NodeAck` a bit per bucket that matched). So a change in one group (an
+  election, a health change) costs a fallback for the few groups of its bucket, not for all the
+  groups a leader has: what keeps hundreds of groups electing at once from feeding on itself.
+  `Bucket` is one bucket's view for the groups in it.
 
 Promises renewed lazily are made concrete at the start of every step of the group's `Node`
 (`Node._materialize`), so no transition can shorten a promise that a matched `NodeAck` already
@@ -45,43 +51,47 @@ from hafailover.core.messages import NodeAck, NodeHeartbeat
 NEVER = float("-inf")
 INF = float("inf")
 _KEEP_ROUNDS = 64
+BUCKETS = 16
 
 
 def key(group: str, leader: str, term: int, healthy: bool, maintenance: bool, summary: str) -> int:
     """One group's fortification key, as a 64-bit integer (equal on both nodes when they agree).
 
-    Computed with a keyed-by-nothing BLAKE2b so that every node gets the same value (Python's
-    `hash` is salted per process)."""
+    Computed with BLAKE2b so that every node gets the same value (Python's `hash` is salted per
+    process); never 0, which stands for an empty bucket."""
     text = f"{group}\0{leader}\0{term}\0{int(healthy)}{int(maintenance)}\0{summary}"
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") or 1
+
+
+def bucket_of(group: str) -> int:
+    """The bucket of a group, the same on every node."""
+    return hashlib.blake2b(group.encode(), digest_size=1).digest()[0] % BUCKETS
 
 
 class Liveness:
-    """This node's side of every node-to-node support relation (both directions).
+    """This node's side of every node-to-node support relation (both directions), per bucket.
 
-    Owned by `Groups`, shared (read-mostly) by each group's `Node`.
+    Owned by `Groups`; each group's `Node` reads it through the `Bucket` of its group.
     """
 
     def __init__(self, me: str, peers: tuple[str, ...], interval: float) -> None:
         self.me = me
         self.peers = peers
         self.interval = interval
-        # Rounds this node sent: seq -> send time (the newest few).
+        # Rounds this node sent: seq -> send time, and per peer the buckets it carried.
         self.seq = 0
-        self._sent: dict[int, float] = {}
+        self._sent: dict[int, tuple[float, dict[str, int]]] = {}
         self.last_sent = NEVER
         self.round_at = NEVER  # when the next round is due (on a grid of `interval`)
-        # Leader side, per peer: the newest round it acknowledged with a match, and its send time.
-        self._support_seq = dict.fromkeys(peers, 0)
-        self._support_at = dict.fromkeys(peers, NEVER)
-        # Leader side, per peer: XOR of this node's keys for it, and the first round sent since
-        # it last changed (a mismatch answering an older round says nothing new).
-        self.expected = dict.fromkeys(peers, 0)
-        self._expected_since = dict.fromkeys(peers, 0)
-        # Follower side, per leader: XOR of this node's keys for it; when a matching heartbeat
-        # of it last came in.
-        self.fortified = dict.fromkeys(peers, 0)
-        self._heard = dict.fromkeys(peers, NEVER)
+        # Leader side, per peer and bucket: the newest round it matched, and its send time.
+        self._support_seq = {p: [0] * BUCKETS for p in peers}
+        self._support_at = {p: [NEVER] * BUCKETS for p in peers}
+        # Leader side, per peer and bucket: XOR of this node's keys for it.
+        self.expected = {p: [0] * BUCKETS for p in peers}
+        # Follower side, per leader and bucket: XOR of this node's keys for it; when a matching
+        # digest of it last came in.
+        self.fortified = {p: [0] * BUCKETS for p in peers}
+        self._heard = {p: [NEVER] * BUCKETS for p in peers}
         # Any node-level message from the peer (reachability).
         self._contact = dict.fromkeys(peers, NEVER)
         self.mismatches = 0
@@ -89,21 +99,8 @@ class Liveness:
         # received), so that leases can cache their value between changes.
         self.version = 0
 
-    # ------------------------------------------------------------------ read by `Node`
-
-    def next_seq(self) -> int:
-        """The round a fortification recorded now is first part of."""
-        return self.seq + 1
-
-    def support(self, peer: str, since_seq: int) -> float:
-        """The send time of `peer`'s newest matched round at or after `since_seq` (else -inf)."""
-        if self._support_seq.get(peer, 0) >= since_seq:
-            return self._support_at[peer]
-        return NEVER
-
-    def heard(self, leader: str) -> float:
-        """When a heartbeat from `leader` matching this node's keys for it last came in."""
-        return self._heard.get(leader, NEVER)
+    def bucket(self, index: int) -> Bucket:
+        return Bucket(self, index)
 
     def contact(self, peer: str) -> float:
         """When any node-level message from `peer` last came in."""
@@ -111,61 +108,112 @@ class Liveness:
 
     # ------------------------------------------------------------------ kept by `Groups`
 
-    def change_expected(self, peer: str, old: int, new: int) -> None:
-        if old != new:
-            self.expected[peer] ^= old ^ new
-            self._expected_since[peer] = self.seq + 1
+    def change_expected(self, peer: str, bucket: int, old: int, new: int) -> None:
+        if old != new and peer in self.expected:
+            self.expected[peer][bucket] ^= old ^ new
 
-    def change_fortified(self, leader: str, old: int, new: int) -> None:
+    def change_fortified(self, leader: str, bucket: int, old: int, new: int) -> None:
         if old != new and leader in self.fortified:
-            self.fortified[leader] ^= old ^ new
-
-    def due(self, now: float, slack: float) -> bool:
-        return now >= self.round_at - slack
+            self.fortified[leader][bucket] ^= old ^ new
 
     def next_deadline(self) -> float:
         """When the next round is due; never while this node leads nothing any peer backs."""
-        return self.round_at if any(self.expected.values()) else INF
+        return self.round_at if any(any(d) for d in self.expected.values()) else INF
 
     def send_round(self, now: float) -> list[tuple[str, NodeHeartbeat]]:
         """A round sent at `now`: a heartbeat for every peer this node expects support from."""
         self.round_at = (int((now + self.interval / 10) / self.interval) + 1) * self.interval
-        out = [(p, d) for p, d in self.expected.items() if d]
-        if not out:
+        digests = {
+            p: tuple((b, d) for b, d in enumerate(ds) if d) for p, ds in self.expected.items()
+        }
+        digests = {p: ds for p, ds in digests.items() if ds}
+        if not digests:
             return []
         self.seq += 1
-        self._sent[self.seq] = now
+        masks = {p: sum(1 << b for b, _ in ds) for p, ds in digests.items()}
+        self._sent[self.seq] = (now, masks)
         self._sent.pop(self.seq - _KEEP_ROUNDS, None)
         self.last_sent = now
         self.version += 1
-        return [(p, NodeHeartbeat(self.seq, d)) for p, d in out]
+        return [(p, NodeHeartbeat(self.seq, ds)) for p, ds in digests.items()]
 
     def on_heartbeat(self, sender: str, hb: NodeHeartbeat, now: float) -> NodeAck | None:
-        """Follower side: renew (lazily) every promise to `sender` if the sets agree."""
+        """Follower side: renew (lazily) the promises to `sender` of every bucket that agrees."""
         if sender not in self._contact:
             return None
         self._contact[sender] = now
-        match = hb.digest != 0 and hb.digest == self.fortified[sender]
-        if match:
-            self._heard[sender] = now
-        return NodeAck(hb.seq, match)
+        fortified, heard = self.fortified[sender], self._heard[sender]
+        mask = 0
+        for b, digest in hb.digests:
+            if digest == fortified[b]:
+                heard[b] = now
+                mask |= 1 << b
+        return NodeAck(hb.seq, mask)
 
-    def on_ack(self, sender: str, ack: NodeAck, now: float) -> bool:
-        """Leader side. True when the peer disagreed about a round sent with this node's current
-        keys for it: the caller must fall back to per-group heartbeats for that peer."""
+    def on_ack(self, sender: str, ack: NodeAck, now: float) -> list[int]:
+        """Leader side. The buckets in which the peer disagreed about a round sent with this
+        node's current keys for it: the caller falls back to per-group heartbeats there."""
         if sender not in self._contact:
-            return False
+            return []
         self._contact[sender] = now
         sent = self._sent.get(ack.seq)
         if sent is None:
-            return False
-        if ack.match:
-            if ack.seq > self._support_seq[sender]:
-                self._support_seq[sender] = ack.seq
-                self._support_at[sender] = sent
-                self.version += 1
-            return False
-        if ack.seq < self._expected_since[sender]:
-            return False
-        self.mismatches += 1
-        return True
+            return []
+        at, masks = sent
+        carried = masks.get(sender, 0)
+        seq_, at_ = self._support_seq[sender], self._support_at[sender]
+        stale: list[int] = []
+        for b in range(BUCKETS):
+            if not carried >> b & 1:
+                continue
+            if ack.mask >> b & 1:
+                if ack.seq > seq_[b]:
+                    seq_[b] = ack.seq
+                    at_[b] = at
+                    self.version += 1
+            else:
+                # Even when the keys changed since that round: the groups of this bucket that
+                # are fortified now get no renewal until a round matches, and in a bucket that
+                # keeps changing (hundreds of groups electing at once) none might; their own
+                # heartbeats renew them meanwhile.
+                stale.append(b)
+        self.mismatches += len(stale)
+        return stale
+
+
+class Bucket:
+    """What the groups of one bucket read of `Liveness` (their `Node` and peer table)."""
+
+    __slots__ = ("_live", "index")
+
+    def __init__(self, live: Liveness, index: int) -> None:
+        self._live = live
+        self.index = index
+
+    @property
+    def version(self) -> int:
+        return self._live.version
+
+    @property
+    def last_sent(self) -> float:
+        return self._live.last_sent
+
+    def next_seq(self) -> int:
+        """The round a fortification recorded now is first part of."""
+        return self._live.seq + 1
+
+    def support(self, peer: str, since_seq: int) -> float:
+        """The send time of `peer`'s newest round matched in this bucket at or after
+        `since_seq` (else -inf)."""
+        seqs = self._live._support_seq.get(peer)
+        if seqs is not None and seqs[self.index] >= since_seq:
+            return self._live._support_at[peer][self.index]
+        return NEVER
+
+    def heard(self, leader: str) -> float:
+        """When a digest of this bucket from `leader` matching this node's last came in."""
+        heard = self._live._heard.get(leader)
+        return NEVER if heard is None else heard[self.index]
+
+    def contact(self, peer: str) -> float:
+        return self._live.contact(peer)

@@ -135,22 +135,23 @@ class CommandReply:
 class NodeHeartbeat:
     """Node level (no group, no term): one per peer and heartbeat round, backing every group.
 
-    `digest` is the set hash (`hafailover.core.liveness`) of the (group, term, ...) keys of the
-    groups the sender leads in which it believes the receiver has accepted it as leader; the
-    receiver compares it with its own and answers with a `NodeAck` of the same `seq`.
+    `digests`: (bucket, digest) for every non-empty bucket, ascending; a digest is the set hash
+    (`hafailover.core.liveness`) of the (group, term, ...) keys of the groups of that bucket the
+    sender leads and believes the receiver has accepted it in. The receiver compares each with
+    its own and answers with a `NodeAck` of the same `seq`.
     """
 
     seq: int
-    digest: int
+    digests: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
 class NodeAck:
-    """Node level: the answer to `NodeHeartbeat` `seq`. `match`: the receiver's own digest for
-    the sender was equal, so it renewed its promise in every one of those groups."""
+    """Node level: the answer to `NodeHeartbeat` `seq`. Bit b of `mask`: the receiver's own
+    digest of bucket b for the sender was equal, so it renewed its promise in those groups."""
 
     seq: int
-    match: bool
+    mask: int
 
 
 ElectionMessage = (

@@ -77,7 +77,7 @@ from hafailover.core.events import (
 )
 from hafailover.core.faults import EffectFaults, skipped_by
 from hafailover.core.lease import LeaderLease, Promise
-from hafailover.core.liveness import Liveness
+from hafailover.core.liveness import Bucket
 from hafailover.core.messages import (
     CommandReply,
     ElectionMessage,
@@ -137,7 +137,7 @@ class Node:
         rng: RandomSource,
         persisted: PersistentState | None = None,
         healthy: bool = True,
-        live: Liveness | None = None,
+        live: Bucket | None = None,
     ) -> None:
         """`live`: the node's shared `Liveness` when several groups run over node-level
         heartbeats (`hafailover.core.groups`); None: this election's own heartbeats only."""

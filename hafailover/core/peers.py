@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hafailover.core.liveness import Liveness
+from hafailover.core.liveness import Bucket
 from hafailover.core.messages import PeerSummary
 from hafailover.core.spec import ClusterSpec, NodeSpec
 
@@ -35,7 +35,7 @@ class PeerInfo:
     # for the peer (it acknowledged a heartbeat of this term); None: not fortified, so it gets
     # this group's own heartbeats.
     fortified_seq: int | None = None
-    live: Liveness | None = field(default=None, repr=False, compare=False)
+    live: Bucket | None = field(default=None, repr=False, compare=False)
 
     @property
     def last_heard(self) -> float:
@@ -67,7 +67,7 @@ class PeerInfo:
 
 
 class PeerTable:
-    def __init__(self, spec: ClusterSpec, me: str, live: Liveness | None = None) -> None:
+    def __init__(self, spec: ClusterSpec, me: str, live: Bucket | None = None) -> None:
         self._spec = spec
         self.me = me
         self.peers: dict[str, PeerInfo] = {

@@ -53,8 +53,9 @@ The body, in order:
 | 7 MAINTENANCE_REQUEST   | term varint, request_id varint, flags (on)                       |
 | 8 COMMAND_REPLY         | term varint, request_id varint, flags (accepted), reason str     |
 |                         |   (a `Reason` value), detail as u16 length (<= 256) + UTF-8      |
-| 9 NODE_HEARTBEAT        | seq varint, digest u64 (node level: group name empty)            |
-| 10 NODE_ACK             | seq varint, flags (match) (node level: group name empty)         |
+| 9 NODE_HEARTBEAT        | seq varint, bucket count u8 (<= 16), then per bucket: index u8   |
+|                         |   (< 16, ascending), digest u64 (not 0) (node level: no group)   |
+| 10 NODE_ACK             | seq varint, match mask varint (< 2**16) (node level: no group)   |
 
 Types 9 and 10 are node liveness (`hafailover.core.liveness`): they travel as items whose group
 name is empty (length 0), and only they do; any other pairing is malformed.

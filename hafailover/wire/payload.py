@@ -43,6 +43,7 @@ MAX_DIGEST = 32  # bytes of a fingerprint digest
 
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
+MAX_BUCKETS = 16  # node liveness buckets (hafailover.core.liveness.BUCKETS)
 _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
 _SMALL = [bytes([i]) for i in range(128)]
@@ -125,9 +126,18 @@ def encode_payload(
     lists within one batch: the groups a node leads usually report the very same peers."""
     match m:
         case NodeHeartbeat():
-            return uvarint(m.seq, "seq") + _U64.pack(m.digest)
+            if len(m.digests) > MAX_BUCKETS:
+                raise EncodeError(f"{len(m.digests)} buckets in a node heartbeat, at most 16")
+            parts = [uvarint(m.seq, "seq"), _SMALL[len(m.digests)]]
+            for bucket, digest in m.digests:
+                if not 0 <= bucket < MAX_BUCKETS or not 0 < digest <= _U64_MAX:
+                    raise EncodeError(f"bad node heartbeat bucket {bucket} or digest")
+                parts.append(_SMALL[bucket] + _U64.pack(digest))
+            return b"".join(parts)
         case NodeAck():
-            return uvarint(m.seq, "seq") + _flags(m.match)
+            if not 0 <= m.mask < 1 << MAX_BUCKETS:
+                raise EncodeError(f"node ack mask {m.mask} has more than 16 bits")
+            return uvarint(m.seq, "seq") + uvarint(m.mask, "mask")
     term = uvarint(m.term, "term")
     match m:
         case Heartbeat():
@@ -354,13 +364,25 @@ def decode_payload(
     message: Message
     if kind == _NODE_HEARTBEAT:
         seq = r.uvarint()
-        (digest,) = _U64.unpack(r.raw(8))
-        message = NodeHeartbeat(seq, digest)
+        count = r.u8()
+        if count > MAX_BUCKETS:
+            raise Malformed("too many buckets")
+        digests: list[tuple[int, int]] = []
+        for _ in range(count):
+            bucket = r.u8()
+            (digest,) = _U64.unpack(r.raw(8))
+            if bucket >= MAX_BUCKETS or digest == 0 or (digests and bucket <= digests[-1][0]):
+                raise Malformed("bad bucket")
+            digests.append((bucket, digest))
+        message = NodeHeartbeat(seq, tuple(digests))
         r.finish()
         return message
     if kind == _NODE_ACK:
         seq = r.uvarint()
-        message = NodeAck(seq, bool(r.flags(1)))
+        mask = r.uvarint()
+        if mask >> MAX_BUCKETS:
+            raise Malformed("ack mask over 16 bits")
+        message = NodeAck(seq, mask)
         r.finish()
         return message
     term = r.uvarint()

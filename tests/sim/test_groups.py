@@ -553,8 +553,9 @@ def test_node_liveness_teeth_a_follower_renewing_on_any_digest(
 
     def renew_always(self: Liveness, sender: str, hb: NodeHeartbeat, now: float) -> NodeAck:
         self._contact[sender] = now
-        self._heard[sender] = now
-        return NodeAck(hb.seq, True)
+        for bucket, _ in hb.digests:
+            self._heard[sender][bucket] = now
+        return NodeAck(hb.seq, sum(1 << b for b, _ in hb.digests))
 
     monkeypatch.setattr(Liveness, "on_heartbeat", renew_always)
     caught = _caught(100)

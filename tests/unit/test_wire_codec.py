@@ -14,6 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from hafailover.core.liveness import BUCKETS
 from hafailover.core.messages import (
     MESSAGE_TYPES,
     CommandReply,
@@ -40,6 +41,7 @@ from hafailover.wire import (
     EncodeError,
     Item,
 )
+from hafailover.wire.payload import MAX_BUCKETS
 
 KEY = bytes(range(32))
 CLUSTER = "prod"
@@ -141,11 +143,31 @@ GOLDEN: list[tuple[Message, bytes, bytes]] = [  # message, payload, name table
 
 
 NODE_GOLDEN: list[tuple[Message, bytes]] = [  # node-level message, payload (group '')
-    (NodeHeartbeat(5, 0x0102030405060708), b"\x05" + bytes(range(1, 9))),
-    (NodeHeartbeat(300, 2**64 - 1), b"\xac\x02" + b"\xff" * 8),
-    (NodeAck(7, True), b"\x07\x01"),
-    (NodeAck(2**14, False), b"\x80\x80\x01\x00"),
+    (NodeHeartbeat(5, ((3, 0x0102030405060708),)), b"\x05\x01\x03" + bytes(range(1, 9))),
+    (
+        NodeHeartbeat(300, ((0, 2**64 - 1), (15, 1))),
+        b"\xac\x02\x02" + b"\x00" + b"\xff" * 8 + b"\x0f" + b"\x00" * 7 + b"\x01",
+    ),
+    (NodeAck(7, 0b1001), b"\x07\x09"),
+    (NodeAck(2**14, 0xFFFF), b"\x80\x80\x01\xff\xff\x03"),
 ]
+
+
+def test_node_liveness_buckets_agree_between_core_and_wire() -> None:
+    assert BUCKETS == MAX_BUCKETS
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x01\x01\x10" + b"\x01" * 8,  # bucket 16
+        b"\x01\x01\x02" + b"\x00" * 8,  # digest 0 (an empty bucket is left out)
+        b"\x01\x02\x02" + b"\x01" * 8 + b"\x02" + b"\x01" * 8,  # not ascending
+        b"\x01\x11",  # 17 buckets
+    ],
+)
+def test_bad_node_heartbeats_are_malformed(payload: bytes) -> None:
+    assert codec().decode(forge(item("", 9, payload))) == Dropped(DropReason.MALFORMED)
 
 
 def test_golden_examples_cover_every_message_type() -> None:
@@ -165,11 +187,11 @@ def test_node_level_items_have_an_empty_group_name(message: Message, payload: by
 def test_node_and_election_messages_never_swap_places() -> None:
     sender = codec("alpha")
     with pytest.raises(EncodeError, match="node-level"):
-        sender.encode_batch([("web", NodeAck(1, True))], 0, to="bravo")
+        sender.encode_batch([("web", NodeAck(1, 1))], 0, to="bravo")
     with pytest.raises(EncodeError, match="node-level"):
         sender.encode_batch([("", TimeoutNow(1))], 0, to="bravo")
     receiver = codec()
-    for bad in (item("web", 10, b"\x01\x01"), item("", 5, b"\x01")):
+    for bad in (item("web", 10, b"\x01\x01"), item("", 5, b"\x01")):  # ack in a group, ...
         assert receiver.decode(forge(bad)) == Dropped(DropReason.MALFORMED)
 
 
