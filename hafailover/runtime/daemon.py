@@ -105,6 +105,10 @@ def _group_shapes(config: Config) -> list[tuple[object, ...]]:
     ]
 
 
+STARTUP_WATCHDOG_S = 10.0
+"""The watchdog timeout while the VIP manager opens, after READY=1 and before the engine starts."""
+
+
 def lag_tick(watchdog_interval: float | None, heartbeat_interval: float) -> float:
     """The lag probe's period: every heartbeat interval, and at least every WatchdogSec/2."""
     return min(watchdog_interval or 1.0, heartbeat_interval)
@@ -364,6 +368,12 @@ class Daemon:
         ticker = asyncio.create_task(lag_ticker(engine, tick))
         # READY=1: configuration, key, state, VIP record, interfaces, UDP and control sockets.
         systemd.status("starting: opening the VIP manager")
+        if interval is not None:
+            # Until the engine runs the node holds nothing and takes no part, so the watchdog
+            # (there for a frozen leader) may wait longer: opening the VIP manager under load
+            # (pyroute2's import, the crafter) could otherwise make a restarted node miss a
+            # ping and be killed again. Back to WatchdogSec once the engine has started.
+            systemd.watchdog_timeout(STARTUP_WATCHDOG_S)
         systemd.ready()
         try:
             announcers.update(await open_vip_manager(config, self.group_vips, vip_port,
@@ -389,6 +399,9 @@ class Daemon:
         except OSError as e:
             log.warning("ARP conflict watching disabled: %s", e)
         # From here on the node takes part: elections, votes, and VIPs through a working port.
+        if interval is not None:  # WatchdogSec again: from the engine's first step on
+            systemd.watchdog_timeout(2 * interval)
+            systemd.watchdog()
         await engine.start()
         started = True
         await checks.start()

@@ -50,6 +50,10 @@ class _Messages:
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 
+    def watchdog_timeout(self, seconds: float) -> bool:
+        """Change the unit's watchdog timeout from now on (systemd >= 239: WATCHDOG_USEC=)."""
+        return self.notify(f"WATCHDOG_USEC={round(seconds * 1_000_000)}")
+
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")
 

@@ -54,11 +54,7 @@ def test_host_death_moves_only_its_group_and_preempt_brings_it_back(
     _, t_web = c.wait_groups(lambda h: h["web"] == ["node2"], timeout=10.0, poll=0.01,
                              exclude=("node1",))
     failover_s = t_web - t_kill
-    # Revive only once node1's kernel has dropped the address by its lifetime (2 s from the
-    # last renewal): a host whose links come back while it still has it is a duplicate on the
-    # wire until its new daemon removes the leftover (that case: tests/integration/
-    # test_daemon.py). This test is about the way back by preemption.
-    time.sleep(max(0.5, 2.3 - (time.monotonic() - t_kill)))
+    time.sleep(0.5)
 
     t_back = c.revive_host("node1", echo)
     t_ready = time.monotonic()
@@ -84,7 +80,11 @@ def test_host_death_moves_only_its_group_and_preempt_brings_it_back(
     # answered; a restart under load can take seconds, so the bounds count from then.
     assert t_return - t_ready >= PREEMPT_DELAY_S - 0.1, t_return - t_ready
     assert t_return - t_ready <= PREEMPT_DELAY_S + 3.0, t_return - t_ready
-    assert web_tl.dual_holder_ms() == 0.0
+    # While node1's host is dead (links down, daemon killed) its namespace may keep the address
+    # until the kernel lifetime ends, unreachable by anyone: not a second holder on the wire.
+    # (Whether its daemon released first depends on whether it saw the link go down before the
+    # SIGKILL that follows within milliseconds.) revive_host removes it before the links return.
+    assert web_tl.dual_holder_ms(exclude={"node1": [(t_kill, t_back)]}) == 0.0
 
 
 @pytest.mark.netns

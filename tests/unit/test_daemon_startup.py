@@ -91,7 +91,8 @@ def test_ready_once_the_control_socket_answers_and_the_engine_only_after(tmp_pat
             sys.executable, "-m", "hafailover", "run", "-c", str(config), "--node", "node1"]
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+             "WATCHDOG_USEC": "500000"},
     )
     deadline = time.monotonic() + 60
     messages: list[str] = []
@@ -125,5 +126,9 @@ def test_ready_once_the_control_socket_answers_and_the_engine_only_after(tmp_pat
     engine_line = next(i for i, m in enumerate(messages)
                        if m.startswith("STATUS=") and m != STARTING)
     assert engine_line > ready and messages[engine_line].startswith("STATUS=follower, term 0")
+    # The watchdog waits longer while the VIP manager opens, WatchdogSec again once the engine
+    # has started (systemd's WATCHDOG_USEC=).
+    assert messages.index("WATCHDOG_USEC=10000000") < ready, messages
+    assert ready < messages.index("WATCHDOG_USEC=500000") < engine_line, messages
     log = err.splitlines()
     assert [ln for ln in log if "engine: started" in ln], err
