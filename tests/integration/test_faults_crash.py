@@ -79,11 +79,14 @@ def test_leader_daemon_sigkill_stale_address_conflict_and_restart_cleanup() -> N
                              None), 3.0, "a re-announcement from the new leader")
             figure("garp_to_reannouncement", (reannounce.t - t_garp) * 1000)
 
-            # Restart: the leftover address is removed before the daemon answers anything.
+            # Restart: the leftover address is removed before the daemon takes part. It answers
+            # on its control socket first (READY=1), then opens its VIP manager (the removal),
+            # and only then starts its engine, which is what hears the successor.
             t_restart = time.monotonic()
             cluster.start(old)
-            status = wait_for(lambda: cluster.try_status(old), 20.0, f"{old} to answer",
-                              poll=0.002)
+            status = wait_for(
+                lambda: (s := cluster.try_status(old)) is not None and s.get("leader") == new
+                and s, 20.0, f"{old} to follow {new}", poll=0.002)
             t_ready = time.monotonic()
         assert status["vips"] and not status["vips"][0]["present"], status["vips"]
         assert not status["holds_vip"]

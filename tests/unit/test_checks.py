@@ -38,7 +38,7 @@ def gone(pid: int) -> bool:
         return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped between the open and the read
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
