@@ -13,12 +13,12 @@ The rule, per pair of nodes A (leading some groups) and B (following A in some o
   of (g, A, t, the health and maintenance B reported, the peer summaries A sent it).
 * A believes B fortified it in g when it received that acknowledgement in the term it leads;
   A's key for (g, B) hashes the same fields as A knows them. Equal keys: the two agree.
-* Every round A sends B `NodeHeartbeat(seq, digest)`, the XOR of A's keys for B (a set hash;
-  only when it is not empty). B compares it with the XOR of its own keys for A. If they are
+* Every round A sends B `NodeHeartbeat(seq, digests)`, per bucket (below) the XOR of A's keys
+  for B (a set hash; non-empty buckets only). B compares each with the XOR of its own. If they are
   equal, the sets are equal (up to a 2**-64 collision), so B does exactly what it would do on
   receiving, at this moment, one heartbeat of each of those groups from A: it renews each
-  promise to A for `failover_timeout` from receipt (lazily: `heard(A)`). It answers
-  `NodeAck(seq, match)`.
+  promise to A for `failover_timeout` from receipt (lazily: `Bucket.heard(A)`). It answers
+  `NodeAck(seq, mask)`, a bit per bucket that matched.
 * A, on a matching ack of round `seq` sent at time s, counts s as B's acknowledged send time in
   every group whose key for B was in that round's digest: a group g whose fortification A
   recorded before round `seq` was sent (`since_seq <= seq`, see `next_seq`). That is exactly
