@@ -20,16 +20,17 @@ with it (net/ipv4/devinet.c `check_lifetime`, net/ipv6/addrconf.c `addrconf_veri
   replacing an address runs it at once. So an address added or renewed at t with lifetime L
   disappears in [t + L - 0.02 s, about t + L + 1 s]; measured here: see tests/unit/test_vip.py.
 * replacing an address (RTM_NEWADDR with NLM_F_REPLACE) resets `tstamp`, which is what
-  `renew()` relies on. The kernel ignores a missing NLM_F_CREATE (it re-creates an address that
-  is gone: `ip addr change`, which sends NLM_F_REPLACE alone, does so on 6.18 for both families,
-  checked again in a namespace), so `renew()` first checks that every address is still there.
-  IPv4 has no single-address RTM_GETADDR, so the check is one dump, made cheap by strict
-  checking (NETLINK_GET_STRICT_CHK): the kernel then sends only that interface's addresses of
-  that family, and pyroute2, whose message decoding is most of a request's cost, decodes a
-  handful instead of every address of the namespace.
-* a renewal's replaces travel in one datagram (pyroute2 `ifaddrmsg`s built once per VIP and
-  lifetime, sent as `nlm_request_batch` does, every answer read): about half the CPU of one
-  `addr("replace")` call a VIP. lab/bench_vip_renew.py measures it.
+  `renew()` relies on. The kernel re-creates an address that is gone (it does so even without
+  NLM_F_CREATE: `ip addr change` on 6.18, both families), and `renew()` lets it: it makes no
+  presence check (that dump and its decoding were a third of a renewal's CPU). That is safe
+  because the engine renews only the VIPs of groups it holds under a valid lease, and the
+  removal is still seen: `LinkWatcher` reports every RTM_DELADDR of a watched VIP, and the
+  engine re-adds (EEXIST then replace, if the renewal came first), re-announces and records it.
+* a renewal's replaces travel in datagrams of at most BATCH requests, every answer read, each
+  VIP's its own. Each request is encoded by pyroute2 once per VIP, interface and lifetime,
+  with a sequence number of its own held from pyroute2's pool while it is cached (as
+  `NetlinkRequest.prepare` does it), and its bytes are sent again on each renewal: no
+  re-encoding and no sequence number allocation per call. lab/bench_vip_renew.py measures it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +66,7 @@ IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 OWN_REMOVAL_WINDOW = 10.0
 BATCH = 64  # requests a datagram (renew)
+RENEWALS_CACHED = 1024  # encoded renewal requests kept (each holds a sequence number)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,12 @@ class VipPort(Protocol):
         """
 
     async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
-        """Restart the lifetime of every address; VipError if one is gone (it is not re-added)."""
+        """Restart the lifetime of every address (an address that is gone is re-created).
+
+        No presence check: a removal behind our back is the link watcher's to report (see the
+        module docstring). VipError (naming each VIP) if its interface does not exist or the
+        kernel refuses one; the other addresses are renewed all the same.
+        """
 
     async def remove(self, vips: Sequence[Vip]) -> None:
         """Remove every address; VipError unless every one is verifiably absent afterwards."""
@@ -200,6 +208,27 @@ class _Failed(Exception):
         self.code = code
 
 
+@dataclass(eq=False)
+class _Prepared:
+    """A request pyroute2 has encoded: its `NetlinkRequest` after `prepare()` (which holds a
+    sequence number from the socket's pool and that number's answer queue) and its bytes.
+    Sent any number of times while each send's answer is read; `release()` gives both back."""
+
+    request: Any
+    data: bytes
+    key: tuple[int, Vip, int] | None = None  # its entry in the renewal cache, if cached
+    released: bool = False
+
+    @property
+    def seq(self) -> int:
+        return int(self.request.msg_seq)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.request.cleanup()  # the number is banned for a while (late answers)
+
+
 def _reason(e: BaseException) -> str:
     """One short clause: the kernel's own words (extended ACK) when it gave some."""
     code = getattr(e, "code", None) or getattr(e, "errno", None)
@@ -260,7 +289,7 @@ class NetlinkVipPort:
         self._closed = False
         self._removed: dict[Vip, float] = {}  # removed by this port -> when
         self._ifname: dict[int, str] = {}  # index -> name, as last looked up
-        self._renewals: dict[tuple[int, Vip, int], Any] = {}  # -> its request message
+        self._renewals: dict[tuple[int, Vip, int], _Prepared] = {}  # (index, vip, seconds)
 
     # -- plumbing
 
@@ -272,9 +301,15 @@ class NetlinkVipPort:
 
             try:
                 # strict_check: dumps are filtered by the kernel (see _addresses).
-                self._ipr = AsyncIPRoute(ext_ack=True, strict_check=True)
+                ipr = AsyncIPRoute(ext_ack=True, strict_check=True)
             except OSError as e:
                 raise VipError(f"cannot open a netlink socket: {_reason(e)}") from e
+            try:
+                await ipr.setup_endpoint()  # the loop reads it from now on
+            except OSError as e:
+                ipr.close()
+                raise VipError(f"cannot open a netlink socket: {_reason(e)}") from e
+            self._ipr = ipr
         return self._ipr
 
     async def _call(self, coro: Any) -> Any:
@@ -332,54 +367,74 @@ class NetlinkVipPort:
         except _Failed as e:
             raise VipError(f"cannot list the addresses of interface {index}: {e}") from e
 
-    def _renewal(self, index: int, vip: Vip, seconds: int) -> Any:
-        """The request renewing `vip` on `index`, built once (pyroute2 re-encodes it per send)."""
-        msg = self._renewals.get((index, vip, seconds))
-        if msg is None:
-            if len(self._renewals) >= 4096:  # indexes and lifetimes that no longer occur
-                self._renewals.clear()
-            msg = _newaddr(index, vip.ip, vip.prefixlen, seconds, replace=True)
-            self._renewals[(index, vip, seconds)] = msg
-        return msg
-
-    async def _send(self, requests: Sequence[tuple[Vip, Any]]) -> list[tuple[Vip, _Failed]]:
-        """Send request messages in one datagram and read every answer; the failed requests.
-
-        As pyroute2's `nlm_request_batch`, which however stops at the first error or drops
-        every error unnamed: here each request keeps the kernel's own answer.
-        """
+    async def _prepare(self, msg: Any) -> _Prepared:
+        """Encode a request once, the way pyroute2 sends one (its own `NetlinkRequest`)."""
         from pyroute2.netlink.nlsocket import NetlinkRequest
 
         ipr = await self._open()
-        unread: list[Any] = []
+        request = NetlinkRequest(ipr, msg)  # a sequence number from the socket's pool
+        await request.prepare()  # encodes; the number's answer queue
+        return _Prepared(request, bytes(request.msg.data))
+
+    async def _renewal(self, index: int, vip: Vip, seconds: int) -> _Prepared:
+        """The request renewing `vip` on `index`, encoded once and sent on every renewal."""
+        key = (index, vip, seconds)
+        prepared = self._renewals.get(key)
+        if prepared is None:
+            msg = _newaddr(index, vip.ip, vip.prefixlen, seconds, replace=True)
+            prepared = await self._prepare(msg)
+            prepared.key = key
+            self._renewals[key] = prepared
+        return prepared
+
+    def _drop(self, prepared: _Prepared) -> None:
+        if prepared.key is not None and self._renewals.get(prepared.key) is prepared:
+            del self._renewals[prepared.key]
+        prepared.release()
+
+    def _drop_renewals(self) -> None:
+        for prepared in list(self._renewals.values()):
+            self._drop(prepared)
+
+    async def _send(self, requests: Sequence[tuple[Vip, _Prepared]]) -> list[tuple[Vip, _Failed]]:
+        """Send prepared requests, BATCH a datagram, and read every answer; the failed ones.
+
+        As pyroute2's `nlm_request_batch`, which however stops at the first error or drops
+        every error unnamed: here each request keeps the kernel's own answer, read with
+        pyroute2's `get()` from its sequence number's queue. A request whose answer was not
+        read (a timeout, a socket error) is dropped: its number is not used again for a while,
+        so a late answer cannot pass for the answer to a later send.
+        """
+        ipr = await self._open()
         failed: list[tuple[Vip, _Failed]] = []
+        done = 0  # requests whose answer was read
 
         async def exchange() -> None:
+            nonlocal done
             # At most BATCH a datagram, so that their answers fit the receive buffer.
             for start in range(0, len(requests), BATCH):
                 chunk = requests[start : start + BATCH]
-                for _, msg in chunk:
-                    unread.append(NetlinkRequest(ipr, msg))
-                    await unread[-1].prepare()
-                ipr.send(b"".join(bytes(r.msg.data) for r in unread))
-                for (vip, _), request in zip(chunk, list(unread), strict=True):
-                    unread.remove(request)  # response() frees its sequence number itself
+                ipr.send(b"".join(p.data for _, p in chunk))
+                for vip, p in chunk:
+                    answers = ipr.get(msg_seq=p.seq, exception_factory=p.request.exception_factory)
                     try:
-                        async for _ in request.response():
-                            pass
+                        async with aclosing(answers):
+                            async for _ in answers:
+                                pass
                     except Exception as e:
                         code = getattr(e, "code", None)
                         if not isinstance(code, int):  # not a NetlinkError: a bug, let it show
                             raise
                         failed.append((vip, _Failed(code, _reason(e))))
+                    done += 1
 
         try:
             await self._call(exchange())
         except _Failed as e:
             return [(vip, e) for vip, _ in requests]
         finally:
-            for request in unread:  # never read (sent or not): free its sequence number
-                request.cleanup()
+            for _, p in requests[done:]:
+                self._drop(p)
         return failed
 
     async def _request(
@@ -393,7 +448,12 @@ class NetlinkVipPort:
         valid = INFINITY_LIFE_TIME if lifetime is None else lifetime
         msg = _newaddr(index, ip, prefixlen, valid, replace=command == "replace")
         vip = Vip(ipaddress.ip_interface(f"{ip}/{prefixlen}"), self._ifname.get(index, "?"))
-        for _, failure in await self._send([(vip, msg)]):
+        prepared = await self._prepare(msg)
+        try:
+            failures = await self._send([(vip, prepared)])
+        finally:
+            prepared.release()
+        for _, failure in failures:
             raise failure
 
     def _note_removal(self, index: int, ip: IPAddress, prefixlen: int) -> None:
@@ -463,18 +523,17 @@ class NetlinkVipPort:
         seconds = kernel_lifetime(lifetime)
         async with self._lock:
             errors: list[str] = []
-            renewals: list[tuple[Vip, Any]] = []
+            renewals: list[tuple[Vip, _Prepared]] = []
+            if len(self._renewals) >= RENEWALS_CACHED:  # indexes, lifetimes no longer in use
+                self._drop_renewals()  # (never during a call: it sends what it took)
             for ifname, group in _by_interface(vips).items():
                 index = await self._index(ifname)
                 if index is None:
                     errors.append(f"{_names(group)} gone: interface does not exist")
                     continue
-                found = {(a.ip, a.prefixlen) for a in await self._addresses(index, group)}
+                # No presence check (see the module docstring): one that is gone is re-created.
                 for vip in group:
-                    if (vip.ip, vip.prefixlen) not in found:
-                        errors.append(f"{vip} is gone")
-                        continue
-                    renewals.append((vip, self._renewal(index, vip, seconds)))
+                    renewals.append((vip, await self._renewal(index, vip, seconds)))
             errors += [f"cannot renew {vip}: {e}" for vip, e in await self._send(renewals)]
             if errors:
                 raise VipError("; ".join(errors))
@@ -563,122 +622,7 @@ class NetlinkVipPort:
 
     async def close(self) -> None:
         self._closed = True
+        self._drop_renewals()
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
-
-
-# --------------------------------------------------------------------------------------------
-# The fake
-
-
-class FakeVipPort:
-    """In-memory VipPort for tests: records every call, keeps the address state and lifetimes.
-
-    `fail[name] = VipError(...)` makes every call of method `name` fail ("add", "renew",
-    "remove", "present", "cleanup_stale"); `fail_next(name, error, times)` only the next ones.
-    A failed `add` leaves nothing added (as the real port's roll-back). With `clock`, an address
-    whose lifetime has run out is gone, as the kernel would do it; `drop()` removes one behind
-    the port's back.
-    """
-
-    def __init__(
-        self,
-        *,
-        stale: Iterable[Vip] = (),
-        macs: dict[str, bytes] | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self.clock = clock
-        self.expiry: dict[Vip, float | None] = dict.fromkeys(stale)  # None: forever
-        self.lifetimes: dict[Vip, float | None] = dict.fromkeys(stale)
-        self.macs = dict(macs or {})
-        self.calls: list[tuple[str, tuple[Vip, ...]]] = []
-        self.fail: dict[str, VipError] = {}
-        self._fail_next: dict[str, list[VipError]] = {}
-        self.closed = False
-
-    def fail_next(self, name: str, error: VipError, times: int = 1) -> None:
-        self._fail_next.setdefault(name, []).extend([error] * times)
-
-    @property
-    def state(self) -> set[Vip]:
-        """Every address currently "on" an interface."""
-        self._expire()
-        return set(self.expiry)
-
-    def holds(self, vips: Iterable[Vip]) -> bool:
-        return all(v in self.state for v in vips)
-
-    def drop(self, vip: Vip) -> None:
-        self.expiry.pop(vip, None)
-
-    def _expire(self) -> None:
-        if self.clock is None:
-            return
-        now = self.clock()
-        for vip, t in list(self.expiry.items()):
-            if t is not None and now >= t:
-                del self.expiry[vip]
-
-    def _call(self, name: str, vips: Sequence[Vip] = ()) -> None:
-        self.calls.append((name, tuple(vips)))
-        if self.closed:
-            raise VipError("the VIP port is closed")
-        queued = self._fail_next.get(name)
-        if queued:
-            raise queued.pop(0)
-        if name in self.fail:
-            raise self.fail[name]
-        self._expire()
-
-    def _until(self, lifetime: float | None) -> float | None:
-        if lifetime is None or self.clock is None:
-            return None
-        return self.clock() + kernel_lifetime(lifetime)
-
-    async def add(self, vips: Sequence[Vip], lifetime: float | None) -> None:
-        kernel_lifetime(lifetime)
-        self._call("add", vips)
-        for vip in vips:
-            self.expiry[vip] = self._until(lifetime)
-            self.lifetimes[vip] = lifetime
-
-    async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
-        kernel_lifetime(lifetime)
-        self._call("renew", vips)
-        gone = [v for v in vips if v not in self.expiry]
-        for vip in vips:
-            if vip in self.expiry:
-                self.expiry[vip] = self._until(lifetime)
-                self.lifetimes[vip] = lifetime
-        if gone:
-            raise VipError("; ".join(f"{v} is gone" for v in gone))
-
-    async def remove(self, vips: Sequence[Vip]) -> None:
-        self._call("remove", vips)
-        for vip in vips:
-            self.expiry.pop(vip, None)
-
-    async def present(self, vips: Sequence[Vip]) -> list[Vip]:
-        self._call("present", vips)
-        return [v for v in dict.fromkeys(vips) if v in self.expiry]
-
-    async def cleanup_stale(self, vips: Sequence[Vip]) -> list[Vip]:
-        self._call("cleanup_stale", vips)
-        wanted = {(v.ip, v.interface) for v in vips}
-        removed = sorted((v for v in self.expiry if (v.ip, v.interface) in wanted), key=str)
-        for vip in removed:
-            del self.expiry[vip]
-        return removed
-
-    def interface_mac(self, ifname: str) -> bytes:
-        self.calls.append(("interface_mac", ()))
-        if ifname not in self.macs:
-            # Locally administered, derived from the name so that it is stable across calls.
-            self.macs[ifname] = bytes([0x02, 0, 0, 0, 0, (sum(ifname.encode()) % 254) + 1])
-        return self.macs[ifname]
-
-    async def close(self) -> None:
-        self.calls.append(("close", ()))
-        self.closed = True

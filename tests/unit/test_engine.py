@@ -42,7 +42,8 @@ from hafailover.core.node import Node
 from hafailover.core.reasons import Reason, Role
 from hafailover.core.spec import ClusterSpec, NodeSpec
 from hafailover.net.announce import FakeAnnouncer
-from hafailover.net.vip import FakeVipPort, Vip, VipError
+from hafailover.net.vip import Vip, VipError
+from hafailover.net.vipfake import FakeVipPort
 from hafailover.runtime.checks import FakeHealth
 from hafailover.runtime.engine import Engine, Ports
 from hafailover.runtime.notify import FakeNotifier
@@ -428,7 +429,7 @@ def test_a_failed_renewal_is_a_failed_acquire() -> None:
     async def body() -> None:
         rig = Rig(lifetime=1.0)
         await rig.elect()
-        rig.vips.drop(VIP)  # gone behind our back: the renewal finds it missing
+        rig.vips.fail["renew"] = VipError("eth0 gone: interface does not exist")
         for _ in range(100):
             await asyncio.sleep(0.01)
             if Effect.ACQUIRE in rig.engine.failing:

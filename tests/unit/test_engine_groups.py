@@ -18,7 +18,8 @@ from hafailover.core.messages import HeartbeatAck, Message, VoteRequest, VoteRes
 from hafailover.core.reasons import Role
 from hafailover.core.spec import ClusterSpec, NodeSpec
 from hafailover.net.announce import FakeAnnouncer
-from hafailover.net.vip import FakeVipPort, Vip, VipError
+from hafailover.net.vip import Vip, VipError
+from hafailover.net.vipfake import FakeVipPort
 from hafailover.runtime.engine import Engine, Ports
 from hafailover.runtime.grouphealth import Drift
 from hafailover.runtime.notify import FakeNotifier

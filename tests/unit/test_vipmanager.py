@@ -11,7 +11,8 @@ import pytest
 
 from hafailover.config import Config, load_config
 from hafailover.net.announce import AnnounceError
-from hafailover.net.vip import FakeVipPort, Vip, VipError
+from hafailover.net.vip import Vip, VipError
+from hafailover.net.vipfake import FakeVipPort
 from hafailover.runtime.vipmanager import (
     Frames,
     NotOpenYet,
