@@ -93,8 +93,6 @@ STOP_GRACE: Final = 0.2
 # The Stop step itself (a VIP removal answers within the port's 2 s netlink timeout).
 STOP_STEP_TIMEOUT: Final = 5.0
 HOOK_DRAIN: Final = 5.0
-# The metrics snapshot is rebuilt at most this often (scrapes come every few seconds).
-PUBLISH_EVERY: Final = 0.5
 
 
 def _group_shapes(config: Config) -> list[tuple[object, ...]]:
@@ -364,7 +362,8 @@ class Daemon:
         # watchdog is pinged from here on, while the VIP manager opens too.
         tick = lag_tick(interval, timings.heartbeat_interval)
         if metrics is not None:
-            engine.on_lag = self._publisher(engine, metrics, transport)
+            engine.on_lag = metrics.observe_loop_lag
+            metrics.refresh_on_scrape(loop, self._publisher(engine, metrics, transport))
         ticker = asyncio.create_task(lag_ticker(engine, tick))
         # READY=1: configuration, key, state, VIP record, interfaces, UDP and control sockets.
         systemd.status("starting: opening the VIP manager")
@@ -466,38 +465,35 @@ class Daemon:
 
     def _publisher(
         self, engine: Engine, metrics: MetricsServer, transport: UdpTransport
-    ) -> Callable[[float], None]:
+    ) -> Callable[[], None]:
+        """What the loop runs when a scrape asks for a fresh snapshot (`refresh_on_scrape`):
+        built from the elections' own fields (no status views: with 50 groups those cost ~4%
+        of a core at one snapshot per heartbeat), once per scrape, never without one."""
         from hafailover.runtime.metrics import GroupSnapshot, MetricsSnapshot
 
-        last = -PUBLISH_EVERY
-
-        def publish(lag: float) -> None:
-            """Every lag tick: the lag. At most every PUBLISH_EVERY: the snapshot, from the
-            elections' own fields (no status views: with 50 groups those cost ~4% of a core at
-            one snapshot per heartbeat)."""
-            nonlocal last
-            metrics.observe_loop_lag(lag)
+        def publish() -> None:
             now = engine.clock()
-            if now - last < PUBLISH_EVERY:
-                return
-            last = now
             snaps = []
-            heard: dict[str, float | None] = {}
+            heard: dict[str, float] = {}
             for g in engine.groups.groups:
                 node = engine.groups.node(g)
                 leading = node.role is Role.LEADER
+                lease = node.lease_until if leading else NEVER
                 snaps.append(GroupSnapshot(
                     g, node.holds_vip, leading, node.term, node.eligible,
-                    node.lease_until if leading and node.lease_until > now else None,
+                    lease if lease > now else None,
                 ))
-                for name, peer in node.peers.peers.items():
-                    seen = peer.last_heard if peer.last_heard != NEVER else None
-                    old = heard.get(name)
-                    heard[name] = seen if old is None else max(old, seen or old)
+                for name, peer in node.peers.peers.items():  # this election's own messages
+                    if peer.heard_at > heard.get(name, NEVER):
+                        heard[name] = peer.heard_at
+            # Node-level messages, once per peer: `last_heard` adds them to one group's own.
+            first = engine.groups.node(engine.groups.groups[0])
+            for name, peer in first.peers.peers.items():
+                heard[name] = max(heard.get(name, NEVER), peer.last_heard)
             metrics.publish(MetricsSnapshot.build(
                 tuple(snaps),
                 checks={c.name: bool(c.ok) for c in self.checks.statuses() if c.ok is not None},
-                peers_heard=heard,
+                peers_heard={n: (t if t != NEVER else None) for n, t in heard.items()},
                 dropped=dict(transport.drops),
                 maintenance=engine.groups.maintenance,
             ))

@@ -2,10 +2,13 @@
 
 Threads: the HTTP endpoint is prometheus_client's own server in a daemon thread, so a slow or
 hostile scraper can never hold up the event loop. That thread never touches the core or the
-runtime's objects: the loop *publishes* an immutable `MetricsSnapshot` (e.g. on every loop-lag
-tick, or after each step) and the collector reads whichever snapshot was published last (one
-reference read, atomic). Times in a snapshot are `time.monotonic()` instants (the asyncio loop's
-clock), so ages and remaining leases are computed at scrape time, not at publish time.
+runtime's objects: the loop *publishes* an immutable `MetricsSnapshot` and the collector reads
+whichever snapshot was published last (one reference read, atomic). With `refresh_on_scrape`
+each scrape first asks the loop for a fresh one (`call_soon_threadsafe`) and waits for it at most
+`REFRESH_WAIT`: a snapshot is built once per scrape and never when nobody scrapes, and a loop
+that does not answer in time (stalled, stopping) leaves the scrape the last one. Times in a
+snapshot are `time.monotonic()` instants (the asyncio loop's clock), so ages and remaining
+leases are computed at scrape time, not at publish time.
 
 Counters and histograms (transitions, check durations, loop lag) are prometheus_client
 `Counter`/`Histogram` objects the loop updates through `observe_*`; their locks are held for
@@ -19,6 +22,7 @@ counts the transport keeps anyway: they travel in the snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -60,6 +64,8 @@ CHECK_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Loop lags buffered until a scrape (or until this many wait).
 LAG_BUFFER = 64
+# How long a scrape waits for the loop's fresh snapshot before it reports the last one.
+REFRESH_WAIT = 0.25
 
 
 class MetricInfo(NamedTuple):
@@ -182,6 +188,8 @@ class MetricsSnapshot:
 @dataclass
 class _Published:
     snapshot: MetricsSnapshot | None = None
+    # Set by `refresh_on_scrape`: asks the loop for a fresh snapshot and waits for it.
+    refresh: Callable[[], None] | None = None
 
 
 class _SnapshotCollector(Collector):
@@ -193,6 +201,9 @@ class _SnapshotCollector(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
+        refresh = self._state.refresh
+        if refresh is not None:
+            refresh()
         snap = self._state.snapshot  # one reference read: the loop may publish meanwhile
         build = GaugeMetricFamily(
             "hafailover_build_info", _INFO["hafailover_build_info"].help, labels=["version"]
@@ -337,6 +348,38 @@ class MetricsServer:
         if not isinstance(snapshot, MetricsSnapshot):
             raise TypeError("publish takes a MetricsSnapshot")
         self._state.snapshot = snapshot
+
+    def refresh_on_scrape(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        publish: Callable[[], None],
+        wait: float = REFRESH_WAIT,
+    ) -> None:
+        """Have every scrape run `publish` (which calls `self.publish`) on `loop` first, and
+        wait for it at most `wait` seconds; past that, or once the loop is closed, the scrape
+        reports the last snapshot. Called from the loop's own thread (`render()` in the loop),
+        `publish` runs at once."""
+        owner = threading.get_ident()
+
+        def refresh() -> None:
+            if threading.get_ident() == owner:
+                publish()
+                return
+            done = threading.Event()
+
+            def run() -> None:
+                try:
+                    publish()
+                finally:
+                    done.set()
+
+            try:
+                loop.call_soon_threadsafe(run)
+            except RuntimeError:  # the loop is closed: the daemon is stopping
+                return
+            done.wait(wait)
+
+        self._state.refresh = refresh
 
     def observe_transition(self, group: str, reason: str) -> None:
         child = self._transition_children.get((group, reason))

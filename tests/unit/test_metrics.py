@@ -256,6 +256,64 @@ def test_each_scrape_sees_one_whole_snapshot_while_the_loop_publishes(
         assert maintenance == float(int(term) % 3 == 0)
 
 
+def test_each_scrape_asks_the_loop_for_a_fresh_snapshot_and_a_stalled_loop_is_not_awaited(
+    server: MetricsServer,
+) -> None:
+    """refresh_on_scrape: a scrape runs the loop's publish first (one per scrape, none
+    without), and a loop that does not run reports the last snapshot after REFRESH_WAIT."""
+    terms = iter(range(10, 100))
+    built: list[int] = []
+    loop = asyncio.new_event_loop()
+
+    def publish() -> None:
+        built.append(next(terms))
+        server.publish(MetricsSnapshot.build((GroupSnapshot("web", True, True, built[-1], True),)))
+
+    server.refresh_on_scrape(loop, publish, wait=0.3)
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        time.sleep(0.2)
+        assert built == []  # nothing built while nobody scrapes
+        assert value(scrape(server), "hafailover_group_term", group="web") == 10
+        assert value(scrape(server), "hafailover_group_term", group="web") == 11
+        assert built == [10, 11]
+        # The loop stalls (a callback that blocks it): the scrape waits 0.3 s, then reports
+        # the last snapshot; the refresh it asked for runs once the loop is back.
+        release = threading.Event()
+        loop.call_soon_threadsafe(release.wait, 5.0)
+        t0 = time.monotonic()
+        assert value(scrape(server), "hafailover_group_term", group="web") == 11
+        waited = time.monotonic() - t0
+        assert 0.25 <= waited < 3.0, waited
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(built) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert built == [10, 11, 12]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+    # A closed loop: the scrape reports the last snapshot at once.
+    t0 = time.monotonic()
+    assert value(scrape(server), "hafailover_group_term", group="web") == 12
+    assert time.monotonic() - t0 < 0.25
+
+
+def test_render_on_the_loop_thread_publishes_at_once(clock: Clock) -> None:
+    metrics = MetricsServer(version="1", clock=clock)
+    loop = asyncio.new_event_loop()
+    try:
+        metrics.refresh_on_scrape(loop, lambda: metrics.publish(snapshot(term=7)))
+        t0 = time.monotonic()
+        text = metrics.render().decode()
+        assert time.monotonic() - t0 < 0.2
+        assert 'hafailover_group_term{group="web"} 7.0' in text
+    finally:
+        loop.close()
+
+
 def test_stop_frees_the_port_and_a_busy_port_is_a_clear_error(clock: Clock) -> None:
     first = MetricsServer(clock=clock)
     host, port = first.start(("127.0.0.1", 0))
