@@ -14,13 +14,17 @@ multicast events (no polling). It calls
 
 Callbacks run in the loop, synchronously; they should only hand the event on.
 
-Only removals and link changes matter, so RTM_NEWADDR events are not decoded: every lifetime
-renewal of every held VIP produces one (the kernel notifies a replace like an add), and decoding
-them was most of an idle daemon's cost here. The socket's decoding policy for RTM_NEWADDR is
-pyroute2's bare `nlmsg` (the netlink header only) except while the watcher dumps addresses, which
-come as RTM_NEWADDR too. A RTM_DELADDR of a watched VIP is reported whether or not the watcher
-saw it appear: the kernel sends one only for an address that was there. `state.vips` is
-therefore what the last dump found, less what was removed since.
+Only removals and link changes matter, so RTM_NEWADDR notifications are not even read: every
+lifetime renewal of every held VIP causes one (the kernel notifies a replace like an add), and
+waking up for each (~0.1 ms of the loop) was most of an idle daemon's watching cost. A classic
+BPF socket filter (SO_ATTACH_FILTER, compiled with pyroute2's `ext.bpf`), attached before the
+socket joins the groups, drops them in the kernel: every message of type RTM_NEWADDR without
+NLM_F_MULTI. Each notification is a datagram of its own; the answers to the watcher's own
+address dump are RTM_NEWADDR too but always carry NLM_F_MULTI, so they pass (as do RTM_DELADDR,
+links, errors and NLMSG_DONE). A dropped notification is not a lost one: it does not fill the
+receive buffer and causes no ENOBUFS. A RTM_DELADDR of a watched VIP is reported whether or not
+the watcher saw it appear: the kernel sends one only for an address that was there.
+`state.vips` is therefore what the last dump found, less what was removed since.
 
 If the daemon falls behind, the kernel drops events and the next read fails with ENOBUFS: the
 socket is then unusable. The watcher closes it, opens a new one, dumps links and addresses again,
@@ -37,6 +41,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +64,7 @@ RTM_DELADDR = 21
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
+SO_ATTACH_FILTER = 26
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 RETRY_MIN = 0.05
 RETRY_MAX = 2.0
@@ -80,11 +86,31 @@ def link_up(msg: Any) -> bool:
     return bool(flags & IFF_UP) and has_carrier
 
 
-def _header_only() -> Any:
-    """pyroute2's bare netlink message: decodes the header (type, flags, ...) and nothing else."""
-    from pyroute2.netlink import nlmsg
+def address_notification_filter() -> list[list[int]]:
+    """Classic BPF: drop RTM_NEWADDR notifications, accept everything else (module docstring).
 
-    return nlmsg
+    Netlink headers are host-endian; BPF loads half-words big-endian, hence `htons`.
+    """
+    from pyroute2.ext.bpf import BPF
+    from pyroute2.netlink import NLM_F_MULTI
+
+    load_half, ret = BPF.LD | BPF.H | BPF.ABS, BPF.RET | BPF.K
+    return [
+        [load_half, 0, 0, 4],  # nlmsg_type
+        [BPF.JMP | BPF.JEQ | BPF.K, 0, 3, socket.htons(RTM_NEWADDR)],  # else: accept
+        [load_half, 0, 0, 6],  # nlmsg_flags
+        [BPF.JMP | BPF.JSET | BPF.K, 1, 0, socket.htons(NLM_F_MULTI)],  # a dump's: accept
+        [ret, 0, 0, 0],  # a notification: drop
+        [ret, 0, 0, 0x7FFFFFFF],  # accept, whole
+    ]
+
+
+def _attach_filter(ipr: Any) -> None:
+    from pyroute2.ext import bpf
+
+    fprog, program = bpf.compile(address_notification_filter())
+    ipr.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies `program`
+    del program
 
 
 def _addr_key(msg: Any) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
@@ -185,9 +211,9 @@ class LinkWatcher:
         self._drop_socket()
         ipr = AsyncIPRoute(rcvbuf=self._rcvbuf)
         try:
+            _attach_filter(ipr)  # before joining the groups: no notification slips through
             # Subscribe before dumping, so that no change falls between the two.
             await ipr.bind(groups=GROUPS)
-            ipr.register_policy(RTM_NEWADDR, _header_only())
             await self._dump(ipr)
         except BaseException:
             ipr.close()
@@ -203,19 +229,12 @@ class LinkWatcher:
             up[index] = link_up(msg)
         self._names, self._up = names, up
         present: set[Vip] = set()
-        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-
-        # A dump's answers are RTM_NEWADDR messages: decoded in full while it runs. Events
-        # read meanwhile are decoded too, and ignored as always.
-        ipr.register_policy(RTM_NEWADDR, ifaddrmsg)
-        try:
-            async for msg in await ipr.addr("dump"):
-                key = _addr_key(msg)
-                vip = self._vip_for(key) if key is not None else None
-                if vip is not None:
-                    present.add(vip)
-        finally:
-            ipr.register_policy(RTM_NEWADDR, _header_only())
+        # Its answers are RTM_NEWADDR with NLM_F_MULTI: the socket filter lets them through.
+        async for msg in await ipr.addr("dump"):
+            key = _addr_key(msg)
+            vip = self._vip_for(key) if key is not None else None
+            if vip is not None:
+                present.add(vip)
         self._present = present
 
     def _drop_socket(self) -> None:
@@ -257,7 +276,7 @@ class LinkWatcher:
         links = self._links()
         for name, up in links.items():
             self._report_link(name, up, force=True)
-        # Additions are not tracked (RTM_NEWADDR is not decoded), so any watched VIP may have
+        # Additions are not tracked (RTM_NEWADDR is not read), so any watched VIP may have
         # come and gone while events were lost: report every one that is absent now.
         for vip in sorted(self._vips - self._present, key=str):
             self._removed(vip)
@@ -278,7 +297,7 @@ class LinkWatcher:
                 if name is not None:
                     self._report_link(name, links[name])
         elif kind == RTM_DELADDR:
-            # RTM_NEWADDR (a renewal, an add) is not decoded and changes nothing here.
+            # RTM_NEWADDR (a renewal, an add) is filtered out by the kernel; see _attach_filter.
             key = _addr_key(msg)
             vip = self._vip_for(key) if key is not None else None
             if vip is not None:

@@ -96,11 +96,13 @@ async def main():
     w = LinkWatcher(["eth0"], [V4, V6], on_link=on_link, on_address_removed=on_removed,
                     own_removal=port.removed_by_us, rcvbuf=4096)
     await w.start()
-    await port.add([V6], None)  # after the watcher's dump: it never decodes this addition
+    await port.add([V6], None)  # after the watcher's dump: it never reads this addition
     await asyncio.sleep(0.2)
-    flood = ";".join(f"ip addr add 10.213.1.{i}/32 dev eth0" for i in range(1, 201))
-    flood += "; ip -6 addr del fd00:213::100/64 dev eth0; ip -n " + BRIDGE + " link set v1 down"
-    subprocess.run(["sh", "-c", flood], check=True)
+    # Additions are filtered out in the kernel (no overflow); 200 removals are not.
+    adds = "".join(f"addr add 10.213.1.{i}/32 dev eth0\\n" for i in range(1, 201))
+    batch = adds + adds.replace("addr add", "addr del") + "addr del fd00:213::100/64 dev eth0\\n"
+    subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+    ip("-n", BRIDGE, "link", "set", "v1", "down")
     time.sleep(0.5)  # the loop is blocked: nothing reads the socket
     r = {}
     r["carrier_lost_ms"] = await wait_for("link", "eth0", False)
@@ -109,6 +111,32 @@ async def main():
     ip("-n", BRIDGE, "link", "set", "v1", "up")  # and events flow again afterwards
     r["carrier_back_ms"] = await wait_for("link", "eth0", True)
     r["state"] = [w.state.links, sorted(map(str, w.state.vips))]
+    await w.close(); await port.close()
+    out(r)
+asyncio.run(main())
+"""
+
+
+FILTERED = """
+async def main():
+    port = NetlinkVipPort()
+    await port.add([V4, V6], 30)
+    w = LinkWatcher(["eth0"], [V4, V6], on_link=on_link, on_address_removed=on_removed,
+                    own_removal=port.removed_by_us)
+    seen = []  # the type of every message the watcher reads
+    handle = w._handle
+    w._handle = lambda msg: (seen.append(msg["header"]["type"]), handle(msg))
+    r = {"start": sorted(map(str, (await w.start()).vips))}
+    for _ in range(20):
+        await port.renew([V4, V6], 30)
+    ip("addr", "add", "10.213.0.101/24", "dev", "eth0")
+    ip("-6", "addr", "add", "fd00:213::101/64", "dev", "eth0")
+    ip("-n", BRIDGE, "link", "set", "v1", "down")
+    r["carrier_lost_ms"] = await wait_for("link", "eth0", False)
+    ip("addr", "del", "10.213.0.100/24", "dev", "eth0")
+    r["v4_removed_ms"] = await wait_for("removed", str(V4))
+    r["types"] = sorted(set(seen))
+    r["redump"] = sorted(map(str, (await w.watch(["eth0"], [V4, V6])).vips))  # same socket
     await w.close(); await port.close()
     out(r)
 asyncio.run(main())
@@ -161,3 +189,14 @@ def test_dropped_events_are_recovered_by_a_new_dump(net: VipNet) -> None:
     assert r["carrier_lost_ms"] is not None and r["v6_removed_ms"] is not None, r
     assert r["carrier_back_ms"] is not None, r
     assert r["state"] == [{"eth0": True}, [str(V4)]], r
+
+
+@pytest.mark.netns
+def test_address_additions_are_not_read_but_dumps_and_removals_are(net: VipNet) -> None:
+    # The socket filter: renewals and additions (RTM_NEWADDR, 20) never reach the watcher;
+    # links (16), removals (21) and its own dumps (RTM_NEWADDR with NLM_F_MULTI) do.
+    r = scenario(net, FILTERED)
+    assert r["start"] == [str(V4), str(V6)], r
+    assert r["carrier_lost_ms"] is not None and r["v4_removed_ms"] is not None, r
+    assert 20 not in r["types"] and {16, 21} <= set(r["types"]), r
+    assert r["redump"] == [str(V6)], r
