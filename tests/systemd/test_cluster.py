@@ -72,6 +72,11 @@ def test_hardening_in_force(cluster: Cluster) -> None:
     assert int(fields["CapBnd"].strip(), 16) == NET_CAPS, fields["CapBnd"]
     assert fields["NoNewPrivs"].strip() == "1"
     assert fields["Seccomp"].strip() == "2"  # filters: address families, W^X, personality...
+    # LimitCORE=0: the watchdog's SIGABRT must not make the exit (and the VIP removal after it)
+    # wait for a core dump.
+    core = next(ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                if ln.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
     # ProtectSystem=strict: in the daemon's mount namespace (its checks and hooks share it)
     # / is read-only and only the state and runtime directories are writable.
     mounts = {fields[4]: fields[5].split(",") for fields in
