@@ -6,10 +6,12 @@
     python -m lab.bench_groups_daemon vipdel --repeats 5
 
 cpu: 3 nodes at the default timings (heartbeat 100ms, failover 600ms), no health checks, the
-metrics endpoint on and scraped every second from the client; per daemon the CPU it used itself
+metrics endpoint on and scraped every second from the client (`--metrics off`: the default
+configuration, no endpoint and no scraper); per daemon the CPU it used itself
 (utime+stime, not children) over `window` seconds once every group has a holder, the part of it
 in the event loop's thread (the rest is the metrics endpoint's threads), how many groups' VIPs
-it held at the end, and its RSS.
+it held at the end, and its RSS; the median per node, and of the node holding the most VIPs and
+of the others apart.
 failover: web/db on 3 nodes, node1's host dies: web's failover time (kill to the VIP on its new
 holder) and the db client's lost probes (10 ms probes). link: the two-bridge lab, node1's eth0
 loses carrier: time to the VIP on node2. vipdel: `ip addr del` of web's VIP on its holder: time
@@ -91,10 +93,11 @@ def emit(rec: dict[str, Any]) -> None:
     print(json.dumps(rec), flush=True)
 
 
-def bench_cpu(groups: int, window: float, settle: float) -> dict[str, Any]:
+def bench_cpu(groups: int, window: float, settle: float, metrics: bool = True) -> dict[str, Any]:
     with Lab(3, "hfbgd") as lab:
         c = HaCluster(lab, ClusterOptions(groups=generated_groups(groups, lab.nodes),
-                                          with_check=False, metrics_port=METRICS_PORT))
+                                          with_check=False,
+                                          metrics_port=METRICS_PORT if metrics else 0))
         t0 = time.monotonic()
         for n in lab.nodes:
             c.start(n)
@@ -105,7 +108,7 @@ def bench_cpu(groups: int, window: float, settle: float) -> dict[str, Any]:
             held_s = round(time.monotonic() - t0, 2)
         except TimeoutError:
             pass  # measured anyway: the cost of a cluster that does not settle
-        scraper = Scraper(lab)
+        scraper = Scraper(lab) if metrics else None
         time.sleep(settle)
         pids = {n: c.procs[n].pid for n in lab.nodes}
         before = {n: cpu_seconds(p) for n, p in pids.items()}
@@ -117,14 +120,16 @@ def bench_cpu(groups: int, window: float, settle: float) -> dict[str, Any]:
         loop = {n: 100 * (cpu_seconds(p, p) - loop_before[n]) / dt for n, p in pids.items()}
         holds = c.group_holders()
         rss = {n: rss_mb(p) for n, p in pids.items()}
-        scraper.close()
+        if scraper is not None:
+            scraper.close()
         alive = all(c.procs[n].alive() for n in lab.nodes)
-        return {"what": "cpu", "groups": groups, "cpu_percent": cpu,
+        return {"what": "cpu", "groups": groups, "metrics": metrics, "cpu_percent": cpu,
                 "loop_thread_cpu_percent": loop,
                 "vips_held": {n: sum(n in h for h in holds.values()) for n in lab.nodes},
                 "rss_mb": rss,
-                "held_s": held_s, "scrapes_ok": scraper.ok,
-                "scrapes_failed": scraper.failed, "alive": alive, "window_s": round(dt, 1)}
+                "held_s": held_s, "scrapes_ok": scraper.ok if scraper else 0,
+                "scrapes_failed": scraper.failed if scraper else 0, "alive": alive,
+                "window_s": round(dt, 1)}
 
 
 def bench_failover() -> dict[str, Any]:
@@ -207,14 +212,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--window", type=float, default=15.0, help="cpu: seconds measured")
     ap.add_argument("--settle", type=float, default=3.0, help="cpu: seconds before measuring")
+    ap.add_argument("--metrics", choices=("1s", "off"), default="1s",
+                    help="cpu: metrics endpoint scraped every second, or no endpoint")
     a = ap.parse_args(argv)
     if a.what == "cpu":
         for g in a.groups:
-            runs = [bench_cpu(g, a.window, a.settle) for _ in range(a.repeats)]
+            runs = [bench_cpu(g, a.window, a.settle, a.metrics == "1s") for _ in range(a.repeats)]
             for r in runs:
                 emit(r)
-            emit({"what": "cpu-median", "groups": g,
+            top = [max(r["vips_held"], key=r["vips_held"].get) for r in runs]
+            pairs = list(zip(runs, top, strict=True))
+            emit({"what": "cpu-median", "groups": g, "metrics": a.metrics,
                   "cpu_percent_per_node": med([v for r in runs for v in r["cpu_percent"].values()]),
+                  "cpu_percent_most_vips": med([r["cpu_percent"][n] for r, n in pairs]),
+                  "cpu_percent_others": med([v for r, n in pairs
+                                             for k, v in r["cpu_percent"].items() if k != n]),
                   "rss_mb": med([v for r in runs for v in r["rss_mb"].values()]),
                   "held_s": med([r["held_s"] for r in runs if r["held_s"] is not None]),
                   "settled": sum(r["held_s"] is not None for r in runs)})
