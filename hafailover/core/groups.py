@@ -50,6 +50,8 @@ group *less* able to act (refuse, step down, not stand), never grant a vote or a
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -91,6 +93,34 @@ TIMER_GROUPS_PER_STEP = 64
 """At most this many groups are woken by one `TimerFired`; the others stay due, so
 `next_deadline()` is still past and the caller fires again at once, after its event loop had a
 turn (hundreds of groups whose election timers fall together do not stall the loop in one step)."""
+
+
+COLD_START_GROUPS_PER_ROUND = 16
+"""At a cold start with more groups than this, the groups' first elections are spread over one
+heartbeat interval per this many groups (`cold_start_stagger`)."""
+
+
+def cold_start_stagger(group: str, count: int, interval: float) -> float:
+    """How much later than a lone group's `group` stands for its first election, when a node
+    starts with `count` groups.
+
+    Without it every group's best-ranked node stands one `failover_timeout` after the start, all
+    at once: hundreds of elections, then hundreds of per-group heartbeat rounds until the peers
+    fortify, in the same few rounds. Late enough, their acknowledgements come back after leases
+    and round timeouts ran out, and the groups elect again (a storm that never settled at 500
+    groups on three daemons sharing two cores). Spread over one heartbeat interval per
+    `COLD_START_GROUPS_PER_ROUND` groups, about that many first elections start per round.
+
+    The offset is a hash of the group's name: the same on every node, so it delays each rank's
+    settle time alike and priority still decides (`Node.start`). It only delays standing
+    before a leader was seen: a node that hears a leader follows it at once. Zero for up to
+    `COLD_START_GROUPS_PER_ROUND` groups.
+    """
+    if count <= COLD_START_GROUPS_PER_ROUND:
+        return 0.0
+    spread = count / COLD_START_GROUPS_PER_ROUND * interval
+    fraction = int.from_bytes(hashlib.blake2b(group.encode(), digest_size=4).digest(), "big")
+    return spread * fraction / 2**32
 
 
 @dataclass(frozen=True)
@@ -165,7 +195,8 @@ class Groups:
         self.maintenance = state.maintenance
         first = next(iter(specs.values()))
         peers = tuple(n for n in first.names if n != name)
-        self._slack = min(s.timings.heartbeat_slack for s in specs.values())
+        self._slacks = {g: s.timings.heartbeat_slack for g, s in specs.items()}
+        self._slack = min(self._slacks.values())
         interval = min(s.timings.heartbeat_interval for s in specs.values())
         self.liveness = Liveness(name, peers, interval)
         self._nodes: dict[str, Node] = {}
@@ -197,10 +228,13 @@ class Groups:
         return self._nodes[group]
 
     def start(self, now: float) -> list[Tagged]:
-        """First call after construction: starts every group's election."""
+        """First call after construction: starts every group's election (the first elections
+        spread over time when there are many groups: `cold_start_stagger`)."""
         out: list[Tagged] = []
+        count = len(self._nodes)
         for group, node in self._nodes.items():
-            self._collect(group, node.start(now), out)
+            stagger = cold_start_stagger(group, count, node.spec.timings.heartbeat_interval)
+            self._collect(group, node.start(now, stagger), out)
         self._touched.clear()
         return out
 
@@ -253,28 +287,7 @@ class Groups:
             case MessageReceived(sender=sender, message=NodeHeartbeat() | NodeAck() as message):
                 self._on_node_message(sender, message, now, out)
             case TimerFired():
-                woken = 0
-                for group, node in self._nodes.items():
-                    if self._deadlines[group] <= now + node.spec.timings.heartbeat_slack:
-                        self._feed(group, event, now, out)
-                        woken += 1
-                        if woken == TIMER_GROUPS_PER_STEP:
-                            break
-                else:
-                    # Awake anyway: groups due within the next round take their step now.
-                    # Most such deadlines are a lease or a promise that node liveness has
-                    # renewed since (the step only moves it on), so the groups of a node cost
-                    # about one wake-up a round, not one each. A timer step early is always
-                    # allowed (`Node` checks every time itself); a deadline not renewed stays
-                    # and fires on time.
-                    ahead = now + self.liveness.interval
-                    for group in self._names:
-                        if woken == TIMER_GROUPS_PER_STEP:
-                            break
-                        deadline = self._deadlines[group]
-                        if now + self._slack < deadline <= ahead:
-                            self._feed(group, event, now, out)
-                            woken += 1
+                self._wake(now, out)
                 if self.liveness.next_deadline() <= now + self._slack:
                     for peer, hb in self.liveness.send_round(now):
                         out.append(Tagged(NODE_LEVEL, Send(peer, hb)))
@@ -297,6 +310,36 @@ class Groups:
             case Stop() | HealthChanged() | VipConflict() | EffectFailed():
                 for group in self._nodes:
                     self._feed(group, event, now, out)
+
+    def _wake(self, now: float, out: list[Tagged]) -> None:
+        """A timer step: the groups due within their `Timings.heartbeat_slack`, at most
+        `TIMER_GROUPS_PER_STEP` of them, the earliest deadlines first.
+
+        Earliest first matters: a group woken within its slack but before its deadline (a
+        follower's election timer) does nothing and stays due, so a chunk taken in configuration
+        order could be those same groups at every step while an overdue group after them never
+        ran, `next_deadline()` stayed in the past and the timer fired again and again at the
+        same time (a livelock of a cold start with hundreds of groups). The earliest deadlines
+        are the overdue ones, and each overdue group's step moves its deadline on.
+        """
+        deadlines, slacks = self._deadlines, self._slacks
+        woken = [g for g in self._names if deadlines[g] <= now + slacks[g]]
+        if len(woken) > TIMER_GROUPS_PER_STEP:
+            woken = heapq.nsmallest(TIMER_GROUPS_PER_STEP, woken, key=deadlines.__getitem__)
+        else:
+            # Awake anyway: groups due within the next round take their step now. Most such
+            # deadlines are a lease or a promise that node liveness has renewed since (the step
+            # only moves it on), so the groups of a node cost about one wake-up a round, not one
+            # each. A timer step early is always allowed (`Node` checks every time itself); a
+            # deadline not renewed stays and fires on time.
+            ahead = now + self.liveness.interval
+            room = TIMER_GROUPS_PER_STEP - len(woken)
+            more = [g for g in self._names if now + slacks[g] < deadlines[g] <= ahead]
+            if len(more) > room:
+                more = heapq.nsmallest(room, more, key=deadlines.__getitem__)
+            woken += more
+        for group in woken:
+            self._feed(group, _TIMER, now, out)
 
     def _route_to(self, group: str, event: Event, now: float, out: list[Tagged]) -> None:
         if group == NODE_LEVEL and isinstance(event, MessageReceived):

@@ -192,16 +192,17 @@ class Node:
 
     # ------------------------------------------------------------------ public interface
 
-    def start(self, now: float) -> list[Action]:
-        """First call after construction (a start or a restart with persisted state)."""
+    def start(self, now: float, stagger: float = 0.0) -> list[Action]:
+        """First call after construction (a start or a restart with persisted state); `stagger`
+        delays standing before a leader was seen (`hafailover.core.groups.cold_start_stagger`)."""
         self._out = []
         self._started = True
         # Promises given before a crash were not persisted: keep them by refusing all votes
         # for one failover timeout.
         self._promise = Promise("", -1, now + self._t.failover_timeout)
-        self._election_at = self._promise.until + self._election_delay(exclude="")
+        self._election_at = self._promise.until + stagger + self._election_delay(exclude="")
         rank = self.peers.better_ranked(self.me, exclude="")
-        self._settle_until = self._promise.until + rank * self._t.startup_settle
+        self._settle_until = self._promise.until + stagger + rank * self._t.startup_settle
         self._decide(Reason.STARTED, maintenance=self.maintenance, healthy=self.healthy)
         self._out.append(Notify(NotifyKind.FOLLOWER, self.role, self.term, self.leader))
         return self._finish(now)
@@ -330,8 +331,7 @@ class Node:
         # Asked after every step of the group; what it depends on rarely changes.
         state = (
             self.term, self._reported_healthy, self.maintenance,
-            *((p.fortified_seq is not None, p.healthy, p.maintenance)
-              for p in self.peers.peers.values()),
+            *((p.keyed, p.healthy, p.maintenance) for p in self.peers.peers.values()),
         )
         if state == self._keys_state:
             return self._keys
@@ -341,13 +341,13 @@ class Node:
         self._keys = {
             p.spec.name: (self.term, p.healthy is True, p.maintenance is True, summary)
             for p in self.peers.peers.values()
-            if p.fortified_seq is not None
+            if p.keyed
         }
         return self._keys
 
     def unfortify(self, peer: str) -> bool:
         """Leader: `peer` disagreed about which groups it backs; send it this group's own
-        heartbeats again (the next one at once). True if that changed anything."""
+        heartbeats again (its key stays: `PeerInfo.keyed`). True if that changed anything."""
         info = self.peers.get(peer)
         if self.role is not Role.LEADER or info is None or info.fortified_seq is None:
             return False
@@ -634,10 +634,10 @@ class Node:
         if info is not None and ack.success:
             self._lease.acked(info, ack.round)
             if self._live is not None and info.fortified_seq is None:
-                info.fortified_seq = self._live.next_seq()
+                info.fortified_seq, info.keyed = self._live.next_seq(), True
                 self._lease.invalidate()
-        elif info is not None and info.fortified_seq is not None:
-            info.fortified_seq = None
+        elif info is not None and (info.fortified_seq is not None or info.keyed):
+            info.fortified_seq, info.keyed = None, False
             self._lease.invalidate()
         self._maybe_preempt(now)
 

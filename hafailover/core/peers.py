@@ -35,6 +35,11 @@ class PeerInfo:
     # for the peer (it acknowledged a heartbeat of this term); None: not fortified, so it gets
     # this group's own heartbeats.
     fortified_seq: int | None = None
+    # Leader only, with node liveness: this group's key for the peer is in the node-level
+    # digest. Set with `fortified_seq`; kept when a mismatch makes the group fall back to its own
+    # heartbeats (the peer still holds its key: dropping ours would make the next round
+    # mismatch too); cleared by a failed acknowledgement and a new term.
+    keyed: bool = False
     live: Bucket | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -133,6 +138,7 @@ class PeerTable:
             info.acked_sent_at = NEVER
             info.eligible_since = None
             info.fortified_seq = None
+            info.keyed = False
 
     def lease_base(self, own_sent_at: float) -> float:
         """The send time that a majority (counting this node at `own_sent_at`) has acknowledged.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+import hafailover.core.groups as groups_module
 from hafailover.core.actions import Action, CommandResult, Persist, ReleaseVip, Send
 from hafailover.core.events import (
     Effect,
@@ -28,6 +29,7 @@ from hafailover.core.events import (
     TimerFired,
 )
 from hafailover.core.groups import (
+    COLD_START_GROUPS_PER_ROUND,
     TIMER_GROUPS_PER_STEP,
     ForGroup,
     Groups,
@@ -572,9 +574,13 @@ def test_node_liveness_teeth_promises_renewed_lazily_but_never_made_concrete(
     assert "without a majority lease" in caught or "two running VIP holders" in caught, caught
 
 
-def test_hundreds_of_groups_due_together_are_woken_in_chunks() -> None:
-    """200 groups with the same election timings: one step wakes at most about
-    `TIMER_GROUPS_PER_STEP` of them, and every group still gets a holder, the one it prefers."""
+def test_hundreds_of_groups_due_together_are_woken_in_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 groups with the same election timings and no cold-start stagger: one step wakes at
+    most about `TIMER_GROUPS_PER_STEP` of them, and every group still gets a holder, the one it
+    prefers."""
+    monkeypatch.setattr(groups_module, "cold_start_stagger", lambda *_: 0.0)
     names = ("node1", "node2", "node3")
     specs = {}
     for i in range(200):
@@ -608,3 +614,75 @@ def test_hundreds_of_groups_due_together_are_woken_in_chunks() -> None:
     # VIP holders whose overdue timers run first in any step (freeze safety).
     assert TIMER_GROUPS_PER_STEP <= max(woken) <= TIMER_GROUPS_PER_STEP + 8, max(woken)
     assert all(sim.holders(g) == [best(s)] for g, s in specs.items())
+
+
+def test_a_timer_step_wakes_the_overdue_groups_before_those_merely_near_their_deadline() -> None:
+    """More than `TIMER_GROUPS_PER_STEP` groups within their slack of a deadline, earlier in the
+    configuration than one already overdue: the overdue one runs in the first step (earliest
+    deadlines first). Taken in configuration order, the chunk was the same not-yet-due groups at
+    every step, the overdue group never ran and `next_deadline()` stayed in the past: the timer
+    fired again and again at the same time (the livelock of a 500-group cold start)."""
+    count = TIMER_GROUPS_PER_STEP + 10
+    names = [f"g{i:03d}" for i in range(count)]
+    g = Groups(specs3(*names), "node1", random.Random(1))
+    g.start(0.0)
+    now = 10.0
+    slack = DEFAULT.heartbeat_slack
+    for i, name in enumerate(names):
+        node = g.node(name)
+        # Followers: all but the last due within the slack but not yet; the last overdue.
+        node._election_at = now + slack / 2 if i < count - 1 else now - 0.001
+        node._settle_until = -1.0
+        g._deadlines[name] = node.next_deadline()
+    assert g.next_deadline() < now
+    g.handle(TimerFired(), now)
+    assert g.node(names[-1]).role is Role.PRE_CANDIDATE
+    assert g.next_deadline() > now
+
+
+def test_first_elections_of_many_groups_are_spread_the_same_on_every_node() -> None:
+    """Up to `COLD_START_GROUPS_PER_ROUND` groups stand at once, as a lone group does; more are
+    spread over an interval per that many groups, by a hash of the name (so every node delays a
+    group alike and each rank's settle time keeps its order)."""
+    interval = DEFAULT.heartbeat_interval
+    few = COLD_START_GROUPS_PER_ROUND
+    assert groups_module.cold_start_stagger("web", few, interval) == 0.0
+    many = 10 * few
+    offsets = [groups_module.cold_start_stagger(f"g{i}", many, interval) for i in range(many)]
+    assert all(0.0 <= o < 10 * interval for o in offsets)
+    assert max(offsets) - min(offsets) > 8 * interval
+    assert offsets == [groups_module.cold_start_stagger(f"g{i}", many, interval)
+                       for i in range(many)]
+    g = Groups(specs3(*(f"g{i}" for i in range(many))), "node3", random.Random(1))
+    g.start(0.0)
+    for i in range(many):
+        node = g.node(f"g{i}")
+        # node3 ranks third: two settle times after the refusal window, plus the group's offset.
+        expected = DEFAULT.failover_timeout + offsets[i] + 2 * DEFAULT.startup_settle
+        assert node.settle_until == pytest.approx(expected)
+
+
+def test_a_fallback_keeps_the_leaders_key_in_the_node_level_digest() -> None:
+    """A mismatch makes the groups of that bucket send their own heartbeats again, but the
+    leader's keys stay in the digest (the follower still holds its own): dropping them made
+    the next round mismatch too, and every mismatch un-fortified the whole bucket again, so
+    hundreds of groups electing at once kept falling back (a cold-start storm)."""
+    names = [f"g{i}" for i in range(40)]
+    sim = GroupSim(specs3(*names), 5, drift=False)
+    sim.run_until(6.0)
+    leader = sim.nodes["node1"].groups
+    assert leader is not None
+    assert all(sim.holders(g) == ["node1"] for g in names)
+    expected = list(leader.liveness.expected["node2"])
+    stale = [b for b, d in enumerate(expected) if d]
+    before = leader.liveness.mismatches
+    seq = leader.liveness.seq
+    leader.liveness._sent[seq] = (sim.t, {"node2": sum(1 << b for b in stale)})
+    leader.handle(MessageReceived("node2", NodeAck(seq, 0)), sim.t)
+    assert leader.liveness.mismatches > before
+    assert leader.liveness.expected["node2"] == expected
+    fallen = [g for g in names if leader.node(g).peers.peers["node2"].fortified_seq is None]
+    assert fallen and all(leader.node(g).peers.peers["node2"].keyed for g in fallen)
+    sim.run_until(sim.t + 1.0)
+    assert all(leader.node(g).peers.peers["node2"].fortified_seq is not None for g in names)
+    assert all(sim.holders(g) == ["node1"] for g in names)
