@@ -199,6 +199,13 @@ class Groups:
         self._slack = min(self._slacks.values())
         interval = min(s.timings.heartbeat_interval for s in specs.values())
         self.liveness = Liveness(name, peers, interval)
+        # A follower that leads other groups itself may hold its acknowledgement of a peer's
+        # round back until its own round to that peer (one datagram instead of two, see
+        # `Liveness.hold_ack`): only where the lease leaves room for the leader to learn of it
+        # up to an interval later and still renew it in time, with an interval to spare.
+        self._hold_acks = all(
+            s.timings.lease_duration > 3 * s.timings.heartbeat_interval for s in specs.values()
+        )
         self._nodes: dict[str, Node] = {}
         self._bucket = {group: bucket_of(group) for group in specs}
         for group, spec in specs.items():
@@ -289,8 +296,8 @@ class Groups:
             case TimerFired():
                 self._wake(now, out)
                 if self.liveness.next_deadline() <= now + self._slack:
-                    for peer, hb in self.liveness.send_round(now):
-                        out.append(Tagged(NODE_LEVEL, Send(peer, hb)))
+                    for peer, message in self.liveness.send_round(now):
+                        out.append(Tagged(NODE_LEVEL, Send(peer, message)))
             case SetMaintenance():
                 self._feed(self._first, event, now, out)
             case Switchover() | MessageReceived() if len(self._nodes) == 1:
@@ -379,7 +386,7 @@ class Groups:
         live = self.liveness
         if isinstance(message, NodeHeartbeat):
             ack = live.on_heartbeat(sender, message, now)
-            if ack is not None:
+            if ack is not None and not (self._hold_acks and live.hold_ack(sender, ack, now)):
                 out.append(Tagged(NODE_LEVEL, Send(sender, ack)))
         elif stale := live.on_ack(sender, message, now):
             # The peer disagrees about which groups of those buckets it backs: each of them this

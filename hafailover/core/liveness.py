@@ -95,6 +95,8 @@ class Liveness:
         # Any node-level message from the peer (reachability).
         self._contact = dict.fromkeys(peers, NEVER)
         self.mismatches = 0
+        # Acknowledgements held back to travel with this node's next round (`hold_ack`).
+        self._held: dict[str, NodeAck] = {}
         # Bumped whenever what a lease is computed from changes (a round sent, support
         # received), so that leases can cache their value between changes.
         self.version = 0
@@ -117,25 +119,45 @@ class Liveness:
             self.fortified[leader][bucket] ^= old ^ new
 
     def next_deadline(self) -> float:
-        """When the next round is due; never while this node leads nothing any peer backs."""
-        return self.round_at if any(any(d) for d in self.expected.values()) else INF
+        """When the next round is due; never while this node leads nothing any peer backs
+        and holds back no acknowledgement."""
+        if self._held or any(any(d) for d in self.expected.values()):
+            return self.round_at
+        return INF
 
-    def send_round(self, now: float) -> list[tuple[str, NodeHeartbeat]]:
-        """A round sent at `now`: a heartbeat for every peer this node expects support from."""
+    def hold_ack(self, peer: str, ack: NodeAck, now: float) -> bool:
+        """Keep `ack` for `peer` to send with this node's next round, if one is due to `peer`
+        within an interval: the two then travel in one datagram instead of two. True if held
+        (a newer acknowledgement replaces an older one held for the same peer).
+
+        Safe because an acknowledgement's meaning is fixed when the heartbeat came in: the
+        promises it stands for were renewed then (`on_heartbeat`), and the leader counts its
+        round's *send* time, so a later arrival only makes the leader learn of its lease later,
+        by at most one interval (`Groups` holds back only when the lease leaves room for it)."""
+        if not any(self.expected.get(peer, ())) or not now < self.round_at <= now + self.interval:
+            return False
+        self._held[peer] = ack
+        return True
+
+    def send_round(self, now: float) -> list[tuple[str, NodeHeartbeat | NodeAck]]:
+        """A round sent at `now`: a heartbeat for every peer this node expects support from,
+        and every acknowledgement held back for it (`hold_ack`)."""
         self.round_at = (int((now + self.interval / 10) / self.interval) + 1) * self.interval
+        held: list[tuple[str, NodeHeartbeat | NodeAck]] = list(self._held.items())
+        self._held.clear()
         digests = {
             p: tuple((b, d) for b, d in enumerate(ds) if d) for p, ds in self.expected.items()
         }
         digests = {p: ds for p, ds in digests.items() if ds}
         if not digests:
-            return []
+            return held
         self.seq += 1
         masks = {p: sum(1 << b for b, _ in ds) for p, ds in digests.items()}
         self._sent[self.seq] = (now, masks)
         self._sent.pop(self.seq - _KEEP_ROUNDS, None)
         self.last_sent = now
         self.version += 1
-        return [(p, NodeHeartbeat(self.seq, ds)) for p, ds in digests.items()]
+        return [*((p, NodeHeartbeat(self.seq, ds)) for p, ds in digests.items()), *held]
 
     def on_heartbeat(self, sender: str, hb: NodeHeartbeat, now: float) -> NodeAck | None:
         """Follower side: renew (lazily) the promises to `sender` of every bucket that agrees."""

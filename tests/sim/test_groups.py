@@ -340,7 +340,7 @@ def test_every_group_has_a_holder_soon_and_a_node_death_moves_exactly_its_groups
     when node1 dies only node1's groups move, within the failover timeout plus one election,
     and the other groups' holders never change."""
     names = ("node1", "node2", "node3")
-    specs = {}
+    specs: dict[str, ClusterSpec] = {}
     for i in range(12):
         first = i % 3
         prio = {names[first]: 150, names[(first + 1) % 3]: 100, names[(first + 2) % 3]: 50}
@@ -388,6 +388,52 @@ def test_idle_traffic_follows_the_nodes_not_the_groups() -> None:
     assert items[("node2", "node3")] == 0, items
     node1 = sim.nodes["node1"].groups
     assert node1 is not None and node1.liveness.mismatches == 0
+
+
+def test_spread_idle_traffic_is_one_datagram_per_link_and_round() -> None:
+    """Three groups, each led by another node, then idle: every node is a leader and a follower
+    of each peer, and holds its acknowledgement of a peer's round back until its own round to
+    that peer (`Liveness.hold_ack`), so each direction of each link carries one datagram per
+    round (a node-level heartbeat and an acknowledgement), not two; every lease still holds."""
+    names = ("node1", "node2", "node3")
+    specs: dict[str, ClusterSpec] = {}
+    for i, leader in enumerate(names):
+        prio = {n: (150 if n == leader else 100 - names.index(n)) for n in names}
+        nodes = tuple(NodeSpec(n, prio[n]) for n in names)
+        specs[f"g{i}"] = ClusterSpec(nodes)  # a cold start: priority decides
+    sim = GroupSim(specs, 5)
+    sim.run_until(8.0)
+    assert [sim.holders(g) for g in specs] == [[n] for n in names]
+    sim.datagrams.clear()
+    sim.run_until(13.0)
+    assert [sim.holders(g) for g in specs] == [[n] for n in names]
+    rounds = 5.0 / DEFAULT.heartbeat_interval
+    per_link = Counter((src, dst) for _, src, dst, _ in sim.datagrams)
+    items = Counter((src, dst) for _, src, dst, n in sim.datagrams for _ in range(n))
+    for src in names:
+        for dst in names:
+            if src != dst:
+                assert per_link[(src, dst)] <= rounds * 1.1, per_link
+                assert items[(src, dst)] >= rounds * 1.8, items  # heartbeat + acknowledgement
+    for name in names:
+        groups = sim.nodes[name].groups
+        assert groups is not None and groups.liveness.mismatches == 0
+
+
+def test_a_held_acknowledgement_goes_with_the_next_round_even_one_without_heartbeats() -> None:
+    """`Liveness.hold_ack`: held only while a round to that peer is due within an interval;
+    the round sends it, also when this node no longer leads anything the peer backs."""
+    live = Liveness("node2", ("node1", "node3"), 0.1)
+    ack = NodeAck(7, 1)
+    assert not live.hold_ack("node1", ack, 1.0)  # no round to node1 due: sent at once
+    live.change_expected("node1", 0, 0, 42)
+    live.send_round(1.0)  # next round on the grid, at 1.1
+    assert live.hold_ack("node1", ack, 1.03)
+    assert live.hold_ack("node1", NodeAck(8, 1), 1.05)  # the newer one replaces it
+    live.change_expected("node1", 0, 42, 0)  # leads nothing node1 backs any more
+    assert live.next_deadline() == pytest.approx(1.1)  # still woken, for the held one
+    assert live.send_round(1.1) == [("node1", NodeAck(8, 1))]
+    assert live.next_deadline() == float("inf")
 
 
 # ---------------------------------------------------------------------- the multiplexer
@@ -582,7 +628,7 @@ def test_hundreds_of_groups_due_together_are_woken_in_chunks(
     prefers."""
     monkeypatch.setattr(groups_module, "cold_start_stagger", lambda *_: 0.0)
     names = ("node1", "node2", "node3")
-    specs = {}
+    specs: dict[str, ClusterSpec] = {}
     for i in range(200):
         first = i % 3
         prio = {names[first]: 150, names[(first + 1) % 3]: 100, names[(first + 2) % 3]: 50}
