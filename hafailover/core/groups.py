@@ -105,7 +105,7 @@ COLD_START_GROUPS_PER_ROUND_BEYOND = 4
 a first election costs a real daemon far more than the core's step (the vote persisted, the VIP
 added and announced, decisions logged), and three daemons on two cores electing 16 groups a
 round from the start (500 groups over 3 s) never settled, 4 a round (500 over 11 s) settled in
-about 20 s (`python -m lab.bench_groups_daemon cpu --groups 500`). 50 groups still stand within
+15-20 s (`python -m lab.bench_groups_daemon cpu --groups 500`). 50 groups still stand within
 a third of a second."""
 
 
