@@ -95,18 +95,18 @@ TIMER_GROUPS_PER_STEP = 64
 turn (hundreds of groups whose election timers fall together do not stall the loop in one step)."""
 
 
+# At a cold start with more than COLD_START_GROUPS_PER_ROUND groups, the groups' first
+# elections are spread over one heartbeat interval per COLD_START_GROUPS_PER_ROUND groups for
+# the first COLD_START_FAST_GROUPS, and one interval per COLD_START_GROUPS_PER_ROUND_BEYOND
+# beyond them (`cold_start_stagger`). The slower rate beyond is measured, not derived:
+# a first election costs a real daemon far more than the core's step (the vote persisted, the
+# VIP added and announced, decisions logged), and three daemons on two cores electing 16 groups
+# a round from the start (500 groups over 3 s) never settled, 4 a round (500 over 11 s) settled
+# in 15-20 s (`python -m lab.bench_groups_daemon cpu --groups 500`). 50 groups still stand
+# within a third of a second.
 COLD_START_GROUPS_PER_ROUND = 16
-"""At a cold start with more groups than this, the groups' first elections are spread over one
-heartbeat interval per this many groups (`cold_start_stagger`)..."""
-
 COLD_START_FAST_GROUPS = 64
 COLD_START_GROUPS_PER_ROUND_BEYOND = 4
-"""...for the first `COLD_START_FAST_GROUPS` groups, and one interval per this many beyond them:
-a first election costs a real daemon far more than the core's step (the vote persisted, the VIP
-added and announced, decisions logged), and three daemons on two cores electing 16 groups a
-round from the start (500 groups over 3 s) never settled, 4 a round (500 over 11 s) settled in
-15-20 s (`python -m lab.bench_groups_daemon cpu --groups 500`). 50 groups still stand within
-a third of a second."""
 
 
 def cold_start_stagger(group: str, count: int, interval: float) -> float:
