@@ -12,11 +12,14 @@ Routing (`handle`):
   acquire/release this way. A message for a group this node does not have is dropped and
   counted (`unknown_group_messages`): the wire codec has already dropped such items, so this
   only happens during a reload; a switchover for one is refused (`TARGET_UNKNOWN`).
-* `TimerFired`: to every group whose deadline is due within its `Timings.heartbeat_slack`, at
-  most `TIMER_GROUPS_PER_STEP` of them per step (the rest stay due), then the node-level round
-  of `hafailover.core.liveness` if it is due.
+* `TimerFired`: to every group whose deadline is due within its `Timings.heartbeat_slack` once
+  touched (`Node.touch`: node liveness's renewals folded in, without a step), at most
+  `TIMER_GROUPS_PER_STEP` of them per step (the rest stay due), then the node-level round of
+  `hafailover.core.liveness` if it is due.
   A leader woken that early sends its heartbeat at once, so once leaders have fired together
   their heartbeats stay in the same round and, per peer, in the same datagram.
+* After every step, the groups due within the next round are touched: in steady state a group's
+  deadline is a lease or promise node liveness keeps renewing, and it never comes due.
 * `Stop`, `HealthChanged` (node-wide), `VipConflict`, `EffectFailed` and `EffectSucceeded`
   without a group: to every group (`EffectSucceeded` only where that effect is failing). The
   state file is shared, so a failed save is every group's failed save: report persist
@@ -279,6 +282,8 @@ class Groups:
         for event in events:
             self._route(event, now, out)
         self._sync_maintenance(now, out)
+        if min(self._deadlines.values()) <= now + self.liveness.interval:
+            self._touch_ahead(now)
         return out
 
     def next_deadline(self) -> float:
@@ -333,8 +338,15 @@ class Groups:
                     self._feed(group, event, now, out)
 
     def _wake(self, now: float, out: list[Tagged]) -> None:
-        """A timer step: the groups due within their `Timings.heartbeat_slack`, at most
-        `TIMER_GROUPS_PER_STEP` of them, the earliest deadlines first.
+        """A timer step: every group due within the next round is touched (`Node.touch`: node
+        liveness's renewals folded in, no step); those still due within their
+        `Timings.heartbeat_slack` take a timer step, and, room permitting, those due within
+        the next round too. At most `TIMER_GROUPS_PER_STEP` steps, the earliest deadlines first.
+
+        Touching first: in steady state almost every group's deadline is a lease or a promise
+        that node liveness has renewed since its last step, and its step would only move it on.
+        A touch does that for a fraction of a step's cost; a deadline not renewed stays and is
+        stepped on time.
 
         Earliest first matters: a group woken within its slack but before its deadline (a
         follower's election timer) does nothing and stays due, so a chunk taken in configuration
@@ -342,25 +354,41 @@ class Groups:
         ran, `next_deadline()` stayed in the past and the timer fired again and again at the
         same time (a livelock of a cold start with hundreds of groups). The earliest deadlines
         are the overdue ones, and each overdue group's step moves its deadline on.
+
+        Stepping the groups due within the next round now (a timer step early is always allowed:
+        `Node` checks every time itself) spares each of them a wake-up of its own.
         """
-        deadlines, slacks = self._deadlines, self._slacks
-        woken = [g for g in self._names if deadlines[g] <= now + slacks[g]]
-        if len(woken) > TIMER_GROUPS_PER_STEP:
-            woken = heapq.nsmallest(TIMER_GROUPS_PER_STEP, woken, key=deadlines.__getitem__)
+        deadlines, slacks, nodes = self._deadlines, self._slacks, self._nodes
+        ahead = now + self.liveness.interval
+        due: list[str] = []
+        near: list[str] = []
+        for group in self._names:
+            if deadlines[group] <= ahead:
+                deadline = deadlines[group] = nodes[group].touch(now)
+                if deadline <= now + slacks[group]:
+                    due.append(group)
+                elif deadline <= ahead:
+                    near.append(group)
+        if len(due) > TIMER_GROUPS_PER_STEP:
+            due = heapq.nsmallest(TIMER_GROUPS_PER_STEP, due, key=deadlines.__getitem__)
         else:
-            # Awake anyway: groups due within the next round take their step now. Most such
-            # deadlines are a lease or a promise that node liveness has renewed since (the step
-            # only moves it on), so the groups of a node cost about one wake-up a round, not one
-            # each. A timer step early is always allowed (`Node` checks every time itself); a
-            # deadline not renewed stays and fires on time.
-            ahead = now + self.liveness.interval
-            room = TIMER_GROUPS_PER_STEP - len(woken)
-            more = [g for g in self._names if now + slacks[g] < deadlines[g] <= ahead]
-            if len(more) > room:
-                more = heapq.nsmallest(room, more, key=deadlines.__getitem__)
-            woken += more
-        for group in woken:
+            room = TIMER_GROUPS_PER_STEP - len(due)
+            if len(near) > room:
+                near = heapq.nsmallest(room, near, key=deadlines.__getitem__)
+            due += near
+        for group in due:
             self._feed(group, _TIMER, now, out)
+
+    def _touch_ahead(self, now: float) -> None:
+        """After a step's events: touch the groups whose deadline falls within the next round,
+        so a deadline node liveness keeps renewing never wakes the node by itself (a follower
+        that leads nothing has no round timer: its leader's heartbeats are its only wake-ups).
+        Touched groups still due wait for their `TimerFired`."""
+        ahead = now + self.liveness.interval
+        deadlines, nodes = self._deadlines, self._nodes
+        for group in self._names:
+            if deadlines[group] <= ahead:
+                deadlines[group] = nodes[group].touch(now)
 
     def _route_to(self, group: str, event: Event, now: float, out: list[Tagged]) -> None:
         if group == NODE_LEVEL and isinstance(event, MessageReceived):

@@ -420,6 +420,49 @@ def test_spread_idle_traffic_is_one_datagram_per_link_and_round() -> None:
         assert groups is not None and groups.liveness.mismatches == 0
 
 
+def test_idle_groups_take_no_timer_step_of_their_own() -> None:
+    """30 spread groups, then idle: every lease and promise is renewed by node liveness and
+    folded in by `Node.touch` after each step, so no group's own timer step runs (before touch,
+    each group took two or three a second only to move its lease or promise on), while the
+    node-level rounds go on and every group keeps its holder."""
+    names = ("node1", "node2", "node3")
+    specs: dict[str, ClusterSpec] = {}
+    for i in range(30):
+        leader = names[i % 3]
+        prio = {n: (150 if n == leader else 100 - names.index(n)) for n in names}
+        specs[f"g{i:02d}"] = ClusterSpec(tuple(NodeSpec(n, prio[n]) for n in names))
+    sim = GroupSim(specs, 9)
+    sim.run_until(8.0)
+    holders = {g: sim.holders(g) for g in specs}
+    assert all(len(h) == 1 for h in holders.values()), holders
+    steps: Counter[str] = Counter()
+    rounds: Counter[str] = Counter()
+    node_handle, groups_handle = Node.handle, Groups.handle
+
+    def counting_node(self: Node, event: object, now: float) -> list[Action]:
+        if isinstance(event, TimerFired):
+            steps[self.name] += 1
+        return node_handle(self, event, now)  # type: ignore[arg-type]
+
+    def counting(self: Groups, event: object, now: float) -> list[Tagged]:
+        if isinstance(event, TimerFired):
+            rounds[self.name] += 1
+        return groups_handle(self, event, now)  # type: ignore[arg-type]
+
+    Node.handle = counting_node  # type: ignore[method-assign]
+    Groups.handle = counting  # type: ignore[method-assign]
+    try:
+        sim.run_until(13.0)
+    finally:
+        Node.handle, Groups.handle = node_handle, groups_handle  # type: ignore[method-assign]
+    assert {g: sim.holders(g) for g in specs} == holders
+    per_second = 5.0 / DEFAULT.heartbeat_interval
+    for name in names:
+        assert rounds[name] >= per_second * 0.9, rounds  # the node-level rounds still run
+        assert rounds[name] <= per_second * 1.5, rounds  # and hardly any other timer
+        assert steps[name] == 0, steps
+
+
 def test_a_held_acknowledgement_goes_with_the_next_round_even_one_without_heartbeats() -> None:
     """`Liveness.hold_ack`: held only while a round to that peer is due within an interval;
     the round sends it, also when this node no longer leads anything the peer backs."""
