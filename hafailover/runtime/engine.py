@@ -104,6 +104,8 @@ MAX_MERGE: Final = 64
 NODE_WIDE: Final = ""  # the "group" of a node-wide failure (persist) or refusal
 
 _ALWAYS: Final = (ReleaseVip, Decision, Exit)
+NEVER: Final = float("-inf")
+INF: Final = float("inf")
 FAILED_REASON: Final = {
     Effect.PERSIST: Reason.PERSIST_FAILED,
     Effect.ACQUIRE: Reason.ACQUIRE_FAILED,
@@ -181,6 +183,8 @@ class Engine:
         self._waiters: dict[int, asyncio.Future[CommandResult]] = {}
         self._added: set[str] = set()  # groups whose VIPs this engine added and kept since
         self._announced: set[str] = set()  # groups announcing their VIPs as this node's
+        # No announced group's lease ends before this (see `_silence_if_lease_expired`).
+        self._leases_hold_until = NEVER
         self._renew_queued = False
         self._status_due = False
         self._health: dict[str, tuple[bool, str]] = {}
@@ -258,17 +262,31 @@ class Engine:
         """A lease that ran out while this process could not run (frozen, starved) silences the
         group's announcements at once, synchronously, before any other callback queued on the
         loop (an ARP refresh due since the freeze) can claim the address; the core's release
-        follows in order. Stopping announcements never needs the core's consent."""
+        follows in order. Stopping announcements never needs the core's consent.
+
+        Called at every input, so amortized O(1): a scan keeps the earliest lease end of the
+        announced groups, and until then none can have run out, because between steps a lease
+        only grows (node liveness extends it). A step can shorten one only where it takes or
+        gives up leadership or the VIP (`begin`/`end` of a lease come with a `Decision`), or
+        starts announcing: `_do` then forgets the bound and the next input scans again."""
         if not self._announced:
             return
         now = self.clock()
+        if now < self._leases_hold_until:
+            return
         silenced = False
+        earliest = INF
         for g in list(self._announced):
             n = self.groups.node(g)
-            if n.holds_vip and not n.lease_valid(now):
+            if not n.holds_vip:
+                continue  # announces nothing it holds: can only start holding at a step
+            if n.lease_valid(now):
+                earliest = min(earliest, n.lease_until)
+            else:
                 self.ports.announcer_for(g).cancel()
                 self._announced.discard(g)
                 silenced = True
+        self._leases_hold_until = earliest
         if silenced:
             self._holding_changed()
 
@@ -495,6 +513,7 @@ class Engine:
         p = self.ports
         match action:
             case ReleaseVip():
+                self._leases_hold_until = NEVER
                 announcer = p.announcer_for(group)
                 announcer.cancel()
                 announcer.set_holding(False)
@@ -509,6 +528,7 @@ class Engine:
                     raise EffectError(Effect.RELEASE, f"removing the VIP failed: {e}") from e
                 return Effect.RELEASE
             case AcquireVip():
+                self._leases_hold_until = NEVER
                 try:
                     await p.vips.add(self.group_vips.get(group, ()), self.vip_lifetime)
                 except VipError as e:
@@ -517,6 +537,7 @@ class Engine:
                 self._schedule_renewal()  # first renewal within one interval of the add
                 return Effect.ACQUIRE
             case Announce():
+                self._leases_hold_until = NEVER
                 announcer = p.announcer_for(group)
                 announcer.announce()
                 announcer.set_holding(True)
@@ -541,6 +562,7 @@ class Engine:
                 )
                 p.notifier_for(group).submit(kind.value, env)
             case Decision():
+                self._leases_hold_until = NEVER  # a lease may have begun or ended
                 self._record(group, action)
             case Exit():
                 log.critical("%s", action.detail)

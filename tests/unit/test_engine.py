@@ -534,3 +534,40 @@ def test_after_close_nothing_is_handled() -> None:
         assert rig.transport.sent == [] and rig.node.term == 0
 
     run(body)
+
+
+# ------------------------------------------------------------------------------ per input cost
+
+
+def test_a_lease_that_ran_out_during_a_freeze_is_silenced_before_the_next_input() -> None:
+    """`feed` stops the announcements of a group whose lease ran out synchronously, before the
+    input is handled, however it is handled; and between two leases' ends it asks the core
+    nothing (one scan keeps the earliest end)."""
+
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        await rig.elect()
+        await asyncio.sleep(0)
+        asked: list[float] = []
+        real = node.lease_valid
+
+        def counting(now: float) -> bool:
+            asked.append(now)
+            return real(now)
+
+        node.lease_valid = counting  # type: ignore[method-assign]
+        for _ in range(5):
+            rig.engine.feed(HealthChanged(True, "still fine"))
+        assert len(asked) <= 1, asked
+        assert "cancel" not in rig.announcer.calls
+        # Frozen past the lease; the consumer is busy (a re-add queued), so the input waits.
+        rig.clock.now = node.lease_until
+        rig.engine.readd(VIP)
+        seen = len(node.seen)
+        rig.engine.feed(HealthChanged(True, "after the freeze"))
+        assert len(node.seen) == seen  # not handled yet...
+        assert "cancel" in rig.announcer.calls and rig.holding[-1] is False  # ...but silenced
+        await rig.engine.close()
+
+    run(body)
