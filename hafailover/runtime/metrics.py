@@ -23,14 +23,20 @@ counts the transport keeps anyway: they travel in the snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
+import io
 import math
+import selectors
+import socket
+import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
-from wsgiref.simple_server import WSGIServer
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,7 +45,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import choose_encoder, gzip_accepted, make_wsgi_app
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -66,6 +72,15 @@ LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 LAG_BUFFER = 64
 # How long a scrape waits for the loop's fresh snapshot before it reports the last one.
 REFRESH_WAIT = 0.25
+# A client that stalls mid-request (one socket operation) gives the endpoint back after this.
+CLIENT_TIMEOUT = 5.0
+# gzip level of a compressed scrape (Prometheus asks for gzip): 1 compresses a 50-group scrape
+# 15 KB -> 2 KB in a quarter of level 9's CPU.
+GZIP_LEVEL = 1
+# The longest request head (request line and headers) the endpoint reads.
+MAX_HEAD = 16384
+
+_WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class MetricInfo(NamedTuple):
@@ -285,6 +300,204 @@ class _Buffered(Collector):
         return iter(())
 
 
+class _Families:
+    """A collector of given families: what prometheus_client's encoders render."""
+
+    def __init__(self, families: tuple[Metric, ...]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+class _Renderer:
+    """The registry's exposition, by prometheus_client's own encoders, one family at a time:
+    a family equal to the one rendered last time (same name, help, type and samples) reuses
+    that family's bytes, so a scrape renders only what changed since the previous one.
+
+    Each encoder's output is its families' texts one after the other, then a trailer (OpenMetrics'
+    `# EOF`; nothing in the text format): the trailer is what the encoder makes of no family, and
+    it ends the concatenation once. Thread-safe (one lock, held by one scrape at a time)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        # (content type, family name) -> (the family as last rendered, its bytes)
+        self._cache: dict[tuple[str, str], tuple[Metric, bytes]] = {}
+        self._trailers: dict[str, bytes] = {}
+
+    def render(self, content_type: str, encoder: Callable[[Collector], bytes]) -> bytes:
+        with self._lock:
+            trailer = self._trailers.get(content_type)
+            if trailer is None:
+                trailer = self._trailers[content_type] = encoder(_Families(()))
+            cache = self._cache
+            parts: list[bytes] = []
+            for family in self._registry.collect():
+                key = (content_type, family.name)
+                cached = cache.get(key)
+                if cached is not None and (cached[0] is family or cached[0] == family):
+                    parts.append(cached[1])
+                    continue
+                text = encoder(_Families((family,)))
+                if trailer:
+                    if not text.endswith(trailer):  # not the structure assumed: no cache
+                        return encoder(self._registry)
+                    text = text[: -len(trailer)]
+                cache[key] = (family, text)
+                parts.append(text)
+            parts.append(trailer)
+            return b"".join(parts)
+
+
+class _Server:
+    """A minimal HTTP/1.0 server for the WSGI application, one request at a time in one
+    long-lived thread (`serve`): no thread per scrape, no wake-up while nobody connects, and the
+    listening socket defers the accept until the request has arrived (TCP_DEFER_ACCEPT), so a
+    scrape wakes the thread once. It reads the request head (at most `MAX_HEAD` bytes within
+    `CLIENT_TIMEOUT` s), calls the application and sends its answer with `Connection: close`.
+    prometheus_client's WSGI application, not this class, decides what a request gets.
+
+    Measured against wsgiref's server in the same thread (one 1-group scrape, loopback,
+    2-core VM): ~0.15 ms of CPU instead of ~0.8 ms. A client that stalls holds the endpoint
+    (never the event loop) for `CLIENT_TIMEOUT` s at most; `stop()` ends `serve` at once, even
+    in the middle of a request."""
+
+    def __init__(self, host: str, port: int, app: _WsgiApp) -> None:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(16)
+            sock.setblocking(False)
+            with contextlib.suppress(OSError, AttributeError):  # Linux only: an optimisation
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        except BaseException:
+            sock.close()
+            raise
+        self.socket = sock
+        self.server_port = int(sock.getsockname()[1])
+        self._app = app
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._current: socket.socket | None = None
+
+    def serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                ready = selector.select()
+                if self._stopping:
+                    return
+                if any(key.fileobj is self.socket for key, _ in ready):
+                    self._serve_one()
+
+    def _serve_one(self) -> None:
+        try:
+            conn, peer = self.socket.accept()
+        except OSError:  # gone before the accept
+            return
+        self._current = conn
+        try:
+            if not self._stopping:
+                conn.settimeout(CLIENT_TIMEOUT)
+                self._respond(conn, peer)
+        except OSError:  # the client went away or stalled: nothing to answer
+            pass
+        finally:
+            self._current = None
+            conn.close()
+
+    def _respond(self, conn: socket.socket, peer: Any) -> None:
+        head = _read_head(conn, time.monotonic() + CLIENT_TIMEOUT)
+        environ = _environ(head, peer) if head is not None else None
+        if environ is None:
+            conn.sendall(
+                b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            return
+        answer: list[Any] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> None:
+            answer[:] = [status, headers]
+
+        body = b"".join(self._app(environ, start_response))
+        status, headers = answer
+        lines = [f"HTTP/1.0 {status}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        conn.sendall("".join(lines).encode("latin-1") + body)
+
+    def stop(self) -> None:
+        self._stopping = True
+        current = self._current
+        if current is not None:
+            with contextlib.suppress(OSError):  # that request is done and closed meanwhile
+                current.shutdown(socket.SHUT_RDWR)
+        self._wake_w.send(b"x")
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _read_head(conn: socket.socket, deadline: float) -> bytes | None:
+    """The request line and headers, or None: too long, or the client closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > MAX_HEAD:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request head too slow")
+        conn.settimeout(remaining)
+        chunk = conn.recv(MAX_HEAD + 4)
+        if not chunk:
+            return None
+        data += chunk
+    return data.split(b"\r\n\r\n", 1)[0]
+
+
+def _environ(head: bytes, peer: Any) -> dict[str, Any] | None:
+    """A WSGI environ for a request head; None if it is not an HTTP/1.x request."""
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = request_line.split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    method, target, protocol = parts
+    path, _, query = target.partition("?")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": urllib.parse.unquote(path, "latin-1"),
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": protocol,
+        "REMOTE_ADDR": str(peer[0]),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for line in header_lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            return None
+        key = "HTTP_" + name.upper().replace("-", "_")
+        value = value.strip()
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -310,6 +523,7 @@ class MetricsServer:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self._state = _Published()
+        self._renderer = _Renderer(self.registry)
         self.registry.register(_SnapshotCollector(self._state, version, clock))
         self._transitions = Counter(
             "hafailover_transitions",
@@ -337,7 +551,7 @@ class MetricsServer:
         # every call.
         self._transition_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
-        self._server: WSGIServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
 
@@ -413,13 +627,14 @@ class MetricsServer:
         host, port = listen
         bind = host.strip("[]")
         try:
-            server, thread = start_http_server(port, addr=bind, registry=self.registry)
+            server = _Server(bind, port, self._app())
         except OSError as exc:
             raise MetricsError(
                 f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}. Pick a free "
                 "port in metrics.listen, or remove the metrics section"
             ) from None
-        thread.name = "hafailover-metrics"
+        thread = threading.Thread(target=server.serve, name="hafailover-metrics", daemon=True)
+        thread.start()
         self._server, self._thread = server, thread
         self.address = (bind, int(server.server_port))
         return self.address
@@ -430,7 +645,32 @@ class MetricsServer:
         self._server = self._thread = None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
+        server.stop()
         if thread is not None:
             thread.join(timeout=5)
+        server.server_close()
+
+    def _app(self) -> _WsgiApp:
+        """The WSGI application: prometheus_client's own (`make_wsgi_app`) for anything but a
+        plain GET; a plain GET gets the same exposition through the family cache."""
+        fallback = make_wsgi_app(self.registry)
+        renderer = self._renderer
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if (
+                environ["REQUEST_METHOD"] != "GET"
+                or environ.get("QUERY_STRING")
+                or environ.get("PATH_INFO") == "/favicon.ico"
+            ):
+                result: Iterable[bytes] = fallback(environ, start_response)
+                return result
+            encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            output = renderer.render(content_type, encoder)
+            headers = [("Content-Type", content_type)]
+            if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+                output = gzip.compress(output, compresslevel=GZIP_LEVEL)
+                headers.append(("Content-Encoding", "gzip"))
+            start_response("200 OK", headers)
+            return [output]
+
+        return app
