@@ -88,7 +88,9 @@ from hafailover.runtime.notify import hook_env
 from hafailover.runtime.ports import Elections, Input, OneGroup, Ports, exit_now
 from hafailover.runtime.store import StateError
 
-__all__ = ["Elections", "Engine", "Ports", "exit_now", "lag_ticker", "renewal_interval"]
+__all__ = [
+    "Elections", "Engine", "Ports", "exit_now", "lag_ticker", "renewal_delay", "renewal_interval",
+]
 
 log = logging.getLogger("hafailover.engine")
 
@@ -170,6 +172,8 @@ class Engine:
             if vip_lifetime
             else float("inf")
         )
+        # The grid the core's heartbeat rounds and the lag ticker fall on (multiples of it).
+        self.grid = first.spec.timings.heartbeat_interval
         self.command_timeout = command_timeout
         self.started_at = clock()
         # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
@@ -604,11 +608,15 @@ class Engine:
 
     def _schedule_renewal(self) -> None:
         """Arm the renewal timer (every `renew_interval` while this engine keeps VIPs it added:
-        a node holding nothing is not woken for it)."""
+        a node holding nothing is not woken for it).
+
+        It comes due at the last point of the heartbeat grid within `renew_interval`: there the
+        loop wakes anyway for the lag ticker and a leader's round, so a renewal costs no
+        wake-up of its own. Renewing earlier is always safe (`renewal_interval`)."""
         if self.vip_lifetime and self._renewer is None and not self._closed:
-            self._renewer = asyncio.get_running_loop().call_later(
-                self.renew_interval, self._renewal_due
-            )
+            now = self.clock()
+            delay = renewal_delay(now, self.renew_interval, self.grid)
+            self._renewer = asyncio.get_running_loop().call_later(delay, self._renewal_due)
 
     def _renewal_due(self) -> None:
         self._renewer = None
@@ -739,6 +747,18 @@ def renewal_interval(lifetime: float, lease: float) -> float:
             f"leader whose lease still holds. Set vip_lifetime to {needed}s or more (or false)"
         )
     return interval
+
+
+def renewal_delay(now: float, interval: float, grid: float) -> float:
+    """How long from `now` until the next renewal: to the last multiple of `grid` that is at
+    most `interval` ahead (on the engine's clock, as `lagticker.next_on_grid`), and never
+    more than `interval`; just `interval` when no grid point lies in (now, now + interval]."""
+    # The tolerance keeps a renewal made on a grid point from slipping one point early every
+    # time by the rounding of (k * grid + interval) / grid.
+    at = math.floor((now + interval) / grid + 1e-9) * grid
+    if at <= now or at > now + interval:
+        return interval
+    return at - now
 
 
 def _stopping(request_id: int) -> CommandResult:

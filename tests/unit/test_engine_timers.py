@@ -137,3 +137,38 @@ def test_the_lag_ticker_stops_when_cancelled_and_fails_with_its_tick() -> None:
             await asyncio.wait_for(lag_ticker(failing, 0.01), 1.0)
 
     run(body)
+
+
+def test_a_renewal_comes_due_on_the_heartbeat_grid_and_never_later_than_its_interval() -> None:
+    from hafailover.runtime.engine import renewal_delay
+
+    # The last multiple of the grid within the interval: where the loop wakes anyway.
+    for now in (5.0, 5.0003, 5.0999, 123456.7001, 0.05):
+        delay = renewal_delay(now, 1.0, 0.1)
+        assert 0.9 < delay <= 1.0, (now, delay)
+        assert (now + delay) / 0.1 == pytest.approx(round((now + delay) / 0.1), abs=1e-6)
+    # Renewing on a grid point keeps the full interval (no drift one point early per renewal).
+    t = 7.0
+    for _ in range(50):
+        t += renewal_delay(t, 1.0, 0.1)
+    assert t == pytest.approx(57.0)
+    # No grid point within the interval: the interval itself.
+    assert renewal_delay(5.03, 0.05, 0.1) == 0.05
+
+
+def test_the_engine_arms_its_renewal_on_the_grid() -> None:
+    async def body() -> None:
+        rig = Rig(lifetime=2.0)
+        await rig.elect()
+        loop = asyncio.get_running_loop()
+        renewer = rig.engine._renewer
+        assert renewer is not None
+        # On the engine's (the rig's) clock, the renewal is due on a multiple of the heartbeat
+        # interval, within one renewal interval.
+        due = rig.clock.now + (renewer.when() - loop.time())
+        grid = rig.engine.grid
+        assert due / grid == pytest.approx(round(due / grid), abs=0.05)  # real time passed
+        assert 0 < due - rig.clock.now <= rig.engine.renew_interval
+        await rig.engine.close()
+
+    run(body)
