@@ -9,6 +9,13 @@ step is done, so the ordering the core documents in `hafailover.core.actions` ho
 world, not just in the list: nothing is sent before the vote it carries is on disk, nobody is
 told to take over before this node's address is gone.
 
+An input that comes while the task waits on an empty inbox is handled at once, in the callback
+that brought it (`_step_now`): the same step, without a task wake-up and an extra pass of the
+loop per datagram or timer. Whatever it needs to await (`Persist`, `AcquireVip`, `ReleaseVip`)
+is handed to the task as the first item of the inbox, so an input that comes meanwhile still
+waits for the whole step. Several inputs merged into one step (see `inbox.py`) happen only
+while the task is busy: then the inbox is not empty.
+
 Groups (`hafailover.core.groups`): a tagged action acts on that group's VIPs, announcer and
 hooks (which get HAFAILOVER_GROUP). Every `Send` of a step is held back and, at the end of the
 step, what goes to one peer leaves in ONE datagram (`TransportPort.send_batch`); holding a send
@@ -106,6 +113,8 @@ MAX_MERGE: Final = 64
 NODE_WIDE: Final = ""  # the "group" of a node-wide failure (persist) or refusal
 
 _ALWAYS: Final = (ReleaseVip, Decision, Exit)
+# The actions `_do` awaits (netlink, the state file); every other one is carried out at once.
+_AWAITED: Final = (Persist, AcquireVip, ReleaseVip)
 NEVER: Final = float("-inf")
 INF: Final = float("inf")
 FAILED_REASON: Final = {
@@ -134,6 +143,15 @@ class _Readd:
 
     group: str
     vip: Vip
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """Inbox item: a core call's actions, computed by an input handled at once
+    (`Engine._step_now`), that await a barrier: carried out by the consumer, before anything
+    queued after it."""
+
+    tagged: list[Tagged]
 
 
 _RENEW: Final = _Renew()
@@ -178,7 +196,8 @@ class Engine:
         self.started_at = clock()
         # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
         self.group_failing: dict[str, dict[Effect, str]] = {}
-        self._inbox: Inbox[Input, _Renew | _Readd, list[Action]] = Inbox(MAX_MERGE)
+        self._inbox: Inbox[Input, _Renew | _Readd | _Computed, list[Action]] = Inbox(MAX_MERGE)
+        self._stepping = False  # a step is being taken by `_step_now`
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -249,7 +268,10 @@ class Engine:
         """Queue several events as one step (e.g. every item of one datagram)."""
         if not self._closed and events:
             self._silence_if_lease_expired()
-            self._inbox.put(events)
+            if self._inbox.idle and not self._stepping:
+                self._step_now(events)
+            else:
+                self._inbox.put(events)
 
     def lease_valid(self, group: str | None = None) -> bool:
         """Whether this node holds `group`'s VIPs (any group's, for None) under a lease still
@@ -301,7 +323,7 @@ class Engine:
 
     def conflict(self, address: str) -> None:
         """Another host claims `address` (ARP/NA): for the group announcing it, if any."""
-        for g in self._announced:
+        for g in list(self._announced):  # a step taken at once may change the set
             if any(str(v.ip) == address for v in self.group_vips[g]):
                 self.feed(ForGroup(g, VipConflict(address)))
 
@@ -402,6 +424,8 @@ class Engine:
                     await self._renew()
                 elif isinstance(item, _Readd):
                     await self._readd(item)
+                elif isinstance(item, _Computed):
+                    actions = await self._step(None, item.tagged)
                 else:
                     actions = await self._step(item)
             except Exception as e:  # a bug: keep the loop, tell whoever waits
@@ -416,8 +440,39 @@ class Engine:
             if fut is not None and not fut.done():
                 fut.set_result([])
 
-    async def _step(self, events: list[Input] | None) -> list[Action]:
-        """One input and the effect feedback it causes, carried out completely."""
+    def _step_now(self, events: list[Input]) -> None:
+        """Handle an input at once, in the callback that brought it, while the consumer waits
+        on an empty inbox: no task wake-up and no extra pass of the loop per datagram or timer.
+        Ordering is unchanged, as nothing is queued or being carried out. A core call whose
+        actions include one that awaits (`_AWAITED`) goes to the consumer as `_Computed`,
+        ahead of anything queued later; the other actions never wait, so the step is
+        complete when this returns."""
+        self._stepping = True
+        try:
+            tagged = self.groups.handle_many(events, self.clock())
+            for t in tagged:
+                if isinstance(t.action, _AWAITED):
+                    self._inbox.put(_Computed(tagged))
+                    return
+            run = self._run(tagged)
+            try:
+                run.send(None)
+            except StopIteration:
+                pass
+            else:  # cannot happen: only _AWAITED actions await
+                run.close()
+                raise RuntimeError("an action that does not await awaited")
+            self._step_done()
+        except Exception:  # a bug: keep the loop (as the consumer does)
+            log.exception("handling %s failed", [type(e).__name__ for e in events])
+        finally:
+            self._stepping = False
+
+    async def _step(
+        self, events: list[Input] | None, computed: list[Tagged] | None = None
+    ) -> list[Action]:
+        """One input and the effect feedback it causes, carried out completely (`computed`: the
+        actions the core already gave for the input, see `_step_now`)."""
         pending: deque[list[Input] | None] = deque([events])
         done: list[Action] = []
         rounds = 0
@@ -429,7 +484,12 @@ class Engine:
                 break
             evs = pending.popleft()
             now = self.clock()
-            tagged = self.groups.start(now) if evs is None else self.groups.handle_many(evs, now)
+            if computed is not None:
+                tagged, computed = computed, None
+            elif evs is None:
+                tagged = self.groups.start(now)
+            else:
+                tagged = self.groups.handle_many(evs, now)
             done += [t.action for t in tagged]
             failed, succeeded = await self._run(tagged)
             if not failed and not succeeded:
@@ -445,11 +505,14 @@ class Engine:
                     feedback.append(_for(group, EffectSucceeded(kind)))
             if feedback:
                 pending.append(feedback)
+        self._step_done()
+        return done
+
+    def _step_done(self) -> None:
         if self._status_due:
             self._status_due = False
             self.ports.systemd.status(self.status_line())
         self._arm()
-        return done
 
     async def _run(
         self, actions: list[Tagged]

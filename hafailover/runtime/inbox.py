@@ -39,6 +39,13 @@ class Inbox(Generic[I, M, R]):
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def idle(self) -> bool:
+        """The consumer waits in `next()` on an empty inbox (nothing queued, nothing taken out
+        and still being handled)."""
+        w = self._waiter
+        return w is not None and not w.done() and not self._items
+
     def put(self, payload: list[I] | M, waiter: asyncio.Future[R] | None = None) -> None:
         """Queue an item; wakes the consumer if it waits."""
         self._items.append((payload, waiter))

@@ -571,3 +571,55 @@ def test_a_lease_that_ran_out_during_a_freeze_is_silenced_before_the_next_input(
         await rig.engine.close()
 
     run(body)
+
+
+def test_an_input_is_carried_out_at_once_while_the_engine_waits_for_one() -> None:
+    async def body() -> None:
+        rig = Rig()
+        await rig.elect()
+        await asyncio.sleep(0)  # the consumer waits for the next input
+        rig.log.clear()
+        rig.clock.now = rig.node.next_deadline()
+        rig.engine.feed(_timer())  # a heartbeat round: sends only
+        assert "send Heartbeat b" in rig.log and "send Heartbeat c" in rig.log, rig.log
+        # An input whose step awaits (the release) is left to the consumer, and one fed after
+        # it waits behind it: release, then its TimeoutNow, then the later round.
+        rig.log.clear()
+        rig.engine.feed(HealthChanged(False, "check web failed"))
+        assert rig.log == [], rig.log
+        rig.clock.now = rig.node.next_deadline()
+        rig.engine.feed(_timer())
+        assert rig.log == [], rig.log
+        await asyncio.sleep(0.05)
+        assert rig.log.index("release") < rig.log.index("send TimeoutNow b"), rig.log
+        assert not rig.vips.holds([VIP])
+        await rig.engine.close()
+
+    run(body)
+
+
+def test_an_input_fed_while_one_is_carried_out_at_once_waits_for_it() -> None:
+    async def body() -> None:
+        node = Scripted()
+        rig = Rig(node)
+        await rig.engine.start()
+        await asyncio.sleep(0)
+        decision = Decision(Reason.ELECTION_TIMEOUT, Role.FOLLOWER, 0, "")
+        node.script[HealthChanged] = [decision, Send("b", TimeoutNow(0))]
+        fed: list[list[str]] = []
+
+        def on_decision(group: str, d: Decision) -> None:  # runs inside the first step
+            fed.append(list(rig.log))
+            rig.engine.feed(VipConflict("10.213.0.100"))
+
+        rig.engine.on_decision = on_decision
+        rig.engine.feed(HealthChanged(True, "first"))
+        # The nested input was queued, not handled inside the step that fed it: that step
+        # finished (its send left) first, and the nested one follows in order.
+        assert fed == [[]] and rig.log == ["send TimeoutNow b"], (fed, rig.log)
+        assert not any(isinstance(e, VipConflict) for e in node.seen)
+        await asyncio.sleep(0.01)
+        assert isinstance(node.seen[-1], VipConflict), node.seen
+        await rig.engine.close()
+
+    run(body)

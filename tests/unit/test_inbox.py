@@ -74,3 +74,18 @@ def test_next_waits_for_an_item_and_drain_takes_the_rest() -> None:
         assert len(box) == 0
 
     asyncio.run(body())
+
+
+def test_idle_only_while_the_consumer_waits_on_an_empty_inbox() -> None:
+    async def body() -> None:
+        box: Box = Inbox(max_merge=64)
+        assert not box.idle  # nobody waits yet
+        consumer = asyncio.create_task(box.next())
+        await asyncio.sleep(0)
+        assert box.idle
+        box.put(["a"])
+        assert not box.idle  # woken, not yet run: the item is still queued for it
+        assert await consumer == (["a"], None)
+        assert not box.idle  # taken out, being handled
+
+    asyncio.run(body())
