@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,7 +76,7 @@ def test_every_scrape_is_byte_for_byte_what_prometheus_client_renders_of_the_reg
 ) -> None:
     """The family cache never serves a stale family: after each kind of change the served text
     equals generate_latest over the whole registry (`render()`, which bypasses the cache)."""
-    steps = [
+    steps: list[Callable[[], None]] = [
         lambda: server.publish(MetricsSnapshot.build(groups(5, 3))),
         lambda: None,  # nothing changed: every family from the cache
         lambda: server.publish(MetricsSnapshot.build(groups(5, 3, flip=2))),  # a holder moved
