@@ -14,9 +14,9 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,28 +30,8 @@ from hafailover.runtime.metrics import (
     MetricsSnapshot,
 )
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def server(clock: Clock) -> Iterator[MetricsServer]:
-    metrics = MetricsServer(version="9.9.9", clock=clock)
-    metrics.start(("127.0.0.1", 0))
-    try:
-        yield metrics
-    finally:
-        metrics.stop()
+if TYPE_CHECKING:  # only the fixture's type: pytest loads the conftest itself
+    from tests.unit.conftest import Clock
 
 
 def scrape(metrics: MetricsServer) -> dict[str, list[Sample]]:

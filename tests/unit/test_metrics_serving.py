@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -16,28 +17,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from hafailover.runtime import metrics as metrics_mod
 from hafailover.runtime.metrics import GroupSnapshot, MetricsServer, MetricsSnapshot
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def server(clock: Clock) -> Iterator[MetricsServer]:
-    metrics = MetricsServer(version="9.9.9", clock=clock)
-    metrics.start(("127.0.0.1", 0))
-    try:
-        yield metrics
-    finally:
-        metrics.stop()
+if TYPE_CHECKING:  # only the fixture's type: pytest loads the conftest itself
+    from tests.unit.conftest import Clock
 
 
 def get(
