@@ -11,7 +11,9 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -420,6 +422,45 @@ def test_spread_idle_traffic_is_one_datagram_per_link_and_round() -> None:
         assert groups is not None and groups.liveness.mismatches == 0
 
 
+@dataclass
+class TimerSteps:
+    """The `TimerFired` steps taken while `counting_timer_steps` was open: `group_steps`, those
+    of `Node.handle` (a group's own) per node name; `rounds`, one per step of `Groups.handle`
+    (node-level): the node's name and how many group steps ran within it."""
+
+    group_steps: Counter[str] = field(default_factory=Counter)
+    rounds: list[tuple[str, int]] = field(default_factory=list)
+
+
+@contextmanager
+def counting_timer_steps() -> Iterator[TimerSteps]:
+    """Count the timer steps of `Node.handle` (each group's own) and of `Groups.handle` (the
+    node-level ones) while open."""
+    counted = TimerSteps()
+    calls = [0]
+    node_handle, groups_handle = Node.handle, Groups.handle
+
+    def counting_node(self: Node, event: object, now: float) -> list[Action]:
+        if isinstance(event, TimerFired):
+            counted.group_steps[self.name] += 1
+            calls[0] += 1
+        return node_handle(self, event, now)  # type: ignore[arg-type]
+
+    def counting(self: Groups, event: object, now: float) -> list[Tagged]:
+        calls[0] = 0
+        out = groups_handle(self, event, now)  # type: ignore[arg-type]
+        if isinstance(event, TimerFired):
+            counted.rounds.append((self.name, calls[0]))
+        return out
+
+    Node.handle = counting_node  # type: ignore[method-assign]
+    Groups.handle = counting  # type: ignore[method-assign]
+    try:
+        yield counted
+    finally:
+        Node.handle, Groups.handle = node_handle, groups_handle  # type: ignore[method-assign]
+
+
 def test_idle_groups_take_no_timer_step_of_their_own() -> None:
     """30 spread groups, then idle: every lease and promise is renewed by node liveness and
     folded in by `Node.touch` after each step, so no group's own timer step runs (before touch,
@@ -435,26 +476,10 @@ def test_idle_groups_take_no_timer_step_of_their_own() -> None:
     sim.run_until(8.0)
     holders = {g: sim.holders(g) for g in specs}
     assert all(len(h) == 1 for h in holders.values()), holders
-    steps: Counter[str] = Counter()
-    rounds: Counter[str] = Counter()
-    node_handle, groups_handle = Node.handle, Groups.handle
-
-    def counting_node(self: Node, event: object, now: float) -> list[Action]:
-        if isinstance(event, TimerFired):
-            steps[self.name] += 1
-        return node_handle(self, event, now)  # type: ignore[arg-type]
-
-    def counting(self: Groups, event: object, now: float) -> list[Tagged]:
-        if isinstance(event, TimerFired):
-            rounds[self.name] += 1
-        return groups_handle(self, event, now)  # type: ignore[arg-type]
-
-    Node.handle = counting_node  # type: ignore[method-assign]
-    Groups.handle = counting  # type: ignore[method-assign]
-    try:
+    with counting_timer_steps() as counted:
         sim.run_until(13.0)
-    finally:
-        Node.handle, Groups.handle = node_handle, groups_handle  # type: ignore[method-assign]
+    steps = counted.group_steps
+    rounds = Counter(name for name, _ in counted.rounds)
     assert {g: sim.holders(g) for g in specs} == holders
     per_second = 5.0 / DEFAULT.heartbeat_interval
     for name in names:
@@ -677,28 +702,9 @@ def test_hundreds_of_groups_due_together_are_woken_in_chunks(
         prio = {names[first]: 150, names[(first + 1) % 3]: 100, names[(first + 2) % 3]: 50}
         specs[f"g{i:03d}"] = ClusterSpec(tuple(NodeSpec(n, prio[n]) for n in names))
     sim = GroupSim(specs, 21, drift=False)
-    woken: list[int] = []
-    calls = [0]
-    node_handle, groups_handle = Node.handle, Groups.handle
-
-    def counting_node(self: Node, event: object, now: float) -> list[Action]:
-        if isinstance(event, TimerFired):
-            calls[0] += 1
-        return node_handle(self, event, now)  # type: ignore[arg-type]
-
-    def counting(self: Groups, event: object, now: float) -> list[Tagged]:
-        calls[0] = 0
-        out = groups_handle(self, event, now)  # type: ignore[arg-type]
-        if isinstance(event, TimerFired):
-            woken.append(calls[0])
-        return out
-
-    Node.handle = counting_node  # type: ignore[method-assign]
-    Groups.handle = counting  # type: ignore[method-assign]
-    try:
+    with counting_timer_steps() as counted:
         sim.run_until(8.0)
-    finally:
-        Node.handle, Groups.handle = node_handle, groups_handle  # type: ignore[method-assign]
+    woken = [woke for _, woke in counted.rounds]
     # Some steps were capped (200 groups fall due together at the start); the few more are
     # VIP holders whose overdue timers run first in any step (freeze safety).
     assert TIMER_GROUPS_PER_STEP <= max(woken) <= TIMER_GROUPS_PER_STEP + 8, max(woken)
