@@ -140,6 +140,11 @@ def cold_start_stagger(group: str, count: int, interval: float) -> float:
     return spread * fraction / 2**32
 
 
+# `Groups.settled`: a peer last heard longer ago than this many heartbeat intervals is not
+# (a round read late is at most two intervals old when the next one is read).
+SETTLED_CONTACT = 2.5
+
+
 @dataclass(frozen=True)
 class GroupVote:
     """One group's persisted election state."""
@@ -223,6 +228,11 @@ class Groups:
         self._hold_acks = all(
             s.timings.lease_duration > 3 * s.timings.heartbeat_interval for s in specs.values()
         )
+        # `settled` (a round read once per round, so learnt of up to one more interval later)
+        # keeps that interval to spare as well.
+        self._read_late_room = all(
+            s.timings.lease_duration > 4 * s.timings.heartbeat_interval for s in specs.values()
+        )
         self._nodes: dict[str, Node] = {}
         self._bucket = {group: bucket_of(group) for group in specs}
         for group, spec in specs.items():
@@ -289,6 +299,26 @@ class Groups:
     def next_deadline(self) -> float:
         """The earliest time at which `handle(TimerFired(), now)` must next be called."""
         return min(min(self._deadlines.values()), self.liveness.next_deadline())
+
+    def settled(self, now: float) -> bool:
+        """Whether nothing on this node waits for a peer's next datagram: every group has a
+        leader (this node or one it follows), this node has a round of its own due within an
+        interval (it leads groups its peers back), every peer was heard within the last
+        `SETTLED_CONTACT` intervals, and the timings leave the lease room for an
+        acknowledgement learnt of two intervals late (held back one, read one late) with an
+        interval to spare.
+
+        While it holds, the runtime may read this node's socket once per round instead of at
+        every datagram (docs/architecture.md, "Reading the socket at the round"): what comes in
+        then is a peer's round (heartbeats, acknowledgements), which the core handles with its
+        receipt time, and no election of this node waits on it. O(groups)."""
+        live = self.liveness
+        if not self._read_late_room or not now < live.next_deadline() <= now + live.interval:
+            return False
+        heard = now - SETTLED_CONTACT * live.interval
+        if any(live.contact(p) < heard for p in live.peers):
+            return False
+        return all(n.leader for n in self._nodes.values())
 
     def due(self, now: float) -> int:
         """How many groups' deadlines are at or before `now`."""

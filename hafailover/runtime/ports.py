@@ -53,6 +53,8 @@ class Elections(Protocol):
 
     def next_deadline(self) -> float: ...
 
+    def settled(self, now: float) -> bool: ...
+
     def persistent_state(self) -> GroupsState: ...
 
 
@@ -87,6 +89,9 @@ class OneGroup:
 
     def next_deadline(self) -> float:
         return self._node.next_deadline()
+
+    def settled(self, now: float) -> bool:
+        return False  # no node liveness: a lone `Node` reads every datagram as it comes
 
     def persistent_state(self) -> GroupsState:
         n = self._node
