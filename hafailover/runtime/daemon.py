@@ -294,10 +294,10 @@ class Daemon:
         notifiers = self._notifiers(config)
         drift: Drift | None = None
 
-        def on_batch(decoded: Decoded) -> None:
+        def on_batch(decoded: Decoded, stamp: float | None) -> None:
             if started and engine is not None and drift is not None:
                 drift.observe(decoded.sender, decoded.fingerprint)
-                engine.on_batch(decoded.sender, decoded.items)
+                engine.on_batch(decoded.sender, decoded.items, stamp)
 
         try:
             transport = await UdpTransport.bind(

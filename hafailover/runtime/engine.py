@@ -93,6 +93,7 @@ from hafailover.runtime.inbox import Inbox
 from hafailover.runtime.lagticker import lag_ticker
 from hafailover.runtime.notify import hook_env
 from hafailover.runtime.ports import Elections, Input, OneGroup, Ports, exit_now
+from hafailover.runtime.reading import SocketReading
 from hafailover.runtime.store import StateError
 
 __all__ = [
@@ -193,6 +194,10 @@ class Engine:
         # The grid the core's heartbeat rounds and the lag ticker fall on (multiples of it).
         self.grid = first.spec.timings.heartbeat_interval
         self.command_timeout = command_timeout
+        # Reading the socket at once, or at this node's rounds while it is settled.
+        self.reading = SocketReading(ports.transport, clock, self.grid)
+        self._draining = False
+        self._core_now = NEVER  # the time of the core's latest step (never goes back)
         self.started_at = clock()
         # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
         self.group_failing: dict[str, dict[Effect, str]] = {}
@@ -264,12 +269,14 @@ class Engine:
         """Queue an event; it is handled after every event queued before it."""
         self.feed_many([event])
 
-    def feed_many(self, events: list[Input]) -> None:
-        """Queue several events as one step (e.g. every item of one datagram)."""
+    def feed_many(self, events: list[Input], at: float | None = None) -> None:
+        """Queue several events as one step (e.g. every item of one datagram). `at`: when they
+        came in, if earlier than now (a datagram read late, `SocketReading.receipt`); used only
+        when they are handled at once, and never earlier than the core's last step."""
         if not self._closed and events:
             self._silence_if_lease_expired()
             if self._inbox.idle and not self._stepping:
-                self._step_now(events)
+                self._step_now(events, at)
             else:
                 self._inbox.put(events)
 
@@ -338,15 +345,18 @@ class Engine:
     def on_message(self, sender: str, message: Message, group: str = DEFAULT_GROUP) -> None:
         self.on_batch(sender, ((group, message),))
 
-    def on_batch(self, sender: str, items: Iterable[tuple[str, Message]]) -> None:
-        """Every item of one received datagram, handled as one step."""
+    def on_batch(
+        self, sender: str, items: Iterable[tuple[str, Message]], stamp: float | None = None
+    ) -> None:
+        """Every item of one received datagram, handled as one step (`stamp`: the kernel's
+        receive time of a datagram read late, see `SocketReading`)."""
         vetted = self.vetted
         events: list[Input] = [
             ForGroup(g, MessageReceived(sender, m))
             for g, m in items
             if vetted is None or vetted(sender, m)
         ]
-        self.feed_many(events)
+        self.feed_many(events, self.reading.receipt(stamp))
 
     async def command(self, event: Input) -> CommandResult:
         """Carry out an operator command (`Switchover`/`SetMaintenance`, maybe `ForGroup`) and
@@ -440,7 +450,15 @@ class Engine:
             if fut is not None and not fut.done():
                 fut.set_result([])
 
-    def _step_now(self, events: list[Input]) -> None:
+    def _core_time(self, at: float | None = None) -> float:
+        """The time of the next core step: now, or `at`, but never before the last step's."""
+        now = self.clock() if at is None else at
+        if now < self._core_now:
+            now = self._core_now
+        self._core_now = now
+        return now
+
+    def _step_now(self, events: list[Input], at: float | None = None) -> None:
         """Handle an input at once, in the callback that brought it, while the consumer waits
         on an empty inbox: no task wake-up and no extra pass of the loop per datagram or timer.
         Ordering is unchanged, as nothing is queued or being carried out. A core call whose
@@ -449,7 +467,7 @@ class Engine:
         complete when this returns."""
         self._stepping = True
         try:
-            tagged = self.groups.handle_many(events, self.clock())
+            tagged = self.groups.handle_many(events, self._core_time(at))
             for t in tagged:
                 if isinstance(t.action, _AWAITED):
                     self._inbox.put(_Computed(tagged))
@@ -483,7 +501,7 @@ class Engine:
                           MAX_FEEDBACK, [type(e).__name__ for evs in pending for e in evs or ()])
                 break
             evs = pending.popleft()
-            now = self.clock()
+            now = self._core_time()
             if computed is not None:
                 tagged, computed = computed, None
             elif evs is None:
@@ -513,6 +531,8 @@ class Engine:
             self._status_due = False
             self.ports.systemd.status(self.status_line())
         self._arm()
+        if not self._draining and not self._closed:
+            self.reading.settle(self.groups.settled(self.clock()))
 
     async def _run(
         self, actions: list[Tagged]
@@ -745,6 +765,13 @@ class Engine:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
+        if self.reading.deferred:
+            # What came in since the last wake-up first, each datagram at its receipt time.
+            self._draining = True
+            try:
+                self.reading.drain()
+            finally:
+                self._draining = False
         self.feed(TimerFired())
 
     def tick(self, expected: float) -> None:

@@ -6,7 +6,16 @@ What one step sends one peer, for every VIP group, leaves in one datagram (`send
 codec splits only a batch over `MAX_PACKET`). The receiver gets the whole `Decoded` batch,
 with the sender's configuration fingerprint.
 A packet can therefore neither crash nor stall the loop: the work per datagram is bounded by
-the codec's header checks and one HMAC.
+the codec's header checks and one HMAC, and one wake-up reads at most `READ_BURST` datagrams.
+
+Two ways of reading (the engine chooses, `defer`):
+
+* at once (the default): the socket is registered with the event loop, which wakes for every
+  datagram; the receiver handles it with its own clock's time (`stamp` None);
+* deferred: the socket is not registered, so a datagram wakes nothing; the engine reads what
+  came in with `drain()` when its own timer wakes it (a settled node: at its rounds). Each
+  datagram then carries the kernel's receive time (`SO_TIMESTAMPNS`, on the real-time
+  clock), which the engine turns into a receipt time on its own clock.
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, cast
+from typing import Protocol
 
 from hafailover.core.messages import Message
 from hafailover.runtime.logs import RateLimitedLogger
@@ -31,11 +41,31 @@ Address = tuple[str, int]
 Item = tuple[str, Message]  # (group, message)
 
 # Bytes read per datagram: more than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6).
+# (A buffer this size is served from malloc's heap; asyncio's 256 KiB default was mmapped and
+# unmapped for every datagram.)
 RECV_BUFFER = 65536
+# Datagrams read per wake-up of the loop when reading at once: a flood cannot hold the loop
+# for longer than this many HMACs before other callbacks run.
+READ_BURST = 64
+# Datagrams `drain()` reads at most; past it the engine reads at once again.
+DRAIN_MAX = 256
+# struct timespec, as SO_TIMESTAMPNS delivers it (SO_TIMESTAMPNS_OLD on 64-bit Linux).
+SO_TIMESTAMPNS: int = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+
+# (the batch, the kernel's receive time on the real-time clock when read by `drain`, else None)
+OnBatch = Callable[[Decoded, float | None], None]
 
 
 class TransportPort(Protocol):
     def send_batch(self, to: str, items: Sequence[Item]) -> None: ...
+
+    def defer(self, on: bool) -> None:
+        """Deferred reading on (no wake-up per datagram; `drain` reads) or off."""
+
+    def drain(self) -> bool:
+        """Read and deliver every datagram waiting (at most `DRAIN_MAX`); False if more wait."""
 
     def close(self) -> None: ...
 
@@ -43,20 +73,24 @@ class TransportPort(Protocol):
     def drops(self) -> Mapping[str, int]: ...
 
 
-class UdpTransport(asyncio.DatagramProtocol):
+class UdpTransport:
     def __init__(
         self,
         codec: Codec,
         peers: Mapping[str, Address],
-        on_batch: Callable[[Decoded], None],
+        on_batch: OnBatch,
+        sock: socket.socket,
     ) -> None:
         self._codec = codec
         self._peers = dict(peers)
         self._on_batch = on_batch
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = sock
+        self._loop = asyncio.get_running_loop()
         self._epoch = time.monotonic()
         self._limited = RateLimitedLogger(log, burst=5, interval=60.0)
+        self._registered = False
         self.send_errors = 0
+        self.defer(False)
 
     @classmethod
     async def bind(
@@ -64,13 +98,13 @@ class UdpTransport(asyncio.DatagramProtocol):
         codec: Codec,
         local: Address,
         peers: Mapping[str, Address],
-        on_batch: Callable[[Decoded], None],
+        on_batch: OnBatch,
     ) -> UdpTransport:
-        loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             # Heartbeats are latency-critical control traffic (DSCP CS6, as VRRP uses).
             if family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)
@@ -79,23 +113,53 @@ class UdpTransport(asyncio.DatagramProtocol):
         except OSError:
             sock.close()
             raise
-        proto = cls(codec, peers, on_batch)
-        await loop.create_datagram_endpoint(lambda: proto, sock=sock)
-        return proto
+        return cls(codec, peers, on_batch, sock)
 
-    # asyncio callbacks -------------------------------------------------------------------
+    # reading -----------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport does not subclass DatagramTransport.
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        # asyncio reads each datagram with recvfrom(max_size), 256 KiB by default: a buffer
-        # that large is mmapped, remapped and unmapped by malloc for every datagram (~75 us of
-        # a heartbeat's receive). Any UDP datagram fits in RECV_BUFFER, which malloc serves
-        # from its heap; nothing is truncated.
-        if getattr(transport, "max_size", 0) > RECV_BUFFER:
-            setattr(transport, "max_size", RECV_BUFFER)  # noqa: B010 (untyped in asyncio)
+    def defer(self, on: bool) -> None:
+        if self._sock is None or on != self._registered:
+            return
+        if on:
+            self._loop.remove_reader(self._sock.fileno())
+        else:
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._registered = not on
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+    @property
+    def deferred(self) -> bool:
+        return self._sock is not None and not self._registered
+
+    @property
+    def local_address(self) -> Address:
+        assert self._sock is not None
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def drain(self) -> bool:
+        return self._read(DRAIN_MAX, stamped=True) < DRAIN_MAX
+
+    def _readable(self) -> None:
+        self._read(READ_BURST, stamped=False)
+
+    def _read(self, limit: int, stamped: bool) -> int:
+        """Read and deliver up to `limit` datagrams; how many were read (errors included)."""
+        count = 0
+        while count < limit and self._sock is not None:
+            try:
+                data, ancillary, _flags, addr = self._sock.recvmsg(RECV_BUFFER, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                # ICMP errors (peer down, port unreachable) are normal during failures.
+                self._limited.debug("icmp", "socket error: %s", e)
+                count += 1
+                continue
+            count += 1
+            self._deliver(data, addr, _stamp(ancillary) if stamped else None)
+        return count
+
+    def _deliver(self, data: bytes, addr: tuple[str | int, ...], stamp: float | None) -> None:
         result = self._codec.decode(data)
         if isinstance(result, Dropped):
             self._limited.warning(
@@ -104,13 +168,9 @@ class UdpTransport(asyncio.DatagramProtocol):
             return
         assert isinstance(result, Decoded)
         try:
-            self._on_batch(result)
+            self._on_batch(result, stamp)
         except Exception:  # a bug in a handler must not kill the transport
             log.exception("handling a datagram from %s failed", result.sender)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (peer down, port unreachable) are normal during failures.
-        self._limited.debug("icmp", "socket error: %s", exc)
 
     # sending -----------------------------------------------------------------------------
 
@@ -120,7 +180,7 @@ class UdpTransport(asyncio.DatagramProtocol):
     def send_batch(self, to: str, items: Sequence[Item]) -> None:
         """Every item for `to` in one datagram (several only past `MAX_PACKET`)."""
         addr = self._peers.get(to)
-        if addr is None or self._transport is None or not items:
+        if addr is None or self._sock is None or not items:
             return
         try:
             ms = int((time.monotonic() - self._epoch) * 1000)
@@ -130,7 +190,7 @@ class UdpTransport(asyncio.DatagramProtocol):
             return
         for packet in packets:
             try:
-                self._transport.sendto(packet, addr)
+                self._sock.sendto(packet, addr)
             except OSError as e:
                 self.send_errors += 1
                 self._limited.debug(f"send:{to}", "send to %s failed: %s", to, e)
@@ -140,7 +200,17 @@ class UdpTransport(asyncio.DatagramProtocol):
         return {str(k): v for k, v in self._codec.drops.items()}
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._sock is not None:
+            self.defer(True)
+            self._sock.close()
+            self._sock = None
+
+
+def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive time of a datagram (real-time clock), from its ancillary data."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return float(sec + nsec * 1e-9)
+    return None
 
