@@ -530,9 +530,10 @@ class Engine:
         if self._status_due:
             self._status_due = False
             self.ports.systemd.status(self.status_line())
-        self._arm()
-        if not self._draining and not self._closed:
-            self.reading.settle(self.groups.settled(self.clock()))
+        if not self._draining:  # a drain is followed by the timer's own step, which arms
+            self._arm()
+            if not self._closed:
+                self.reading.settle(self.groups.settled(self.clock()))
 
     async def _run(
         self, actions: list[Tagged]

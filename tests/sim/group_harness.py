@@ -52,6 +52,7 @@ from hafailover.core.groups import ForGroup, Groups, GroupsState, Tagged
 from hafailover.core.messages import Message, NodeAck, NodeHeartbeat, VoteResponse
 from hafailover.core.node import Node
 from hafailover.core.spec import ClusterSpec
+from hafailover.runtime.reading import STAMP_TOLERANCE
 from tests.sim.harness import NetworkModel, SimulationError, Simulator
 from tests.sim.invariants import Invariants
 
@@ -87,6 +88,15 @@ class GroupSimNode:
     failing: set[tuple[str, Effect]] = field(default_factory=set)
     # Per group: since when a failed release left its addresses here (None: not stuck).
     stuck: dict[str, float | None] = field(default_factory=dict)
+    # Reading at the round (`GroupSim(round_reads=True)`, as the runtime's `SocketReading`):
+    # while settled, datagrams wait in `pending` (local arrival time, sender, batch) for the
+    # node's next timer; the first drain after deferral began handles them at the drain's
+    # time, later ones at arrival (+ the stamp tolerance).
+    deferred: bool = False
+    pending: list[tuple[float, str, Batch]] = field(default_factory=list)
+    first_drain: bool = True
+    draining: bool = False
+    last_step: float = float("-inf")  # local time of the latest core step
 
     @property
     def running(self) -> bool:
@@ -108,8 +118,11 @@ class GroupSim:
         drift: bool = True,
         trace_len: int = 400,
         boot_at: Mapping[str, float] | None = None,
+        round_reads: bool = True,
     ) -> None:
         self.specs = dict(specs)
+        self.round_reads = round_reads
+        self.drained = 0  # datagrams handled late by a drain
         first = next(iter(self.specs.values()))
         self.seed = seed
         self.rng = random.Random(seed)
@@ -158,6 +171,7 @@ class GroupSim:
         sn.failing = set()
         sn.started_at = self.t
         sn.inbox = []
+        sn.deferred, sn.pending, sn.last_step = False, [], float("-inf")
         sn.stopped = False
         self._relens(sn)
         self._log(f"BOOT {sn.name}")
@@ -173,6 +187,7 @@ class GroupSim:
         self._relens(sn)
         sn.frozen = False
         sn.inbox = []
+        sn.deferred, sn.pending = False, []
         sn.token += 1
         sn.scheduled = INF
         for g, held in sn.holds.items():
@@ -300,6 +315,14 @@ class GroupSim:
             sn.scheduled = INF
             if sn.frozen:
                 return  # resume() fires the timer
+            if sn.pending:
+                self._drain(sn)
+                if sn.groups is None or not sn.running:
+                    return
+                # The timer step below re-arms; what the drained steps armed is replaced (the
+                # engine does not arm within a drain).
+                sn.token += 1
+                sn.scheduled = INF
             deadline = sn.groups.next_deadline()
             local = sn.local(self.t)
             now = max(local, deadline) if deadline - local < 1e-9 else local
@@ -321,6 +344,9 @@ class GroupSim:
             if sn.frozen:
                 sn.inbox.append(events)
                 return
+            if sn.deferred:
+                sn.pending.append((sn.local(self.t), str(sender), cast(Batch, batch)))
+                return
             self._run(sn, sn.groups.handle_many(events, sn.local(self.t)), f"recv from {sender}")
         elif kind == "call":
             fn = args[0]
@@ -329,7 +355,45 @@ class GroupSim:
         else:
             raise ValueError(kind)
 
+    def _drain(self, sn: GroupSimNode) -> None:
+        """What a deferred node's timer reads first: every pending datagram, each a step at its
+        receipt time (`SocketReading.receipt`), never before the node's latest step."""
+        pending, sn.pending = sn.pending, []
+        trusted, sn.first_drain = not sn.first_drain, False
+        interval = sn.groups.liveness.interval if sn.groups is not None else 0.0
+        sn.draining = True
+        try:
+            for arrived, sender, batch in pending:
+                if sn.groups is None or not sn.running:
+                    return
+                now = sn.local(self.t)
+                at = min(now, max(arrived + STAMP_TOLERANCE, now - interval)) if trusted else now
+                at = max(at, sn.last_step)
+                sn.last_step = at
+                events: list[Event | ForGroup] = [
+                    ForGroup(g, MessageReceived(sender, m)) for g, m in batch
+                ]
+                self.drained += 1
+                self._run(sn, sn.groups.handle_many(events, at), f"drained from {sender}")
+        finally:
+            sn.draining = False
+
+    def _settle(self, sn: GroupSimNode) -> None:
+        """After a step (not within a drain): defer reading while the core says settled; when
+        it stops, what waits is read at once, as the runtime's re-registered reader does."""
+        want = (self.round_reads and sn.running and sn.groups is not None
+                and sn.groups.settled(sn.local(self.t)))
+        if want and not sn.deferred:
+            sn.deferred, sn.first_drain = True, True
+        elif not want and sn.deferred:
+            sn.deferred = False
+            pending, sn.pending = sn.pending, []
+            for _, sender, batch in pending:
+                self.at(self.t, "deliver", sender, sn.name, batch, sn.started_at)
+
     def _run(self, sn: GroupSimNode, actions: list[Tagged], cause: str) -> None:
+        if not sn.draining:
+            sn.last_step = max(sn.last_step, sn.local(self.t))
         outbox: dict[str, Batch] = {}
         failed: dict[str, Effect] = {}  # group -> its first barrier that failed this step
         succeeded: set[tuple[str, Effect]] = set()
@@ -379,7 +443,10 @@ class GroupSim:
                 ok_event = EffectSucceeded(kind)
                 feedback.append(ForGroup(g, ok_event) if g else ok_event)
         if feedback and sn.running and sn.groups is not None:
+            sn.last_step = max(sn.last_step, sn.local(self.t))
             self._run(sn, sn.groups.handle_many(feedback, sn.local(self.t)), "effects")
+        if not sn.draining and sn.groups is not None:
+            self._settle(sn)
 
     def _exit(self, sn: GroupSimNode) -> None:
         """`Exit`: the process ends now, `release-vips` removes the addresses, systemd

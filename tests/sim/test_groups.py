@@ -422,6 +422,76 @@ def test_spread_idle_traffic_is_one_datagram_per_link_and_round() -> None:
         assert groups is not None and groups.liveness.mismatches == 0
 
 
+def test_settled_nodes_read_at_their_rounds_until_a_peer_goes_quiet() -> None:
+    """Reading at the round (`Groups.settled`, played by the harness as the runtime's
+    `SocketReading` does): a node that leads a group reads its peers' datagrams at its own
+    rounds, each handled at its arrival; a node that leads nothing reads at once. Leases hold
+    throughout; a peer unheard for `SETTLED_CONTACT` intervals ends it."""
+    names = ("node1", "node2", "node3")
+    one = {"web": ClusterSpec(tuple(NodeSpec(n, p) for n, p in zip(names, (150, 100, 50),
+                                                                  strict=True)))}
+    sim = GroupSim(one, 21)
+    sim.run_until(5.0)
+    assert sim.holders("web") == ["node1"]
+    assert [sim.nodes[n].deferred for n in names] == [True, False, False]
+    drained = sim.drained
+    sim.run_until(10.0)
+    assert sim.holders("web") == ["node1"]
+    # Both acknowledgements of every round were read late, by node1's drains.
+    rounds = 5.0 / DEFAULT.heartbeat_interval
+    assert sim.drained - drained >= 2 * rounds * 0.9, sim.drained - drained
+    sim.block("node3", "node1", both=False)
+    sim.run_until(10.0 + (groups_module.SETTLED_CONTACT + 1) * DEFAULT.heartbeat_interval)
+    assert not sim.nodes["node1"].deferred
+    assert sim.holders("web") == ["node1"]  # node2's acknowledgements keep the lease
+    sim.heal()
+    sim.run_until(12.0)
+    assert sim.nodes["node1"].deferred
+
+    spread: dict[str, ClusterSpec] = {}
+    for i, leader in enumerate(names):
+        prio = {n: (150 if n == leader else 100 - names.index(n)) for n in names}
+        spread[f"g{i}"] = ClusterSpec(tuple(NodeSpec(n, prio[n]) for n in names))
+    sim = GroupSim(spread, 22)
+    sim.run_until(8.0)
+    assert [sim.holders(g) for g in spread] == [[n] for n in names]
+    assert all(sim.nodes[n].deferred for n in names)
+    sim.run_until(13.0)
+    assert [sim.holders(g) for g in spread] == [[n] for n in names]
+    for name in names:
+        groups = sim.nodes[name].groups
+        assert groups is not None and groups.liveness.mismatches == 0
+
+
+def test_settled_needs_a_round_of_its_own_a_leader_everywhere_and_lease_room() -> None:
+    names = ("node1", "node2", "node3")
+    nodes = tuple(NodeSpec(n, p) for n, p in zip(names, (150, 100, 50), strict=True))
+    sim = GroupSim({"web": ClusterSpec(nodes)}, 23)
+    sim.run_until(5.0)
+    node1 = sim.nodes["node1"]
+    assert node1.groups is not None and node1.groups.settled(node1.local(sim.t))
+    # Timings whose lease leaves no room for an acknowledgement read a round late: never.
+    tight = Timings(heartbeat_interval=0.1, failover_timeout=0.45, lease_guard=0.05)
+    assert tight.lease_duration <= 4 * tight.heartbeat_interval
+    sim = GroupSim({"web": ClusterSpec(nodes, timings=tight)}, 24)
+    sim.run_until(5.0)
+    assert sim.holders("web") == ["node1"]
+    assert not any(sim.nodes[n].deferred for n in names)
+    # A group without a leader (an election under way) unsettles every node.
+    sim = GroupSim({"web": ClusterSpec(nodes)}, 25)
+    sim.run_until(5.0)
+    sim.crash("node1")
+    node2 = sim.nodes["node2"]
+    leaderless = 0
+    while sim.t < 7.0 and sim.holders("web") != ["node2"]:
+        sim.run_until(sim.t + 0.005)
+        assert node2.groups is not None
+        if not node2.groups.node("web").leader:
+            leaderless += 1
+            assert not node2.groups.settled(node2.local(sim.t))
+    assert sim.holders("web") == ["node2"] and leaderless > 0
+
+
 @dataclass
 class TimerSteps:
     """The `TimerFired` steps taken while `counting_timer_steps` was open: `group_steps`, those
