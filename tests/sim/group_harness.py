@@ -97,6 +97,7 @@ class GroupSimNode:
     first_drain: bool = True
     draining: bool = False
     last_step: float = float("-inf")  # local time of the latest core step
+    frozen_at: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -216,6 +217,7 @@ class GroupSim:
         self._log(f"FREEZE {name}")
         self.disturb()
         sn.frozen = True
+        sn.frozen_at = self.t
         self._observe(name, [])
 
     def resume(self, name: str) -> None:
@@ -225,6 +227,11 @@ class GroupSim:
         self._log(f"RESUME {name}")
         self.disturb()
         sn.frozen = False
+        # A frozen process cannot act: its time to give up on a failed release starts again
+        # where it stopped.
+        for g, since in sn.stuck.items():
+            if since is not None:
+                sn.stuck[g] = since + (self.t - sn.frozen_at)
         now = sn.local(self.t)
         expired = [
             g for g, held in sn.holds.items() if held and now >= sn.groups.node(g).lease_until
@@ -396,6 +403,9 @@ class GroupSim:
             sn.last_step = max(sn.last_step, sn.local(self.t))
         outbox: dict[str, Batch] = {}
         failed: dict[str, Effect] = {}  # group -> its first barrier that failed this step
+        # Every barrier that failed, as fed back: ("" for the state file, else the group), kind.
+        # (A release after a failed save is still attempted and may fail too: both are news.)
+        failures: set[tuple[str, Effect]] = set()
         succeeded: set[tuple[str, Effect]] = set()
         saved: bool | None = None  # the step's one save of the state file, once tried
         done: list[Tagged] = []
@@ -415,6 +425,7 @@ class GroupSim:
                 ok = self._execute(sn, g, a, outbox)
             if kind is not None and not ok:
                 failed.setdefault(g, kind)
+                failures.add(("" if kind is Effect.PERSIST else g, kind))
             elif kind is not None:
                 succeeded.add(("" if kind is Effect.PERSIST else g, kind))
             done.append(tagged)
@@ -430,7 +441,7 @@ class GroupSim:
             self._exit(sn)
             return
         feedback: list[Event | ForGroup] = []
-        failed_keys = {("" if k is Effect.PERSIST else g, k) for g, k in failed.items()}
+        failed_keys = failures
         for g, kind in sorted(failed_keys):
             # One file for every group: a failed save is reported once, without a group.
             event = EffectFailed(kind, f"sim: {kind.value} failed")
