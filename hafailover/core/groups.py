@@ -250,6 +250,9 @@ class Groups:
         self._key_cache: dict[tuple[str, str, int, bool, bool, str], int] = {}
         self.unknown_group_messages = 0
         self._touched: list[Node] = []  # the groups fed in this step
+        # Groups that know no leader (as of their latest step; a leader is only learnt or lost
+        # in a step of the group): `settled` asks for none.
+        self._leaderless: set[str] = set(self._nodes)
 
     # ------------------------------------------------------------------ public interface
 
@@ -311,14 +314,12 @@ class Groups:
         While it holds, the runtime may read this node's socket once per round instead of at
         every datagram (docs/architecture.md, "Reading the socket at the round"): what comes in
         then is a peer's round (heartbeats, acknowledgements), which the core handles with its
-        receipt time, and no election of this node waits on it. O(groups)."""
+        receipt time, and no election of this node waits on it. O(peers)."""
         live = self.liveness
         if not self._read_late_room or not now < live.next_deadline() <= now + live.interval:
             return False
         heard = now - SETTLED_CONTACT * live.interval
-        if any(live.contact(p) < heard for p in live.peers):
-            return False
-        return all(n.leader for n in self._nodes.values())
+        return not self._leaderless and all(live.contact(p) >= heard for p in live.peers)
 
     def due(self, now: float) -> int:
         """How many groups' deadlines are at or before `now`."""
@@ -449,6 +450,14 @@ class Groups:
         self._deadlines[group] = node.next_deadline()
         self._touched.append(node)
         self._rekey(group, node)
+        self._note_leader(group, node)
+
+    def _note_leader(self, group: str, node: Node) -> None:
+        """After every step of a group's `Node` (a leader is learnt or lost only in one)."""
+        if node.leader:
+            self._leaderless.discard(group)
+        else:
+            self._leaderless.add(group)
 
     # ------------------------------------------------------------------ node liveness
 
@@ -519,3 +528,4 @@ class Groups:
                         out.append(Tagged(group, action))
                 self._deadlines[group] = node.next_deadline()
                 self._rekey(group, node)
+                self._note_leader(group, node)

@@ -390,6 +390,10 @@ class GroupSim:
         it stops, what waits is read at once, as the runtime's re-registered reader does."""
         want = (self.round_reads and sn.running and sn.groups is not None
                 and sn.groups.settled(sn.local(self.t)))
+        if want and sn.groups is not None:
+            leaderless = [g for g in sn.groups.groups if not sn.groups.node(g).leader]
+            if leaderless:
+                self.fail(f"{sn.name} settled while {leaderless} know no leader")
         if want and not sn.deferred:
             sn.deferred, sn.first_drain = True, True
         elif not want and sn.deferred:
