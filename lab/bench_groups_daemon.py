@@ -11,7 +11,7 @@ configuration, no endpoint and no scraper); per daemon the CPU it used itself
 (utime+stime, not children) over `window` seconds once every group has a holder, the part of it
 in the event loop's thread (the rest is the metrics endpoint's threads), how many groups' VIPs
 it held at the end, and its RSS; the median per node, and of the node holding the most VIPs and
-of the others apart.
+of the others apart; and how often the event loop's thread was woken a second (schedstat).
 failover: web/db on 3 nodes, node1's host dies: web's failover time (kill to the VIP on its new
 holder) and the db client's lost probes (10 ms probes). link: the two-bridge lab, node1's eth0
 loses carrier: time to the VIP on node2. vipdel: `ip addr del` of web's VIP on its holder: time
@@ -50,6 +50,12 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def wakeups(pid: int) -> int:
+    """How many times the process's main thread (its event loop) was scheduled to run: each
+    wake-up from sleep is one (`/proc/PID/task/PID/schedstat`, third field)."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[2])
 
 
 def rss_mb(pid: int) -> float:
@@ -113,18 +119,20 @@ def bench_cpu(groups: int, window: float, settle: float, metrics: bool = True) -
         pids = {n: c.procs[n].pid for n in lab.nodes}
         before = {n: cpu_seconds(p) for n, p in pids.items()}
         loop_before = {n: cpu_seconds(p, p) for n, p in pids.items()}  # the main thread
+        woken_before = {n: wakeups(p) for n, p in pids.items()}
         t = time.monotonic()
         time.sleep(window)
         dt = time.monotonic() - t
         cpu = {n: 100 * (cpu_seconds(p) - before[n]) / dt for n, p in pids.items()}
         loop = {n: 100 * (cpu_seconds(p, p) - loop_before[n]) / dt for n, p in pids.items()}
+        woken = {n: round((wakeups(p) - woken_before[n]) / dt, 1) for n, p in pids.items()}
         holds = c.group_holders()
         rss = {n: rss_mb(p) for n, p in pids.items()}
         if scraper is not None:
             scraper.close()
         alive = all(c.procs[n].alive() for n in lab.nodes)
         return {"what": "cpu", "groups": groups, "metrics": metrics, "cpu_percent": cpu,
-                "loop_thread_cpu_percent": loop,
+                "loop_thread_cpu_percent": loop, "loop_wakeups_per_s": woken,
                 "vips_held": {n: sum(n in h for h in holds.values()) for n in lab.nodes},
                 "rss_mb": rss,
                 "held_s": held_s, "scrapes_ok": scraper.ok if scraper else 0,
@@ -227,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "cpu_percent_most_vips": med([r["cpu_percent"][n] for r, n in pairs]),
                   "cpu_percent_others": med([v for r, n in pairs
                                              for k, v in r["cpu_percent"].items() if k != n]),
+                  "wakeups_per_s_most_vips": med([r["loop_wakeups_per_s"][n] for r, n in pairs]),
+                  "wakeups_per_s_others": med([v for r, n in pairs for k, v in
+                                               r["loop_wakeups_per_s"].items() if k != n]),
                   "rss_mb": med([v for r in runs for v in r["rss_mb"].values()]),
                   "held_s": med([r["held_s"] for r in runs if r["held_s"] is not None]),
                   "settled": sum(r["held_s"] is not None for r in runs)})
