@@ -140,8 +140,8 @@ def cold_start_stagger(group: str, count: int, interval: float) -> float:
     return spread * fraction / 2**32
 
 
-# `Groups.settled`: a peer last heard longer ago than this many heartbeat intervals is not
-# (a round read late is at most two intervals old when the next one is read).
+# `Groups.settled` wants every peer heard within this many heartbeat intervals (a round read
+# late is at most about two intervals old when the next one is read).
 SETTLED_CONTACT = 2.5
 
 

@@ -16,6 +16,11 @@ is handed to the task as the first item of the inbox, so an input that comes mea
 waits for the whole step. Several inputs merged into one step (see `inbox.py`) happen only
 while the task is busy: then the inbox is not empty.
 
+While the core says the node is settled (`Groups.settled`), its socket is read when the timer
+wakes the engine, before the timer's step, not at every datagram (`runtime/reading.py`); each
+datagram read so is handled at its kernel arrival time (`_core_time`: never before the core's
+previous step).
+
 Groups (`hafailover.core.groups`): a tagged action acts on that group's VIPs, announcer and
 hooks (which get HAFAILOVER_GROUP). Every `Send` of a step is held back and, at the end of the
 step, what goes to one peer leaves in ONE datagram (`TransportPort.send_batch`); holding a send
