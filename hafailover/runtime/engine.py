@@ -160,6 +160,16 @@ class _Computed:
     tagged: list[Tagged]
 
 
+@dataclass(frozen=True)
+class _Received:
+    """Inbox item: a datagram read late (`SocketReading`) that came while the consumer was busy:
+    its own step, at its receipt time `at` (never more than an interval behind the step's
+    clock), not merged with inputs handled at their own time."""
+
+    events: list[Input]
+    at: float
+
+
 _RENEW: Final = _Renew()
 
 
@@ -206,7 +216,9 @@ class Engine:
         self.started_at = clock()
         # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
         self.group_failing: dict[str, dict[Effect, str]] = {}
-        self._inbox: Inbox[Input, _Renew | _Readd | _Computed, list[Action]] = Inbox(MAX_MERGE)
+        self._inbox: Inbox[Input, _Renew | _Readd | _Computed | _Received, list[Action]] = (
+            Inbox(MAX_MERGE)
+        )
         self._stepping = False  # a step is being taken by `_step_now`
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.TimerHandle | None = None
@@ -276,12 +288,18 @@ class Engine:
 
     def feed_many(self, events: list[Input], at: float | None = None) -> None:
         """Queue several events as one step (e.g. every item of one datagram). `at`: when they
-        came in, if earlier than now (a datagram read late, `SocketReading.receipt`); used only
-        when they are handled at once, and never earlier than the core's last step."""
+        came in, if earlier than now (a datagram read late, `SocketReading.receipt`): the step
+        is taken at that time, never earlier than the core's last step."""
         if not self._closed and events:
             self._silence_if_lease_expired()
             if self._inbox.idle and not self._stepping:
                 self._step_now(events, at)
+            elif at is not None:
+                # Queued behind a busy consumer (a renewal due at the same round, a step awaiting
+                # netlink): still handled at arrival. Handled at the time it is taken out, a
+                # leader's last heartbeats would renew promises up to an interval too late,
+                # and a failover would wait for them.
+                self._inbox.put(_Received(events, at))
             else:
                 self._inbox.put(events)
 
@@ -441,6 +459,8 @@ class Engine:
                     await self._readd(item)
                 elif isinstance(item, _Computed):
                     actions = await self._step(None, item.tagged)
+                elif isinstance(item, _Received):
+                    actions = await self._step(item.events, at=item.at)
                 else:
                     actions = await self._step(item)
             except Exception as e:  # a bug: keep the loop, tell whoever waits
@@ -492,10 +512,12 @@ class Engine:
             self._stepping = False
 
     async def _step(
-        self, events: list[Input] | None, computed: list[Tagged] | None = None
+        self, events: list[Input] | None, computed: list[Tagged] | None = None,
+        at: float | None = None,
     ) -> list[Action]:
         """One input and the effect feedback it causes, carried out completely (`computed`: the
-        actions the core already gave for the input, see `_step_now`)."""
+        actions the core already gave for the input, see `_step_now`; `at`: the input's receipt
+        time, see `_Received`)."""
         pending: deque[list[Input] | None] = deque([events])
         done: list[Action] = []
         rounds = 0
@@ -506,7 +528,10 @@ class Engine:
                           MAX_FEEDBACK, [type(e).__name__ for evs in pending for e in evs or ()])
                 break
             evs = pending.popleft()
-            now = self._core_time()
+            if at is not None:
+                now, at = self._core_time(max(at, self.clock() - self.grid)), None
+            else:
+                now = self._core_time()
             if computed is not None:
                 tagged, computed = computed, None
             elif evs is None:
@@ -537,7 +562,9 @@ class Engine:
             self.ports.systemd.status(self.status_line())
         if not self._draining:  # a drain is followed by the timer's own step, which arms
             self._arm()
-            if not self._closed:
+            # Asked once nothing waits behind this step: a datagram step queued ahead of its
+            # round's timer step would see that round as overdue, and not settled.
+            if not self._closed and not len(self._inbox):
                 self.reading.settle(self.groups.settled(self.clock()))
 
     async def _run(

@@ -9,17 +9,19 @@ import random
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 
-from hafailover.core.groups import Groups
+from hafailover.core.events import MessageReceived
+from hafailover.core.groups import ForGroup, Groups, Tagged
 from hafailover.core.spec import ClusterSpec, NodeSpec
 from hafailover.net.announce import FakeAnnouncer
 from hafailover.net.vip import Vip
 from hafailover.net.vipfake import FakeVipPort
 from hafailover.runtime.engine import Engine, Ports
 from hafailover.runtime.notify import FakeNotifier
+from hafailover.runtime.ports import Input
 from hafailover.runtime.reading import STAMP_TOLERANCE, SocketReading
 from hafailover.runtime.sdnotify import FakeSystemdNotifier
 from hafailover.runtime.store import FakeEventLog, FakeStateStore
@@ -123,20 +125,38 @@ VIP = Vip(ipaddress.ip_interface("10.213.0.100/24"), "eth0")
 KEY = bytes(range(32))
 
 
+class SlowRenewals(FakeVipPort):
+    """Renewals that take a while, so that the round's datagrams, read when the renewal due at
+    the same instant has just begun, wait behind it in the engine's inbox."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+
+    async def renew(self, vips: Sequence[Vip], lifetime: float) -> None:
+        self.renewals += 1
+        await asyncio.sleep(0.01)
+        await super().renew(vips, lifetime)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+Steps = list[tuple[float, float]]  # (the engine's clock, the core's time) per datagram's step
+
+
 async def _cluster_run(
     seconds: float,
-) -> dict[str, tuple[Engine, list[tuple[float, float | None, float | None]]]]:
-    """Three nodes for `seconds` after one holds the VIP; per node its engine and, for every
-    datagram handled, (when, its stamp, the receipt time it was handled at)."""
+) -> dict[str, tuple[Engine, list[tuple[float, float | None, float | None]], Steps]]:
+    """Three nodes for `seconds` after one holds the VIP (kernel lifetime 2 s, renewals that
+    take 10 ms); per node its engine, for every datagram read (when, its stamp, the receipt
+    time it was given), and for every step of received datagrams (when, the core's time)."""
     names = [n.name for n in SPEC.nodes]
     ports = {n: _free_port() for n in names}
-    out: dict[str, tuple[Engine, list[tuple[float, float | None, float | None]]]] = {}
+    out: dict[str, tuple[Engine, list[tuple[float, float | None, float | None]], Steps]] = {}
     transports: list[UdpTransport] = []
 
     def handler(engines: list[Engine], seen: list[tuple[float, float | None, float | None]]
@@ -159,44 +179,62 @@ async def _cluster_run(
             transports.append(transport)
             announcer = FakeAnnouncer()
             announcer.started = True
+            groups = Groups({"default": SPEC}, name, random.Random(i))
             engine = Engine(
-                Groups({"default": SPEC}, name, random.Random(i)),
-                Ports(transport, FakeVipPort(), announcer, FakeNotifier(), FakeStateStore(),
+                groups,
+                Ports(transport, SlowRenewals(), announcer, FakeNotifier(), FakeStateStore(),
                       FakeEventLog(), FakeSystemdNotifier()),
-                {"default": [VIP]}, 0.3, watchdog=False,
+                {"default": [VIP]}, 0.3, watchdog=False, vip_lifetime=2.0,
             )
             holder.append(engine)
-            out[name] = (engine, seen)
-        for engine, _ in out.values():
+            out[name] = (engine, seen, _record_steps(engine, groups))
+        for engine, _, _ in out.values():
             await engine.start()
         end = time.monotonic() + 10
         while time.monotonic() < end and not any(
-            e.node.holds_vip for e, _ in out.values()
+            e.node.holds_vip for e, _, _ in out.values()
         ):
             await asyncio.sleep(0.05)
-        for _, seen in out.values():
+        await asyncio.sleep(0.5)  # settled, its first drain (stamps not yet trusted) behind it
+        for engine, seen, steps in out.values():
             seen.clear()
+            steps.clear()
+            engine.reading.untrusted_drains = 0
         await asyncio.sleep(seconds)
     finally:
-        for engine, _ in out.values():
+        for engine, _, _ in out.values():
             await engine.close()
         for t in transports:
             t.close()
     return out
 
 
+def _record_steps(engine: Engine, groups: Groups) -> Steps:
+    steps: Steps = []
+    handle_many = groups.handle_many
+
+    def recording(events: Iterable[Input], now: float) -> list[Tagged]:
+        events = list(events)
+        if any(isinstance(e, ForGroup) and isinstance(e.event, MessageReceived) for e in events):
+            steps.append((engine.clock(), now))
+        return handle_many(events, now)
+
+    groups.handle_many = recording  # type: ignore[method-assign]
+    return steps
+
+
 def test_the_holder_reads_its_peers_at_its_rounds_and_handles_each_datagram_at_arrival() -> None:
-    nodes = asyncio.run(_cluster_run(1.5))
-    holders = [n for n, (e, _) in nodes.items() if e.node.holds_vip]
+    nodes = asyncio.run(_cluster_run(2.5))
+    holders = [n for n, (e, _, _) in nodes.items() if e.node.holds_vip]
     assert holders == ["a"], holders
-    engine, seen = nodes["a"]
+    engine, seen, steps = nodes["a"]
     assert engine.reading.deferred
     # Every datagram the settled holder handled was read by a drain, stamped; the followers,
     # which lead nothing (no round of their own), read theirs at once.
     stamped = [s for _, s, _ in seen if s is not None]
     assert len(seen) >= 15 and len(stamped) >= len(seen) - 2
     for follower in ("b", "c"):
-        f_engine, f_seen = nodes[follower]
+        f_engine, f_seen, _ = nodes[follower]
         assert not f_engine.reading.deferred
         assert f_seen and all(s is None for _, s, _ in f_seen)
     # The acknowledgements come in right after each round and wait for the next one, yet are
@@ -205,3 +243,11 @@ def test_the_holder_reads_its_peers_at_its_rounds_and_handles_each_datagram_at_a
     assert len(waits) >= len(seen) // 2
     assert statistics.median(waits) > 0.03
     assert engine.reading.drains >= 10
+    # Also those read while a renewal due at the same round kept the engine busy: each step of
+    # a received datagram ran at its arrival, not when the engine got to it.
+    vips = engine.ports.vips
+    assert isinstance(vips, SlowRenewals) and vips.renewals >= 2
+    assert engine.reading.untrusted_drains == 0
+    assert len(steps) >= 15
+    late = [(round(t, 3), round(t - core, 3)) for t, core in steps if t - core < 0.03]
+    assert not late, late
