@@ -191,8 +191,11 @@ class _OutputCapture:
         self.write_fd = -1
 
     async def wait_eof(self, timeout: float) -> None:
+        # `asyncio.timeout`, not `wait_for`: Python 3.11's `wait_for` returns the result when it
+        # is cancelled just as the awaited future completes, and the cancellation is lost.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._eof.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._eof.wait()
 
     def tail(self) -> str:
         return _tail(self._buf)
@@ -421,6 +424,7 @@ class CheckRunner:
         self._clock = clock
         self._healthy = True
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     @property
     def healthy(self) -> bool:
@@ -435,6 +439,7 @@ class CheckRunner:
         unhealthy until the new ones pass (not for good, and not healthy at once)."""
         if self._tasks:
             return
+        self._stopping = False
         self._healthy = healthy
         for spec in self._specs:
             self._tasks.append(asyncio.create_task(self._loop(spec), name=f"check:{spec.name}"))
@@ -442,7 +447,10 @@ class CheckRunner:
             self._reevaluate("")  # no critical check is left that could clear the old verdict
 
     async def stop(self) -> None:
-        """Cancel every check; a running script has its process group killed."""
+        """Cancel every check; a running script has its process group killed. A check whose
+        cancellation got lost on its way (an awaitable that swallows it) still ends: each loop
+        also stops at its next turn once stopping."""
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
@@ -453,7 +461,7 @@ class CheckRunner:
 
     async def _loop(self, spec: CheckSpec) -> None:
         next_start = self._clock()
-        while True:
+        while not self._stopping:
             delay = next_start - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -465,6 +473,8 @@ class CheckRunner:
             except Exception as e:  # a bug in a checker must not silently stop checking
                 log.exception("check %r crashed", spec.name)
                 outcome = CheckResult(False, "", f"internal error: {e!r}")
+            if self._stopping:
+                return  # stopped meanwhile: no verdict after stop()
             self._record(spec, outcome, self._clock() - started)
 
     def _record(self, spec: CheckSpec, outcome: CheckResult, duration: float) -> None:

@@ -360,3 +360,38 @@ def test_runner_started_unhealthy_reports_only_when_the_new_checks_clear_it() ->
         assert [c[:2] for c in nothing_critical.calls] == [(True, "all critical checks passing")]
 
     run(main())
+
+
+def test_stop_ends_a_check_whose_cancellation_was_swallowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python 3.11's `asyncio.wait_for`, cancelled just as its future completes, returns the
+    # result and the cancellation is lost: the check's loop must still end at stop(), and
+    # record nothing after it.
+    started: list[str] = []
+
+    async def swallowing(spec: CheckSpec) -> checks.CheckResult:
+        started.append(spec.name)
+        if len(started) > 1:  # only the first cancellation is lost, as in the race
+            await asyncio.sleep(10)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        return checks.CheckResult(True, "", "")
+
+    monkeypatch.setattr(checks, "run_check", swallowing)
+    recorder = Recorder()
+
+    async def main() -> tuple[float, int]:
+        runner = CheckRunner([script("s", "exit 0", interval=0.05)], recorder)
+        await runner.start()
+        assert await eventually(lambda: bool(started))
+        t0 = time.monotonic()
+        await asyncio.wait_for(runner.stop(), 2.0)
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.2)
+        (status,) = runner.statuses()
+        return elapsed, status.consecutive_ok
+
+    elapsed, recorded = run(main())
+    assert elapsed < 1.0
+    assert recorded == 0 and len(started) == 1 and recorder.calls == []
