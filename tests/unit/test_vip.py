@@ -395,6 +395,44 @@ main(body)
     assert all(298 <= t <= 300 for t in lifetimes.values()), lifetimes
 
 
+@pytest.mark.netns
+def test_a_renewal_reads_one_answer_a_datagram_and_names_a_failure_by_asking_again(
+    lab: Lab,
+) -> None:
+    # 150 VIPs renewed: three datagrams of requests, three answers read (each request ACKed,
+    # that was 150). Then one of them refused: the first answer is an error, and the second
+    # pass, one answer each, names it; the others are renewed all the same.
+    n1 = lab.nodes[0]
+    many = [Vip(ipaddress.ip_interface(f"10.213.1.{i}/16"), "eth0") for i in range(1, 151)]
+    refused = Vip(ipaddress.ip_interface("fd00:213::1:1/64"), "eth0")
+    lab.py(n1, "main(lambda p: p.add(VIPS, 30))", *many)
+    code = """
+async def body(p):
+    ipr = await p._open()
+    read = []
+    put = ipr.msg_queue.put_nowait  # where pyroute2 queues each datagram read
+    def counting(tag, data):
+        read.append(tag)
+        return put(tag, data)
+    ipr.msg_queue.put_nowait = counting
+    ok = await attempt(p.renew(VIPS[:150], 200))
+    answers_ok = len(read)
+    os.system("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1")
+    read.clear()
+    refused = await attempt(p.renew(VIPS, 300))
+    return [ok, answers_ok, refused, len(read)]
+import os
+main(body)
+"""
+    ok, answers_ok, why, answers_refused = lab.py(n1, code, *many, refused)
+    assert ok == "ok" and answers_ok == 3
+    assert why == f"cannot renew {refused}: ipv6: IPv6 is disabled on this device"
+    # The first pass ends at the error (up to three answers), the second reads all 151.
+    assert 152 <= answers_refused <= 154, answers_refused
+    lifetimes = [a["valid_life_time"] for a in lab.addrs(n1) if a["local"].startswith("10.213.1.")]
+    assert len(lifetimes) == 150 and all(298 <= t <= 300 for t in lifetimes), lifetimes
+
+
 EXPIRY = """
 async def body(p):
     runs = []
