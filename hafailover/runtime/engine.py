@@ -116,6 +116,9 @@ MIN_RENEW_INTERVAL: Final = 0.25
 MAX_FEEDBACK: Final = 8
 # Queued inputs merged into one step at most (bounds the step's length).
 MAX_MERGE: Final = 64
+# Datagrams of one drain that came in this close together are handled as one step, at the
+# latest one's receipt time (`_gather`).
+GATHER: Final = 0.002
 NODE_WIDE: Final = ""  # the "group" of a node-wide failure (persist) or refusal
 
 _ALWAYS: Final = (ReleaseVip, Decision, Exit)
@@ -212,6 +215,8 @@ class Engine:
         # Reading the socket at once, or at this node's rounds while it is settled.
         self.reading = SocketReading(ports.transport, clock, self.grid)
         self._draining = False
+        # A drain's datagrams not yet stepped: (first receipt, latest receipt, their events).
+        self._gathered: tuple[float | None, float | None, list[Input]] | None = None
         self._core_now = NEVER  # the time of the core's latest step (never goes back)
         self.started_at = clock()
         # effect kinds failing now, per group (NODE_WIDE for persist) -> the last sentence
@@ -379,7 +384,37 @@ class Engine:
             for g, m in items
             if vetted is None or vetted(sender, m)
         ]
-        self.feed_many(events, self.reading.receipt(stamp))
+        if self._draining:
+            self._gather(events, self.reading.receipt(stamp))
+        else:
+            self.feed_many(events, self.reading.receipt(stamp))
+
+    def _gather(self, events: list[Input], at: float | None) -> None:
+        """A datagram read by a drain: stepped together with the ones before it that came in
+        within `GATHER` of the first of them, at the latest receipt time of all (later is the
+        safe direction, `SocketReading`). A leader's acknowledgements of its own round come in
+        together: one step for them all instead of one each. The drain's last gathering is
+        stepped by `_on_timer` before the timer's own step. Untrusted stamps (`at` None, now)
+        gather likewise, all at once."""
+        if not events:
+            return
+        gathered = self._gathered
+        if gathered is not None:
+            first, latest, pending = gathered
+            if first is None and at is None:
+                pending += events
+                return
+            if first is not None and at is not None and at - first <= GATHER:
+                pending += events
+                self._gathered = (first, at if latest is None or at > latest else latest, pending)
+                return
+            self.feed_many(pending, latest)
+        self._gathered = (at, at, list(events))
+
+    def _step_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered is not None:
+            self.feed_many(gathered[2], gathered[1])
 
     async def command(self, event: Input) -> CommandResult:
         """Carry out an operator command (`Switchover`/`SetMaintenance`, maybe `ForGroup`) and
@@ -803,7 +838,9 @@ class Engine:
             self._draining = True
             try:
                 self.reading.drain()
+                self._step_gathered()
             finally:
+                self._gathered = None
                 self._draining = False
         self.feed(TimerFired())
 

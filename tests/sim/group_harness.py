@@ -52,6 +52,7 @@ from hafailover.core.groups import ForGroup, Groups, GroupsState, Tagged
 from hafailover.core.messages import Message, NodeAck, NodeHeartbeat, VoteResponse
 from hafailover.core.node import Node
 from hafailover.core.spec import ClusterSpec
+from hafailover.runtime.engine import GATHER
 from hafailover.runtime.reading import STAMP_TOLERANCE
 from tests.sim.harness import NetworkModel, SimulationError, Simulator
 from tests.sim.invariants import Invariants
@@ -363,25 +364,33 @@ class GroupSim:
             raise ValueError(kind)
 
     def _drain(self, sn: GroupSimNode) -> None:
-        """What a deferred node's timer reads first: every pending datagram, each a step at its
-        receipt time (`SocketReading.receipt`), never before the node's latest step."""
+        """What a deferred node's timer reads first: every pending datagram at its receipt time
+        (`SocketReading.receipt`), those that came in within `GATHER` of the first of them as
+        one step at the latest one's (`Engine._gather`), never before the node's latest step."""
         pending, sn.pending = sn.pending, []
         trusted, sn.first_drain = not sn.first_drain, False
         interval = sn.groups.liveness.interval if sn.groups is not None else 0.0
+        now = sn.local(self.t)
+        gathered: list[tuple[float, float, list[str], list[Event | ForGroup]]] = []
+        for arrived, sender, batch in pending:
+            at = min(now, max(arrived + STAMP_TOLERANCE, now - interval)) if trusted else now
+            events: list[Event | ForGroup] = [
+                ForGroup(g, MessageReceived(sender, m)) for g, m in batch
+            ]
+            if gathered and at - gathered[-1][0] <= GATHER:
+                first, latest, senders, evs = gathered[-1]
+                gathered[-1] = (first, max(latest, at), [*senders, sender], evs + events)
+            else:
+                gathered.append((at, at, [sender], events))
         sn.draining = True
         try:
-            for arrived, sender, batch in pending:
+            for _, latest, senders, events in gathered:
                 if sn.groups is None or not sn.running:
                     return
-                now = sn.local(self.t)
-                at = min(now, max(arrived + STAMP_TOLERANCE, now - interval)) if trusted else now
-                at = max(at, sn.last_step)
+                at = max(latest, sn.last_step)
                 sn.last_step = at
-                events: list[Event | ForGroup] = [
-                    ForGroup(g, MessageReceived(sender, m)) for g, m in batch
-                ]
-                self.drained += 1
-                self._run(sn, sn.groups.handle_many(events, at), f"drained from {sender}")
+                self.drained += len(senders)
+                self._run(sn, sn.groups.handle_many(events, at), f"drained from {senders}")
         finally:
             sn.draining = False
 
