@@ -258,11 +258,10 @@ _FLAGS = struct.Struct("=H")  # nlmsg_flags, at offset 6
 _NLM_F_ACK = 0x4
 
 
-def _retagged(data: bytes, seq: bytes, *, ack: bool) -> bytes:
-    """An encoded netlink request with sequence number `seq` (packed) and NLM_F_ACK set or not."""
+def _unacked(data: bytes, seq: bytes) -> bytes:
+    """An encoded netlink request with sequence number `seq` (packed) and no NLM_F_ACK."""
     (flags,) = _FLAGS.unpack_from(data, 6)
-    flags = flags | _NLM_F_ACK if ack else flags & ~_NLM_F_ACK
-    return b"".join((data[:6], _FLAGS.pack(flags), seq, data[12:]))
+    return b"".join((data[:6], _FLAGS.pack(flags & ~_NLM_F_ACK), seq, data[12:]))
 
 
 def _every_message(msg: object) -> bool:
@@ -466,8 +465,8 @@ class NetlinkVipPort:
             chunk = requests[start : start + BATCH]
             last = chunk[-1][1]
             seq = _SEQ.pack(last.seq)
-            quiet = [_retagged(p.data, seq, ack=False) for _, p in chunk[:-1]]
-            ipr.send(b"".join((*quiet, last.data)))
+            quiet = [_unacked(p.data, seq) for _, p in chunk[:-1]]
+            ipr.send(b"".join((*quiet, last.data)))  # the last one as encoded: with NLM_F_ACK
             answers = ipr.get(msg_seq=last.seq, exception_factory=last.request.exception_factory)
 
             async def read(answers: Any = answers) -> None:

@@ -838,9 +838,8 @@ class Engine:
             self._draining = True
             try:
                 self.reading.drain()
-                self._step_gathered()
             finally:
-                self._gathered = None
+                self._step_gathered()  # what was read is handled even if reading failed
                 self._draining = False
         self.feed(TimerFired())
 
