@@ -125,6 +125,7 @@ class GroupSim:
         self.specs = dict(specs)
         self.round_reads = round_reads
         self.drained = 0  # datagrams handled late by a drain
+        self.gathered = 0  # drained steps that took more than one datagram
         first = next(iter(self.specs.values()))
         self.seed = seed
         self.rng = random.Random(seed)
@@ -390,6 +391,7 @@ class GroupSim:
                 at = max(latest, sn.last_step)
                 sn.last_step = at
                 self.drained += len(senders)
+                self.gathered += len(senders) > 1
                 self._run(sn, sn.groups.handle_many(events, at), f"drained from {senders}")
         finally:
             sn.draining = False

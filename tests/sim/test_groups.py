@@ -434,12 +434,14 @@ def test_settled_nodes_read_at_their_rounds_until_a_peer_goes_quiet() -> None:
     sim.run_until(5.0)
     assert sim.holders("web") == ["node1"]
     assert [sim.nodes[n].deferred for n in names] == [True, False, False]
-    drained = sim.drained
+    drained, gathered = sim.drained, sim.gathered
     sim.run_until(10.0)
     assert sim.holders("web") == ["node1"]
-    # Both acknowledgements of every round were read late, by node1's drains.
+    # Both acknowledgements of every round were read late, by node1's drains, and (they come in
+    # within `GATHER` of each other) handled as one step.
     rounds = 5.0 / DEFAULT.heartbeat_interval
     assert sim.drained - drained >= 2 * rounds * 0.9, sim.drained - drained
+    assert sim.gathered - gathered >= rounds * 0.8, sim.gathered - gathered
     sim.block("node3", "node1", both=False)
     sim.run_until(10.0 + (groups_module.SETTLED_CONTACT + 1) * DEFAULT.heartbeat_interval)
     assert not sim.nodes["node1"].deferred
