@@ -75,6 +75,12 @@ class Invariants:
         if self.liveness:
             self._check_liveness(sim, holders)
 
+    def before_change(self, sim: Simulator) -> None:
+        """Just before a fault or its end changes who reaches whom: record the majorities that
+        held up to this instant (the last check may be tens of milliseconds earlier, and
+        `_check_isolated_holder` counts from the last time a majority was seen)."""
+        self._track_majority(sim)
+
     def _check_stuck(self, sim: Simulator, stuck: list[str]) -> None:
         t = sim.spec.timings
         bound = t.failover_timeout * (1 + 2 * t.clock_drift) + 0.01
