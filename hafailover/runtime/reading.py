@@ -3,8 +3,9 @@
 A node that leads groups wakes for its own round anyway; reading every datagram as it comes
 adds a wake-up per peer and round (their acknowledgements, their rounds), and each step of a
 datagram in a wake-up of its own pays its code cold. Read together at the round, a 50-group
-node costs 8-18 % less; the holder of one group, woken half as often, costs the same
-(docs/architecture.md, "Reading the socket at the round"). So while the core says the
+node cost 8-18 % less; the holder of one group, woken half as often, the same until the
+datagrams of a drain that came in together were taken as one step (`Engine._gather`;
+docs/architecture.md, "Reading the socket at the round"). So while the core says the
 node is *settled* (`Groups.settled`: every group has a leader, this node has a round due within
 an interval, every peer was heard lately), the socket is taken off the loop (`defer`) and read
 when the engine's timer wakes it (`drain`), which is at its round at the latest.

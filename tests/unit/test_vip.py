@@ -168,9 +168,9 @@ async def attempt(coro):
         return "ok"
     except VipError as e:
         return str(e)
-def main(body):
+def main(body, make=NetlinkVipPort):
     async def runner():
-        p = NetlinkVipPort()
+        p = make()
         try:
             return await body(p)
         finally:
@@ -431,6 +431,32 @@ main(body)
     assert 152 <= answers_refused <= 154, answers_refused
     lifetimes = [a["valid_life_time"] for a in lab.addrs(n1) if a["local"].startswith("10.213.1.")]
     assert len(lifetimes) == 150 and all(298 <= t <= 300 for t in lifetimes), lifetimes
+
+
+@pytest.mark.netns
+def test_a_renewal_without_any_answer_fails_every_vip_after_one_timeout(lab: Lab) -> None:
+    # Requests that get no answer at all (here never sent): every VIP is named with the
+    # timeout, after one wait, not a second one asking each again.
+    n1 = lab.nodes[0]
+    code = """
+async def body(p):
+    await p.add(VIPS, 30)
+    ipr = await p._open()
+    ipr.send = lambda data: None  # lost on the way: the kernel never answers
+    t0 = time.monotonic()
+    why = await attempt(p.renew(VIPS, 300))
+    return [why, time.monotonic() - t0]
+def make():
+    return NetlinkVipPort(timeout=1.0)
+main(body, make)
+"""
+    why, took = lab.py(n1, code, V4, V6)
+    reason = "no netlink answer within 1s"
+    assert why == f"cannot renew {V4}: {reason}; cannot renew {V6}: {reason}"
+    assert 0.9 <= took < 1.8, took
+    for address in ("10.213.0.100/24", "fd00:213::100/64"):
+        e = lab.entry(n1, address)
+        assert e is not None and e["valid_life_time"] <= 30, e  # not renewed
 
 
 EXPIRY = """
